@@ -1,0 +1,166 @@
+//! The `cbrnet` network configuration.
+
+use crate::error::Result;
+use cni_spec::{env::validate_ifname, CniError, Dns, NetConfBase, Version};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::PathBuf;
+
+pub const IN_PROCESS_IPAM: &str = "cbrnet-ipam";
+
+fn yes() -> bool {
+    true
+}
+fn default_bridge() -> String {
+    "cbr0".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(flatten)]
+    pub base: NetConfBase,
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default = "yes")]
+    pub hairpin_mode: bool,
+    #[serde(default)]
+    pub promisc_mode: bool,
+    #[serde(default = "yes")]
+    pub is_gateway: bool,
+    #[serde(default = "yes")]
+    pub is_default_gateway: bool,
+    #[serde(default)]
+    pub ip_masq: bool,
+    #[serde(rename = "clusterCIDR", default)]
+    pub cluster_cidr: Option<IpNetwork>,
+    #[serde(default)]
+    pub ipam: Value,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+/// A parsed, validated config: everything an ADD needs to know before it touches the node.
+pub struct Loaded {
+    pub conf: NetConf,
+    pub raw: Value,
+    pub version: Version,
+    pub ipam_type: String,
+    pub pod_mac: Option<[u8; 6]>,
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    let mac: [u8; 6] = parts.try_into().ok()?;
+    // unicast only
+    (mac[0] & 1 == 0).then_some(mac)
+}
+
+pub fn format_mac(m: &[u8]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn load(stdin: &[u8]) -> Result<Loaded> {
+    let (conf, raw): (NetConf, Value) = cni_spec::parse_conf(stdin)?;
+    let version = Version::parse(&conf.base.cni_version)?;
+    let invalid = |m: String| CniError::invalid_config(m);
+    cbrnet_ipam::store::validate_network_name(&conf.base.name)?;
+    validate_ifname(&conf.bridge).map_err(|e| invalid(e.msg.replace("CNI_IFNAME", "bridge")))?;
+    if let Some(mtu) = conf.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid(format!("mtu {mtu} is out of range (68-65535)")).into());
+        }
+    }
+    let ipam_type = conf
+        .ipam
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if ipam_type.is_empty() || ipam_type.contains('/') {
+        return Err(invalid("ipam.type must name an IPAM plugin".into()).into());
+    }
+    if ipam_type == IN_PROCESS_IPAM {
+        cbrnet_ipam::IpamConf::from_value(&conf.ipam)?.validate()?;
+    }
+    let pod_mac = match &conf.runtime_config.mac {
+        Some(m) => Some(
+            parse_mac(m).ok_or_else(|| invalid(format!("runtimeConfig.mac {m:?} is not a unicast MAC")))?,
+        ),
+        None => None,
+    };
+    Ok(Loaded {
+        conf,
+        raw,
+        version,
+        ipam_type,
+        pod_mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let l = load(br#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"cbrnet-ipam","subnet":"10.1.0.0/24"}}"#).unwrap();
+        assert_eq!(l.conf.bridge, "cbr0");
+        assert!(l.conf.hairpin_mode && l.conf.is_gateway && l.conf.is_default_gateway);
+        assert!(!l.conf.ip_masq && !l.conf.promisc_mode);
+    }
+
+    #[test]
+    fn rejects() {
+        let code = |s: &str| cni_spec::CniError::from(load(s.as_bytes()).err().unwrap()).code;
+        assert_eq!(code("{"), 6);
+        assert_eq!(
+            code(r#"{"cniVersion":"9.9.9","name":"n","type":"cbrnet","ipam":{"type":"x"}}"#),
+            1
+        );
+        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet"}"#), 7);
+        assert_eq!(
+            code(r#"{"cniVersion":"1.0.0","name":"../x","type":"cbrnet","ipam":{"type":"x"}}"#),
+            7
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","bridge":"waytoolongbridgename","ipam":{"type":"x"}}"#
+            ),
+            7
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"cbrnet-ipam","subnet":"10.0.0.0/24","rangeStart":"10.9.0.1"}}"#
+            ),
+            7
+        );
+        assert_eq!(
+            code(
+                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"x"},"runtimeConfig":{"mac":"01:00:00:00:00:01"}}"#
+            ),
+            7
+        );
+        assert_eq!(
+            parse_mac("0a:58:0a:f4:01:05"),
+            Some([0x0a, 0x58, 0x0a, 0xf4, 1, 5])
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! IPAM for `cbrnet`: `cbrnet-ipam` in-process (no exec on the ADD path), anything else
+//! delegated to its binary in CNI_PATH as the spec says.
+
+use crate::config::{Loaded, IN_PROCESS_IPAM};
+use crate::error::{PluginError, Result};
+use cbrnet_ipam::{allocator, config::requested_ips, store::Store, IpamConf, Owner, SubnetFile};
+use cni_spec::{env::Command, CniError, CniResult, Env};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+pub enum Ipam {
+    InProcess(IpamConf),
+    Delegated(PathBuf),
+}
+
+/// What IPAM gave an ADD, and how to take it back if the ADD fails later.
+pub struct Lease {
+    pub result: CniResult,
+    pub subnet_file: Option<SubnetFile>,
+    /// In-process: the addresses this ADD reserved (not those the attachment already held).
+    new: Vec<IpAddr>,
+}
+
+impl Ipam {
+    pub fn new(l: &Loaded, env: &Env) -> Result<Ipam> {
+        if l.ipam_type == IN_PROCESS_IPAM {
+            return Ok(Ipam::InProcess(IpamConf::from_value(&l.conf.ipam)?));
+        }
+        env.path
+            .iter()
+            .map(|d| d.join(&l.ipam_type))
+            .find(|p| p.is_file())
+            .map(Ipam::Delegated)
+            .ok_or_else(|| {
+                CniError::invalid_config(format!("IPAM plugin {:?} is not in CNI_PATH", l.ipam_type)).into()
+            })
+    }
+
+    pub fn add(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Lease> {
+        match self {
+            Ipam::InProcess(c) => {
+                let requested = requested_ips(&l.raw, &env.args)?;
+                let pools = c.pools()?;
+                let store = Store::open(c.data_dir(), &l.conf.base.name)?;
+                let owner = Owner::new(&env.container_id, &env.ifname);
+                let a = allocator::allocate(&store, &pools, &owner, &requested)?;
+                let result = CniResult {
+                    ips: a.ips,
+                    routes: c.routes.clone().unwrap_or_default(),
+                    ..Default::default()
+                };
+                Ok(Lease {
+                    result,
+                    subnet_file: pools.subnet_file,
+                    new: a.new,
+                })
+            }
+            Ipam::Delegated(p) => {
+                let out = exec(p, Command::Add, env, stdin)?
+                    .ok_or_else(|| CniError::decode(format!("{} returned no result", p.display())))?;
+                Ok(Lease {
+                    result: CniResult::from_value(&out)?,
+                    subnet_file: None,
+                    new: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Takes back what a failed ADD got. Best effort: the ADD's own error is what matters.
+    pub fn undo(&self, lease: &Lease, l: &Loaded, env: &Env, stdin: &[u8]) {
+        let r = match self {
+            Ipam::InProcess(c) => Store::open(c.data_dir(), &l.conf.base.name)
+                .and_then(|s| lease.new.iter().try_for_each(|ip| s.release(*ip)))
+                .map_err(PluginError::from),
+            Ipam::Delegated(p) => exec(p, Command::Del, env, stdin).map(|_| ()),
+        };
+        if let Err(e) = r {
+            tracing::warn!("undoing IPAM after a failed ADD: {e}");
+        }
+    }
+
+    pub fn del(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
+        match self {
+            Ipam::InProcess(c) => {
+                if let Some(s) = Store::open_existing(c.data_dir(), &l.conf.base.name)? {
+                    let released = allocator::release(&s, &Owner::new(&env.container_id, &env.ifname))?;
+                    tracing::debug!(?released, "released");
+                }
+                Ok(())
+            }
+            Ipam::Delegated(p) => exec(p, Command::Del, env, stdin).map(|_| ()),
+        }
+    }
+
+    pub fn check(&self, l: &Loaded, env: &Env, stdin: &[u8], ips: &[IpAddr]) -> Result<()> {
+        match self {
+            Ipam::InProcess(c) => {
+                let owner = Owner::new(&env.container_id, &env.ifname);
+                let s = Store::open_existing(c.data_dir(), &l.conf.base.name)?
+                    .ok_or_else(|| cbrnet_ipam::IpamError::NotReserved(owner.to_string()))?;
+                Ok(allocator::check(&s, &owner, ips)?)
+            }
+            Ipam::Delegated(p) => exec(p, Command::Check, env, stdin).map(|_| ()),
+        }
+    }
+
+    pub fn gc(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
+        match self {
+            Ipam::InProcess(c) => {
+                let valid: HashSet<Owner> = cni_spec::valid_attachments(&l.raw)?
+                    .into_iter()
+                    .map(|a| Owner::new(&a.container_id, &a.ifname))
+                    .collect();
+                if let Some(s) = Store::open_existing(c.data_dir(), &l.conf.base.name)? {
+                    for (ip, owner) in allocator::gc(&s, &valid)? {
+                        tracing::info!("gc released {ip} of {owner}");
+                    }
+                }
+                Ok(())
+            }
+            Ipam::Delegated(p) => exec(p, Command::Gc, env, stdin).map(|_| ()),
+        }
+    }
+
+    pub fn status(&self, env: &Env, stdin: &[u8]) -> Result<()> {
+        match self {
+            Ipam::InProcess(c) => Ok(cbrnet_ipam::plugin::status(c)?),
+            Ipam::Delegated(p) => exec(p, Command::Status, env, stdin).map(|_| ()),
+        }
+    }
+}
+
+/// Runs a delegated plugin as the spec says: our environment with CNI_COMMAND set, the network
+/// config on stdin. Its CNI error, if any, is passed through unchanged.
+pub fn exec(plugin: &std::path::Path, cmd: Command, env: &Env, stdin: &[u8]) -> Result<Option<Value>> {
+    let what = format!("running {} {}", plugin.display(), cmd.as_str());
+    let mut child = std::process::Command::new(plugin)
+        .env("CNI_COMMAND", cmd.as_str())
+        .env("CNI_CONTAINERID", &env.container_id)
+        .env("CNI_IFNAME", &env.ifname)
+        .env("CNI_NETNS", &env.netns)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(PluginError::io(what.clone()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin)
+        .map_err(PluginError::io(what.clone()))?;
+    let out = child.wait_with_output().map_err(PluginError::io(what.clone()))?;
+    let doc: Option<Value> = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| CniError::decode(format!("{what}: bad output: {e}")))?,
+        )
+    };
+    if out.status.success() {
+        return Ok(doc);
+    }
+    let err = doc.as_ref().and_then(|d| {
+        Some(
+            CniError::new(d.get("code")?.as_u64()? as u32, d.get("msg")?.as_str()?)
+                .with_details(d.get("details").and_then(Value::as_str).unwrap_or_default()),
+        )
+    });
+    Err(err
+        .unwrap_or_else(|| CniError::new(CniError::IO, format!("{what}: exited with {}", out.status)))
+        .into())
+}

@@ -1,0 +1,66 @@
+//! `ipMasq`: pod traffic leaving the cluster CIDR is masqueraded, by an nftables table per
+//! network. nftables has no rtnetlink; we drive `nft` with one atomic transaction that replaces
+//! the table, so concurrent ADDs and repeats converge on the same single rule.
+
+use crate::error::{PluginError, Result};
+use ipnetwork::IpNetwork;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// The table for a network: nft identifiers allow letters, digits and `_`.
+pub fn table_name(network: &str) -> String {
+    let clean: String = network
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("cbrnet_{clean}")
+}
+
+pub fn script(network: &str, subnet: IpNetwork, cluster: IpNetwork) -> String {
+    let t = table_name(network);
+    format!(
+        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} ip daddr != {cluster} masquerade\n  }}\n}}\n"
+    )
+}
+
+pub fn ensure(network: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
+    if !subnet.is_ipv4() || !cluster.is_ipv4() {
+        return Err(PluginError::Masq("ipMasq supports IPv4 subnets only".into()));
+    }
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| PluginError::Masq(format!("running nft: {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script(network, subnet, cluster).as_bytes())
+        .map_err(|e| PluginError::Masq(format!("writing to nft: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| PluginError::Masq(format!("running nft: {e}")))?;
+    if !out.status.success() {
+        return Err(PluginError::Masq(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn script_replaces_the_table_atomically() {
+        let s = super::script(
+            "k8s-pod.net",
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+        );
+        assert!(s.starts_with("table ip cbrnet_k8s_pod_net {}\ndelete table ip cbrnet_k8s_pod_net\n"));
+        assert!(s.contains("ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"));
+    }
+}

@@ -1,0 +1,181 @@
+//! The pod side: addresses and routes on the pod interface, through a socket in the pod namespace.
+
+use crate::error::{errno, PluginError, Result};
+use crate::nl::{self, Nl};
+use cni_spec::{IpConfig, Route};
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use std::net::IpAddr;
+
+/// Brings `ifname` up and adds every address, then every route; returns its index.
+pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<u32> {
+    let link = nl
+        .link(ifname)
+        .await?
+        .ok_or_else(|| PluginError::Check(format!("{ifname} vanished from the pod")))?;
+    let index = link.header.index;
+    nl.handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(PluginError::netlink(format!("setting {ifname} up")))?;
+    for ip in ips {
+        let mut req = nl
+            .handle
+            .address()
+            .add(index, ip.address.ip(), ip.address.prefix());
+        if ip.address.is_ipv6() {
+            // The address is ours by allocation: waiting for DAD only delays the pod.
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
+            .await
+            .map_err(PluginError::netlink(format!("adding {} to {ifname}", ip.address)))?;
+    }
+    for r in routes {
+        let msg = route_message(r, index)?;
+        match nl.handle.route().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(nl::libc_eexist()) => {}
+            Err(e) => {
+                return Err(PluginError::Netlink(
+                    format!("adding route {} in the pod", r.dst),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(index)
+}
+
+fn route_message(r: &Route, oif: u32) -> Result<RouteMessage> {
+    let bad = |e: String| PluginError::Check(format!("route {}: {e}", r.dst));
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix())
+        .map_err(|e| bad(e.to_string()))?;
+    if let Some(gw) = r.gw {
+        b = b.gateway(gw).map_err(|e| bad(e.to_string()))?;
+    }
+    b = b.output_interface(oif);
+    if r.gw.is_none() {
+        b = b.scope(RouteScope::Link);
+    }
+    if let Some(p) = r.priority {
+        b = b.priority(p);
+    }
+    if let Some(t) = r.table {
+        b = b.table_id(t);
+    }
+    if let Some(s) = r.scope {
+        b = b.scope(RouteScope::from(s));
+    }
+    let mut m = b.build();
+    let mut metrics = Vec::new();
+    if let Some(mtu) = r.mtu {
+        metrics.push(RouteMetric::Mtu(mtu));
+    }
+    if let Some(a) = r.advmss {
+        metrics.push(RouteMetric::Advmss(a));
+    }
+    if !metrics.is_empty() {
+        m.attributes.push(RouteAttribute::Metrics(metrics));
+    }
+    Ok(m)
+}
+
+/// CHECK, pod side: the interface exists (with the MAC the result gave, if any), carries every
+/// address and has every route.
+pub async fn check(
+    nl: &Nl,
+    ifname: &str,
+    mac: Option<[u8; 6]>,
+    ips: &[IpConfig],
+    routes: &[Route],
+) -> Result<()> {
+    let fail = |m: String| Err(PluginError::Check(m));
+    let Some(link) = nl.link(ifname).await? else {
+        return fail(format!("{ifname} is not in the pod namespace"));
+    };
+    if mac.is_some() && nl::mac(&link) != mac {
+        return fail(format!("{ifname} has another MAC than the result says"));
+    }
+    let index = link.header.index;
+    let addrs: Vec<(IpAddr, u8)> = nl
+        .handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .map_ok(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            (ip, m.header.prefix_len)
+        })
+        .try_filter_map(|(ip, len)| async move { Ok(ip.map(|ip| (ip, len))) })
+        .try_collect()
+        .await
+        .map_err(PluginError::netlink("listing pod addresses"))?;
+    for ip in ips {
+        if !addrs.contains(&(ip.address.ip(), ip.address.prefix())) {
+            return fail(format!("{ifname} lacks address {}", ip.address));
+        }
+    }
+    let mut have: Vec<RouteMessage> = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
+        q.header.address_family = family;
+        let mut s = nl.handle.route().get(q).execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(PluginError::netlink("listing pod routes"))?
+        {
+            have.push(m);
+        }
+    }
+    for r in routes {
+        let found = have.iter().any(|m| {
+            let dst = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => addr(d),
+                _ => None,
+            });
+            let gw = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => addr(g),
+                _ => None,
+            });
+            let dst_ok = match dst {
+                Some(d) => d == r.dst.network() && m.header.destination_prefix_length == r.dst.prefix(),
+                None => {
+                    r.dst.prefix() == 0
+                        && m.header.destination_prefix_length == 0
+                        && r.dst.is_ipv4() == (m.header.address_family == AddressFamily::Inet)
+                }
+            };
+            dst_ok && (r.gw.is_none() || gw == r.gw)
+        });
+        if !found {
+            return fail(format!(
+                "the pod lacks route {}{}",
+                r.dst,
+                r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}

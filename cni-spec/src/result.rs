@@ -1,0 +1,185 @@
+//! Results: one in-memory type, parsed from and written as any supported version.
+//!
+//! 0.3.0 through 1.1.0 share a shape; they differ in `ips[].version` (present before 1.0.0) and in
+//! the fields 1.1.0 added to interfaces and routes, which older versions must not see.
+
+use crate::version::Version;
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniResult {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    pub dns: Dns,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sandbox: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub socket_path: String,
+    #[serde(default, rename = "pciID", skip_serializing_if = "String::is_empty")]
+    pub pci_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpConfig {
+    /// Address with the prefix length of its subnet, e.g. `10.244.1.5/24`.
+    pub address: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// Index into `interfaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub dst: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advmss: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u8>,
+}
+
+impl Route {
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    pub fn is_empty(&self) -> bool {
+        *self == Dns::default()
+    }
+}
+
+impl CniResult {
+    /// Parses a result of any supported version (prevResult, a delegated IPAM plugin's answer).
+    /// Fields we do not know, like 0.x's `ips[].version`, are dropped: they are derived again on
+    /// output.
+    pub fn from_value(v: &Value) -> Result<CniResult, crate::CniError> {
+        CniResult::deserialize(v)
+            .map_err(|e| crate::CniError::decode(format!("cannot decode CNI result: {e}")))
+    }
+
+    /// The result as `version` spells it, with `cniVersion` set.
+    pub fn to_value(&self, version: Version) -> Value {
+        let mut v = serde_json::to_value(self).expect("result serializes");
+        if !version.has_1_1_fields() {
+            for iface in v["interfaces"].as_array_mut().into_iter().flatten() {
+                let o = iface.as_object_mut().expect("object");
+                for k in ["mtu", "socketPath", "pciID"] {
+                    o.remove(k);
+                }
+            }
+            for route in v["routes"].as_array_mut().into_iter().flatten() {
+                let o = route.as_object_mut().expect("object");
+                for k in ["mtu", "advmss", "priority", "table", "scope"] {
+                    o.remove(k);
+                }
+            }
+        }
+        if version.ip_has_version_field() {
+            for (ip, cfg) in v["ips"].as_array_mut().into_iter().flatten().zip(&self.ips) {
+                ip["version"] = if cfg.address.is_ipv4() { "4" } else { "6" }.into();
+            }
+        }
+        v["cniVersion"] = version.as_str().into();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CniResult {
+        CniResult {
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "0a:58:0a:f4:01:05".into(),
+                mtu: Some(1500),
+                sandbox: "/run/netns/p".into(),
+                ..Default::default()
+            }],
+            ips: vec![IpConfig {
+                address: "10.244.1.5/24".parse().unwrap(),
+                gateway: Some("10.244.1.1".parse().unwrap()),
+                interface: Some(0),
+            }],
+            routes: vec![Route {
+                priority: Some(5),
+                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+            }],
+            dns: Dns::default(),
+        }
+    }
+
+    #[test]
+    fn old_versions_get_ip_version_and_lose_1_1_fields() {
+        let v = sample().to_value(Version::V0_3_1);
+        assert_eq!(v["cniVersion"], "0.3.1");
+        assert_eq!(v["ips"][0]["version"], "4");
+        assert!(v["interfaces"][0].get("mtu").is_none());
+        assert!(v["routes"][0].get("priority").is_none());
+        assert!(v.get("dns").is_none());
+    }
+
+    #[test]
+    fn v1_1_keeps_everything_and_round_trips() {
+        let r = sample();
+        let v = r.to_value(Version::V1_1_0);
+        assert!(v["ips"][0].get("version").is_none());
+        assert_eq!(v["interfaces"][0]["mtu"], 1500);
+        assert_eq!(CniResult::from_value(&v).unwrap(), r);
+        // a 0.4.0 document parses too
+        let old = r.to_value(Version::V0_4_0);
+        assert_eq!(CniResult::from_value(&old).unwrap().ips, r.ips);
+    }
+}

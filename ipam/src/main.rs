@@ -1,0 +1,4 @@
+//! `cbrnet-ipam`: cbrnet's node-level allocator as a CNI IPAM plugin.
+fn main() {
+    cni_spec::skel::run(cbrnet_ipam::plugin::handle)
+}
