@@ -1,1 +1,291 @@
-pub fn x() {}
+//! The harness our integration tests share: nodes and pods as network namespaces that a test
+//! creates and that are removed when it ends, pass or fail; and a runner for the plugin binaries.
+//!
+//! The harness itself uses `ip` (iproute2) to make namespaces and to look inside them; the
+//! product never does.
+
+use serde_json::Value;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists for as long as this value does.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A fresh namespace named `cbt-<tag>-<pid>-<n>`: unique across parallel tests and runs.
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("cbt-{tag}-{}-{n}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        // Loopback up, as a runtime would have it.
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        Command::new(full[0])
+            .args(&full[1..])
+            .output()
+            .expect("running ip netns exec")
+    }
+
+    /// Runs a command inside the namespace and insists that it succeeds; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Link names in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.ok(&["ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Does one of two pings (200 ms apart) to `ip` get an answer?
+    pub fn can_ping(&self, ip: &str) -> bool {
+        self.run(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", ip])
+            .status
+            .success()
+    }
+
+    /// Makes `cmd` run inside this namespace (setns in the child before exec).
+    pub fn enter(&self, cmd: &mut Command) {
+        let f = File::open(self.path()).expect("opening netns");
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("running command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where cargo put our binaries (next to the test's own `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    assert!(
+        dir.join("cbrnet").is_file(),
+        "build the binaries first: cargo build --workspace"
+    );
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// The reference plugins (Debian's containernetworking-plugins).
+pub const REFERENCE_CNI_DIR: &str = "/usr/lib/cni";
+
+/// A plugin call's outcome: exit status and stdout as JSON (if any).
+#[derive(Debug)]
+pub struct CniOut {
+    pub ok: bool,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl CniOut {
+    pub fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+    pub fn expect_ok(self) -> Value {
+        assert!(self.ok, "plugin failed: {} / {}", self.json, self.stderr);
+        self.json
+    }
+}
+
+/// One plugin invocation, as a runtime makes it.
+pub struct Call<'a> {
+    pub plugin: PathBuf,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: String,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub cni_path: String,
+    pub extra_env: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: &'a str, container_id: &'a str, netns: impl AsRef<str>, ifname: &'a str) -> Call<'a> {
+        Call {
+            plugin: bin("cbrnet"),
+            command,
+            container_id,
+            netns: netns.as_ref().to_string(),
+            ifname,
+            args: "",
+            cni_path: format!("{}:{}", bin_dir().display(), REFERENCE_CNI_DIR),
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn command(&self, node: &Netns) -> Command {
+        let mut c = Command::new(&self.plugin);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_NETNS", &self.netns)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_ARGS", self.args)
+            .env("CNI_PATH", &self.cni_path)
+            .envs(self.extra_env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        node.enter(&mut c);
+        c
+    }
+
+    /// Runs the plugin in `node`'s namespace with `conf` on stdin.
+    pub fn run(&self, node: &Netns, conf: &Value) -> CniOut {
+        use std::io::Write;
+        let mut child = self.command(node).spawn().expect("spawning plugin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let json = if out.stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "stdout is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })
+        };
+        CniOut {
+            ok: out.status.success(),
+            json,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A node: a namespace, a data directory, and a subnet file path, all its own.
+pub struct Node {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        Node {
+            ns: Netns::new(tag),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.json")
+    }
+
+    /// A `cbrnet` network config with in-process IPAM on `subnet`.
+    pub fn conf(&self, version: &str, subnet: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "testnet",
+            "type": "cbrnet",
+            "ipam": { "type": "cbrnet-ipam", "subnet": subnet, "dataDir": self.data_dir() },
+        })
+    }
+
+    /// Addresses reserved on disk for `network`: (address, "containerID ifname").
+    pub fn reservations(&self, network: &str) -> Vec<(String, String)> {
+        let dir = self.data_dir().join(network);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, String)> = rd
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                name.parse::<std::net::IpAddr>().ok()?;
+                Some((
+                    name,
+                    std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The veth host ends on this node.
+    pub fn veths(&self) -> Vec<String> {
+        self.ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("veth"))
+            .collect()
+    }
+}
+
+/// The pod address (without prefix) of a result's first IP.
+pub fn result_ip(r: &Value) -> String {
+    r["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}

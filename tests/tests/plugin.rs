@@ -1,0 +1,321 @@
+//! `cbrnet` end to end: real namespaces, real veths, real traffic.
+
+use cbrnet_tests::{result_ip, Call, Netns, Node};
+use serde_json::{json, Value};
+
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+#[test]
+fn add_check_del_in_every_version_and_pods_talk() {
+    for (i, v) in VERSIONS.iter().enumerate() {
+        let node = Node::new("ver");
+        let subnet = format!("10.244.{}.0/24", 10 + i);
+        let conf = node.conf(v, &subnet);
+        let pods = [Netns::new("ver-pod"), Netns::new("ver-pod")];
+        let ids = ["pod-a", "pod-b"];
+        let mut results = Vec::new();
+        for (p, id) in pods.iter().zip(ids) {
+            let r = Call::new("ADD", id, p.path(), "eth0")
+                .run(&node.ns, &conf)
+                .expect_ok();
+            assert_eq!(r["cniVersion"], *v);
+            // bridge, host veth, pod interface; ips point at the pod interface
+            let ifs = r["interfaces"].as_array().unwrap();
+            assert_eq!(ifs.len(), 3);
+            assert_eq!(ifs[0]["name"], "cbr0");
+            assert_eq!(ifs[2]["name"], "eth0");
+            assert_eq!(ifs[2]["sandbox"], p.path());
+            assert_eq!(r["ips"][0]["interface"], 2);
+            let gw = format!("10.244.{}.1", 10 + i);
+            assert_eq!(r["ips"][0]["gateway"], gw.as_str());
+            if v.starts_with('0') {
+                assert_eq!(r["ips"][0]["version"], "4", "{v} results carry ips[].version");
+                assert!(ifs[2].get("mtu").is_none(), "{v} results have no interface mtu");
+            } else {
+                assert!(
+                    r["ips"][0].get("version").is_none(),
+                    "{v} results have no ips[].version"
+                );
+            }
+            // the pod really has it
+            let addr = p.ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+            assert!(addr.contains(r["ips"][0]["address"].as_str().unwrap()), "{addr}");
+            assert!(p
+                .ok(&["ip", "route", "show", "default"])
+                .contains(&format!("via {gw}")));
+            results.push(r);
+        }
+        let (a, b) = (result_ip(&results[0]), result_ip(&results[1]));
+        assert_ne!(a, b);
+        assert!(pods[0].can_ping(&b), "{v}: pod a cannot reach pod b");
+        assert!(pods[1].can_ping(&a), "{v}: pod b cannot reach pod a");
+        assert!(
+            pods[0].can_ping(&format!("10.244.{}.1", 10 + i)),
+            "{v}: pod a cannot reach the gateway"
+        );
+
+        if v != &"0.3.0" && v != &"0.3.1" {
+            for ((p, id), r) in pods.iter().zip(ids).zip(&results) {
+                Call::new("CHECK", id, p.path(), "eth0")
+                    .run(&node.ns, &with_prev(&conf, r))
+                    .expect_ok();
+            }
+        } else {
+            let out = Call::new("CHECK", ids[0], pods[0].path(), "eth0")
+                .run(&node.ns, &with_prev(&conf, &results[0]));
+            assert!(!out.ok);
+            assert_eq!(out.code(), 1, "CHECK is not in {v}");
+        }
+        for (p, id) in pods.iter().zip(ids) {
+            Call::new("DEL", id, p.path(), "eth0")
+                .run(&node.ns, &conf)
+                .expect_ok();
+            assert_eq!(p.links(), ["lo"], "{v}: eth0 left in the pod");
+        }
+        assert!(node.veths().is_empty(), "{v}: veths left: {:?}", node.veths());
+        assert!(node.reservations("testnet").is_empty());
+    }
+}
+
+#[test]
+fn del_is_idempotent_and_always_releases() {
+    let node = Node::new("del");
+    let conf = node.conf("1.1.0", "10.244.20.0/24");
+    let pod = Netns::new("del-pod");
+    Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    // twice
+    for _ in 0..2 {
+        Call::new("DEL", "c1", pod.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
+    }
+    assert!(node.reservations("testnet").is_empty() && node.veths().is_empty());
+
+    // without CNI_NETNS: the pair still goes (by its host end) and the address is released
+    Call::new("ADD", "c2", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    Call::new("DEL", "c2", "", "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(node.reservations("testnet").is_empty() && node.veths().is_empty());
+    assert_eq!(pod.links(), ["lo"]);
+
+    // after the pod namespace was deleted
+    let gone = Netns::new("del-gone");
+    let path = gone.path();
+    Call::new("ADD", "c3", path.as_str(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert_eq!(node.reservations("testnet").len(), 1);
+    drop(gone);
+    Call::new("DEL", "c3", path.as_str(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(node.reservations("testnet").is_empty() && node.veths().is_empty());
+
+    // a DEL for something never added
+    Call::new("DEL", "never", path.as_str(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+}
+
+#[test]
+fn gc_releases_what_is_not_valid() {
+    let node = Node::new("gc");
+    let conf = node.conf("1.1.0", "10.244.21.0/24");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("gc-pod")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
+    }
+    assert_eq!(node.reservations("testnet").len(), 3);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    Call::new("GC", "dummy", "dummy", "dummy")
+        .run(&node.ns, &gc)
+        .expect_ok();
+    let left = node.reservations("testnet");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1, "c1 eth0");
+    // the older key name works too
+    let mut gc = conf.clone();
+    gc["cni.dev/attachments"] = json!([]);
+    Call::new("GC", "", "", "").run(&node.ns, &gc).expect_ok();
+    assert!(node.reservations("testnet").is_empty());
+    // GC is 1.1.0
+    let out = Call::new("GC", "", "", "").run(&node.ns, &node.conf("1.0.0", "10.244.21.0/24"));
+    assert_eq!(out.code(), 1);
+}
+
+#[test]
+fn subnet_file_status_and_add() {
+    let node = Node::new("status");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet",
+        "ipam": {"type": "cbrnet-ipam", "subnetFile": node.subnet_file(), "dataDir": node.data_dir()},
+    });
+    let pod = Netns::new("status-pod");
+    let out = Call::new("STATUS", "", "", "").run(&node.ns, &conf);
+    assert!(!out.ok);
+    assert_eq!(out.code(), 50, "{}", out.json);
+    let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert_eq!(out.code(), 11, "{}", out.json);
+    assert!(
+        out.json["msg"].as_str().unwrap().contains("no pod subnet"),
+        "{}",
+        out.json
+    );
+    assert!(node.veths().is_empty() && !node.ns.links().contains(&"cbr0".to_string()));
+
+    std::fs::write(
+        node.subnet_file(),
+        r#"{"subnet":"10.244.22.0/24","gateway":"10.244.22.1","clusterCIDR":"10.244.0.0/16","mtu":1400}"#,
+    )
+    .unwrap();
+    Call::new("STATUS", "", "", "").run(&node.ns, &conf).expect_ok();
+    let r = Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(result_ip(&r).starts_with("10.244.22."));
+    assert_eq!(r["interfaces"][2]["mtu"], 1400, "the subnet file's mtu applies");
+    assert!(pod.ok(&["ip", "link", "show", "eth0"]).contains("mtu 1400"));
+    Call::new("DEL", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+}
+
+#[test]
+fn version_with_libcni_dummies() {
+    let node = Node::new("version");
+    let out = Call::new("VERSION", "dummy", "dummy", "dummy").run(&node.ns, &json!({"cniVersion": "1.1.0"}));
+    let v = out.expect_ok();
+    assert_eq!(v["cniVersion"], "1.1.0");
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn check_notices_a_broken_pod() {
+    let node = Node::new("check");
+    let conf = node.conf("1.1.0", "10.244.23.0/24");
+    let pod = Netns::new("check-pod");
+    let r = Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    let conf_prev = with_prev(&conf, &r);
+    Call::new("CHECK", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf_prev)
+        .expect_ok();
+    pod.ok(&["ip", "route", "del", "default"]);
+    let out = Call::new("CHECK", "c1", pod.path(), "eth0").run(&node.ns, &conf_prev);
+    assert_eq!(out.code(), 113, "{}", out.json);
+    assert!(out.json["msg"].as_str().unwrap().contains("route 0.0.0.0/0"));
+    pod.ok(&["ip", "addr", "flush", "dev", "eth0"]);
+    let out = Call::new("CHECK", "c1", pod.path(), "eth0").run(&node.ns, &conf_prev);
+    assert_eq!(out.code(), 113);
+    Call::new("DEL", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+}
+
+#[test]
+fn requested_ip_mac_mtu_and_no_default_gateway() {
+    let node = Node::new("req");
+    let mut conf = node.conf("1.1.0", "10.244.24.0/24");
+    conf["mtu"] = json!(1300);
+    conf["isDefaultGateway"] = json!(false);
+    conf["runtimeConfig"] = json!({"mac": "0a:00:00:00:00:42"});
+    conf["dns"] = json!({"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]});
+    let pod = Netns::new("req-pod");
+    let mut call = Call::new("ADD", "c1", pod.path(), "eth0");
+    call.args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.244.24.77";
+    let r = call.run(&node.ns, &conf).expect_ok();
+    assert_eq!(result_ip(&r), "10.244.24.77");
+    assert_eq!(r["interfaces"][2]["mac"], "0a:00:00:00:00:42");
+    assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
+    let link = pod.ok(&["ip", "link", "show", "eth0"]);
+    assert!(
+        link.contains("0a:00:00:00:00:42") && link.contains("mtu 1300"),
+        "{link}"
+    );
+    assert!(pod.ok(&["ip", "route", "show", "default"]).trim().is_empty());
+    // the address is taken now
+    let pod2 = Netns::new("req-pod");
+    let mut call = Call::new("ADD", "c2", pod2.path(), "eth0");
+    call.args = "IP=10.244.24.77";
+    let out = call.run(&node.ns, &conf);
+    assert_eq!(out.code(), 101, "{}", out.json);
+    assert_eq!(node.reservations("testnet").len(), 1);
+    assert_eq!(node.veths().len(), 1);
+}
+
+#[test]
+fn repeated_add_fails_without_taking_the_first_ones_address() {
+    let node = Node::new("again");
+    let conf = node.conf("1.0.0", "10.244.25.0/24");
+    let pod = Netns::new("again-pod");
+    let r = Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert_eq!(out.code(), 112, "{}", out.json);
+    assert_eq!(
+        node.reservations("testnet"),
+        [(result_ip(&r), "c1 eth0".to_string())]
+    );
+    assert!(pod.can_ping("10.244.25.1"));
+}
+
+#[test]
+fn ip_masq_installs_one_nftables_rule() {
+    let node = Node::new("masq");
+    let mut conf = node.conf("1.0.0", "10.244.26.0/24");
+    conf["ipMasq"] = json!(true);
+    conf["clusterCIDR"] = json!("10.244.0.0/16");
+    let pods = [Netns::new("masq-pod"), Netns::new("masq-pod")];
+    for (i, p) in pods.iter().enumerate() {
+        Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
+    }
+    let rules = node.ns.ok(&["nft", "list", "table", "ip", "cbrnet_testnet"]);
+    assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
+    assert!(
+        rules.contains("ip saddr 10.244.26.0/24 ip daddr != 10.244.0.0/16 masquerade"),
+        "{rules}"
+    );
+    // without clusterCIDR anywhere, ipMasq is a config error and nothing is left behind
+    let node2 = Node::new("masq");
+    let mut conf2 = node2.conf("1.0.0", "10.244.27.0/24");
+    conf2["ipMasq"] = json!(true);
+    let out = Call::new("ADD", "c9", pods[0].path(), "eth9").run(&node2.ns, &conf2);
+    assert_eq!(out.code(), 7, "{}", out.json);
+    assert!(node2.reservations("testnet").is_empty());
+}
+
+#[test]
+fn chained_prev_result_is_kept() {
+    let node = Node::new("chain");
+    let mut conf = node.conf("1.1.0", "10.244.28.0/24");
+    conf["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "dummy0"}], "ips": [], "dns": {"nameservers": ["1.1.1.1"]}});
+    let pod = Netns::new("chain-pod");
+    let r = Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert_eq!(r["interfaces"].as_array().unwrap().len(), 4);
+    assert_eq!(r["interfaces"][0]["name"], "dummy0");
+    assert_eq!(r["ips"][0]["interface"], 3);
+    assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
+}
