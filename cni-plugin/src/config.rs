@@ -97,8 +97,15 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
     if ipam_type.is_empty() || ipam_type.contains('/') {
         return Err(invalid("ipam.type must name an IPAM plugin".into()).into());
     }
+    let mut cluster_from_file = false;
     if ipam_type == IN_PROCESS_IPAM {
-        cbrnet_ipam::IpamConf::from_value(&conf.ipam)?.validate()?;
+        let ipam = cbrnet_ipam::IpamConf::from_value(&conf.ipam)?;
+        ipam.validate()?;
+        cluster_from_file = ipam.uses_subnet_file();
+    }
+    // The subnet file may still bring clusterCIDR; ADD checks again once it has read it.
+    if conf.ip_masq && conf.cluster_cidr.is_none() && !cluster_from_file {
+        return Err(invalid("ipMasq needs clusterCIDR".into()).into());
     }
     let pod_mac = match &conf.runtime_config.mac {
         Some(m) => Some(

@@ -45,6 +45,10 @@ impl Ipam {
             Ipam::InProcess(c) => {
                 let requested = requested_ips(&l.raw, &env.args)?;
                 let pools = c.pools()?;
+                // Judge the request before the store (and its directory) is touched.
+                if let Some(ip) = requested.iter().find(|ip| !pools.usable(**ip)) {
+                    return Err(cbrnet_ipam::IpamError::RequestedOutOfRange(*ip).into());
+                }
                 let store = Store::open(c.data_dir(), &l.conf.base.name)?;
                 let owner = Owner::new(&env.container_id, &env.ifname);
                 let a = allocator::allocate(&store, &pools, &owner, &requested)?;

@@ -85,7 +85,7 @@ pub fn allocate(
         if used_requests < requested.len() {
             let stray = requested
                 .iter()
-                .find(|ip| !pools.range_sets.iter().flatten().any(|r| r.usable(**ip)))
+                .find(|ip| !pools.usable(**ip))
                 .copied()
                 .unwrap_or(requested[0]);
             return Err(IpamError::RequestedOutOfRange(stray));

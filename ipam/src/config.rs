@@ -72,6 +72,13 @@ pub struct Pools {
     pub subnet_file: Option<SubnetFile>,
 }
 
+impl Pools {
+    /// May `ip` be handed out from one of these ranges?
+    pub fn usable(&self, ip: IpAddr) -> bool {
+        self.range_sets.iter().flatten().any(|r| r.usable(ip))
+    }
+}
+
 impl IpamConf {
     pub fn from_value(ipam: &Value) -> Result<IpamConf, IpamError> {
         IpamConf::deserialize(ipam).map_err(|e| IpamError::Config(e.to_string()))

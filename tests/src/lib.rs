@@ -191,12 +191,9 @@ impl<'a> Call<'a> {
     pub fn run(&self, node: &Netns, conf: &Value) -> CniOut {
         use std::io::Write;
         let mut child = self.command(node).spawn().expect("spawning plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
+        // A plugin that refuses its environment may exit before reading stdin: a broken pipe here
+        // is its answer, not ours to judge.
+        let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
         let out = child.wait_with_output().unwrap();
         let json = if out.stdout.is_empty() {
             Value::Null
