@@ -81,7 +81,7 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
     let (conf, raw): (NetConf, Value) = cni_spec::parse_conf(stdin)?;
     let version = Version::parse(&conf.base.cni_version)?;
     let invalid = |m: String| CniError::invalid_config(m);
-    cbrnet_ipam::store::validate_network_name(&conf.base.name)?;
+    cbrnet_ipam::reservations::validate_network_name(&conf.base.name)?;
     validate_ifname(&conf.bridge).map_err(|e| invalid(e.msg.replace("CNI_IFNAME", "bridge")))?;
     if let Some(mtu) = conf.mtu {
         if !(68..=65535).contains(&mtu) {

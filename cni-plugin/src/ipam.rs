@@ -3,7 +3,7 @@
 
 use crate::config::{Loaded, IN_PROCESS_IPAM};
 use crate::error::{PluginError, Result};
-use cbrnet_ipam::{allocator, config::requested_ips, store::Store, IpamConf, Owner, SubnetFile};
+use cbrnet_ipam::{allocator, config::requested_ips, reservations::Store, IpamConf, Owner, SubnetFile};
 use cni_spec::{env::Command, CniError, CniResult, Env};
 use serde_json::Value;
 use std::collections::HashSet;

@@ -3,8 +3,8 @@
 use crate::config::Pools;
 use crate::error::IpamError;
 use crate::range::candidates;
-pub use crate::store::Owner;
-use crate::store::Store;
+pub use crate::reservations::Owner;
+use crate::reservations::Store;
 use cni_spec::IpConfig;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;

@@ -20,6 +20,10 @@ pub enum IpamError {
     Io(String, #[source] std::io::Error),
     #[error("no address is reserved for {0}")]
     NotReserved(String),
+    #[error("cluster CIDR {0} is full: no free /{1} subnet left")]
+    ClusterFull(String, u8),
+    #[error("lease store: {0}")]
+    Store(String),
 }
 
 impl IpamError {
@@ -43,6 +47,8 @@ impl From<IpamError> for CniError {
             IpamError::RequestedOutOfRange(_) | IpamError::RequestedInUse(..) => CODE_ADDRESS_UNAVAILABLE,
             IpamError::Io(..) => CniError::IO,
             IpamError::NotReserved(_) => CODE_NOT_RESERVED,
+            IpamError::ClusterFull(..) => CODE_POOL_FULL,
+            IpamError::Store(_) => CniError::TRY_AGAIN_LATER,
         };
         let details = match &e {
             IpamError::Io(_, io) => io.to_string(),

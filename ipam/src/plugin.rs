@@ -3,7 +3,7 @@
 
 use crate::allocator::{self, Owner};
 use crate::config::{requested_ips, IpamConf};
-use crate::store::Store;
+use crate::reservations::Store;
 use cni_spec::{env::Command, CniError, CniResult, Env, NetConfBase, Version};
 use serde::Deserialize;
 use serde_json::Value;
@@ -22,7 +22,7 @@ pub fn handle(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let version = Version::parse(&conf.base.cni_version)?;
     let ipam = IpamConf::from_value(&conf.ipam)?;
     ipam.validate()?;
-    crate::store::validate_network_name(&conf.base.name)?;
+    crate::reservations::validate_network_name(&conf.base.name)?;
     let owner = Owner::new(&env.container_id, &env.ifname);
     match env.command {
         Command::Add => {

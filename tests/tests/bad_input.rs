@@ -43,35 +43,96 @@ fn each_bad_input_gets_its_code_and_changes_nothing() {
     };
     let cases = vec![
         case("unsupported cniVersion", with("cniVersion", json!("0.2.0")), 1),
-        case("no ipam", {
-            let mut c = good.clone();
-            c.as_object_mut().unwrap().remove("ipam");
-            c
-        }, 7),
-        case("rangeStart outside subnet", ipam_with("rangeStart", json!("10.9.9.9")), 7),
-        case("subnet and ranges both", ipam_with("ranges", json!([[{"subnet": "10.244.31.0/24"}]])), 7),
-        case("network name escapes data dir", with("name", json!("../../etc")), 7),
+        case(
+            "no ipam",
+            {
+                let mut c = good.clone();
+                c.as_object_mut().unwrap().remove("ipam");
+                c
+            },
+            7,
+        ),
+        case(
+            "rangeStart outside subnet",
+            ipam_with("rangeStart", json!("10.9.9.9")),
+            7,
+        ),
+        case(
+            "subnet and ranges both",
+            ipam_with("ranges", json!([[{"subnet": "10.244.31.0/24"}]])),
+            7,
+        ),
+        case(
+            "network name escapes data dir",
+            with("name", json!("../../etc")),
+            7,
+        ),
         case("mtu of the wrong type", with("mtu", json!("big")), 7),
         case("mtu out of range", with("mtu", json!(20)), 7),
-        case("bridge name too long", with("bridge", json!("a-very-long-bridge")), 7),
-        case("multicast runtimeConfig.mac", with("runtimeConfig", json!({"mac": "01:00:5e:00:00:01"})), 7),
-        case("ipam plugin not in CNI_PATH", ipam_with("type", json!("no-such-ipam")), 7),
+        case(
+            "bridge name too long",
+            with("bridge", json!("a-very-long-bridge")),
+            7,
+        ),
+        case(
+            "multicast runtimeConfig.mac",
+            with("runtimeConfig", json!({"mac": "01:00:5e:00:00:01"})),
+            7,
+        ),
+        case(
+            "ipam plugin not in CNI_PATH",
+            ipam_with("type", json!("no-such-ipam")),
+            7,
+        ),
         case("ipMasq without clusterCIDR", with("ipMasq", json!(true)), 7),
-        Case { netns: Some(String::new()), ..case("no CNI_NETNS", good.clone(), 4) },
-        Case { netns: Some("/run/netns/cbt-does-not-exist".into()), ..case("missing netns", good.clone(), 3) },
+        Case {
+            netns: Some(String::new()),
+            ..case("no CNI_NETNS", good.clone(), 4)
+        },
+        Case {
+            netns: Some("/run/netns/cbt-does-not-exist".into()),
+            ..case("missing netns", good.clone(), 3)
+        },
         Case {
             netns: Some(not_a_netns.path().display().to_string()),
             ..case("netns path is not a namespace", good.clone(), 4)
         },
-        Case { ifname: "sixteen-bytes-xx", ..case("ifname over 15 bytes", good.clone(), 4) },
-        Case { ifname: "a/b", ..case("ifname with /", good.clone(), 4) },
-        Case { ifname: "", ..case("empty ifname", good.clone(), 4) },
-        Case { container_id: "../../x", ..case("container ID with ..", good.clone(), 4) },
-        Case { container_id: "", ..case("empty container ID", good.clone(), 4) },
-        Case { command: "FROB", ..case("unknown command", good.clone(), 4) },
-        Case { args: "IP=10.99.0.5", ..case("requested IP outside the subnet", good.clone(), 101) },
-        Case { args: "IP=not-an-ip", ..case("requested IP not an address", good.clone(), 7) },
-        Case { command: "CHECK", ..case("CHECK without prevResult", good.clone(), 7) },
+        Case {
+            ifname: "sixteen-bytes-xx",
+            ..case("ifname over 15 bytes", good.clone(), 4)
+        },
+        Case {
+            ifname: "a/b",
+            ..case("ifname with /", good.clone(), 4)
+        },
+        Case {
+            ifname: "",
+            ..case("empty ifname", good.clone(), 4)
+        },
+        Case {
+            container_id: "../../x",
+            ..case("container ID with ..", good.clone(), 4)
+        },
+        Case {
+            container_id: "",
+            ..case("empty container ID", good.clone(), 4)
+        },
+        Case {
+            command: "FROB",
+            ..case("unknown command", good.clone(), 4)
+        },
+        Case {
+            args: "IP=10.99.0.5",
+            ..case("requested IP outside the subnet", good.clone(), 101)
+        },
+        Case {
+            args: "IP=not-an-ip",
+            ..case("requested IP not an address", good.clone(), 7)
+        },
+        Case {
+            command: "CHECK",
+            ..case("CHECK without prevResult", good.clone(), 7)
+        },
     ];
     for c in cases {
         let netns = c.netns.clone().unwrap_or_else(|| pod.path());
@@ -80,14 +141,25 @@ fn each_bad_input_gets_its_code_and_changes_nothing() {
         let out = call.run(&node.ns, &c.conf);
         assert!(!out.ok, "{}: succeeded", c.name);
         assert_eq!(out.code(), c.code, "{}: {}", c.name, out.json);
-        assert!(out.json["msg"].as_str().is_some_and(|m| !m.is_empty()), "{}: no msg", c.name);
+        assert!(
+            out.json["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: no msg",
+            c.name
+        );
         assert!(out.json["cniVersion"].is_string(), "{}: no cniVersion", c.name);
         assert_eq!(node.ns.links(), ["lo"], "{}: left a link", c.name);
         assert_eq!(pod.links(), ["lo"], "{}: left a link in the pod", c.name);
-        assert!(node.reservations("testnet").is_empty(), "{}: left a reservation", c.name);
+        assert!(
+            node.reservations("testnet").is_empty(),
+            "{}: left a reservation",
+            c.name
+        );
     }
     // Every case was refused before the data directory was even made.
-    assert!(!node.data_dir().exists(), "a refused ADD created the data directory");
+    assert!(
+        !node.data_dir().exists(),
+        "a refused ADD created the data directory"
+    );
 }
 
 #[test]
@@ -109,12 +181,25 @@ fn not_json_is_a_decode_error() {
 #[test]
 fn an_existing_non_bridge_cbr0_is_refused_and_everything_undone() {
     let node = Node::new("notbr");
-    node.ns.ok(&["ip", "link", "add", "cbr0", "type", "veth", "peer", "name", "notbr-peer"]);
+    node.ns.ok(&[
+        "ip",
+        "link",
+        "add",
+        "cbr0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "notbr-peer",
+    ]);
     let pod = Netns::new("notbr-pod");
     let conf = node.conf("1.0.0", "10.244.32.0/24");
     let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
     assert_eq!(out.code(), 111, "{}", out.json);
-    assert!(node.reservations("testnet").is_empty(), "the address was not released");
+    assert!(
+        node.reservations("testnet").is_empty(),
+        "the address was not released"
+    );
     assert!(node.veths().is_empty());
     assert_eq!(pod.links(), ["lo"]);
 }

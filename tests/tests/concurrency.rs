@@ -33,7 +33,11 @@ fn sixty_four_concurrent_adds_then_dels() {
     std::thread::scope(|s| {
         for (p, id) in pods.iter().zip(&ids) {
             let (node, conf) = (&node, &conf);
-            s.spawn(move || Call::new("DEL", id, p.path(), "eth0").run(&node.ns, conf).expect_ok());
+            s.spawn(move || {
+                Call::new("DEL", id, p.path(), "eth0")
+                    .run(&node.ns, conf)
+                    .expect_ok()
+            });
         }
     });
     assert!(node.reservations("testnet").is_empty());
@@ -57,7 +61,9 @@ fn the_pool_fills_exactly_then_names_the_subnet() {
     let ids: Vec<String> = (0..61).map(|i| format!("c{i}")).collect();
     let got: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = ids.iter().map(|id| s.spawn(move || ipam("ADD", id))).collect();
-        hs.into_iter().map(|h| result_ip(&h.join().unwrap().expect_ok())).collect()
+        hs.into_iter()
+            .map(|h| result_ip(&h.join().unwrap().expect_ok()))
+            .collect()
     });
     let distinct: HashSet<&String> = got.iter().collect();
     assert_eq!(distinct.len(), 61);
@@ -66,7 +72,11 @@ fn the_pool_fills_exactly_then_names_the_subnet() {
     assert!(!distinct.contains(&"10.244.51.63".to_string()));
     let full = ipam("ADD", "one-too-many");
     assert_eq!(full.code(), 100, "{}", full.json);
-    assert!(full.json["msg"].as_str().unwrap().contains("10.244.51.0/26"), "{}", full.json);
+    assert!(
+        full.json["msg"].as_str().unwrap().contains("10.244.51.0/26"),
+        "{}",
+        full.json
+    );
     // one goes, and exactly that one comes back
     ipam("DEL", "c7").expect_ok();
     let again = result_ip(&ipam("ADD", "newcomer").expect_ok());

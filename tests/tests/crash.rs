@@ -16,10 +16,18 @@ fn killed_mid_add_then_del_cleans_up() {
         let mut call = Call::new("ADD", "victim", pod.path(), "eth0");
         call.extra_env.push(("CBRNET_TEST_STOP_AT", point));
         let mut child = call.command(&node.ns).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
         let st = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
-        assert!(matches!(st, WaitStatus::Stopped(_, Signal::SIGSTOP)), "{point}: {st:?}");
+        assert!(
+            matches!(st, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+            "{point}: {st:?}"
+        );
 
         // Half done: the address is durable; at "veth" the pair exists too.
         assert_eq!(node.reservations("testnet").len(), 1, "{point}");
@@ -28,15 +36,22 @@ fn killed_mid_add_then_del_cleans_up() {
             assert!(pod.links().contains(&"eth0".to_string()));
         }
         kill(pid, Signal::SIGKILL).unwrap();
-        assert!(matches!(waitpid(pid, None).unwrap(), WaitStatus::Signaled(_, Signal::SIGKILL, _)));
+        assert!(matches!(
+            waitpid(pid, None).unwrap(),
+            WaitStatus::Signaled(_, Signal::SIGKILL, _)
+        ));
 
         // The runtime's answer to a failed ADD is DEL.
-        Call::new("DEL", "victim", pod.path(), "eth0").run(&node.ns, &conf).expect_ok();
+        Call::new("DEL", "victim", pod.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
         assert!(node.reservations("testnet").is_empty(), "{point}: address leaked");
         assert!(node.veths().is_empty(), "{point}: veth leaked");
         assert_eq!(pod.links(), ["lo"], "{point}");
         // and the node is fine for the next pod
-        let r = Call::new("ADD", "next", pod.path(), "eth0").run(&node.ns, &conf).expect_ok();
+        let r = Call::new("ADD", "next", pod.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
         assert!(pod.can_ping(r["ips"][0]["gateway"].as_str().unwrap()));
     }
 }

@@ -49,7 +49,9 @@ fn cbrnet_with_host_local() {
     let pods = [Netns::new("hl-pod"), Netns::new("hl-pod")];
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let r = Call::new("ADD", &["a", "b"][i], p.path(), "eth0").run(&node.ns, &conf).expect_ok();
+        let r = Call::new("ADD", &["a", "b"][i], p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
         ips.push(result_ip(&r));
     }
     assert!(pods[0].can_ping(&ips[1]));
@@ -58,7 +60,17 @@ fn cbrnet_with_host_local() {
     assert!(held(&ips[0]) && held(&ips[1]));
     // a failing ADD after host-local gave an address hands it back (IPAM DEL)
     let busy = Netns::new("hl-busy");
-    busy.ok(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]);
+    busy.ok(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ]);
     let out = Call::new("ADD", "c", busy.path(), "eth0").run(&node.ns, &conf);
     assert_eq!(out.code(), 112, "{}", out.json);
     let files: Vec<_> = std::fs::read_dir(hl_dir.join("testnet"))
@@ -66,9 +78,15 @@ fn cbrnet_with_host_local() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
         .collect();
-    assert_eq!(files.len(), 2, "host-local still holds the failed ADD's address: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "host-local still holds the failed ADD's address: {files:?}"
+    );
     for (i, p) in pods.iter().enumerate() {
-        Call::new("DEL", &["a", "b"][i], p.path(), "eth0").run(&node.ns, &conf).expect_ok();
+        Call::new("DEL", &["a", "b"][i], p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
     }
     assert!(!held(&ips[0]) && !held(&ips[1]));
     assert!(node.veths().is_empty());
