@@ -150,7 +150,7 @@ async fn wire(
         for (gw, subnet) in &gateways {
             bridge::ensure_address(&host, &br, *gw, *subnet).await?;
         }
-        enable_forwarding(gateways.iter().any(|g| g.0.is_ipv6()))?;
+        crate::forwarding::enable(gateways.iter().any(|g| g.0.is_ipv6()))?;
     }
 
     let mtu = c.mtu.or(file_mtu).unwrap_or(br.mtu);
@@ -197,7 +197,11 @@ async fn wire(
             .find(IpNetwork::is_ipv4)
             .expect("an IPv4 gateway");
         let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).expect("valid");
-        masq::ensure(&c.base.name, subnet, cluster.expect("checked above"))?;
+        masq::ensure(
+            &masq::table_name(&c.base.name),
+            subnet,
+            cluster.expect("checked above"),
+        )?;
     }
 
     Ok(CniResult {
@@ -250,24 +254,6 @@ fn chain(mut prev: CniResult, ours: CniResult) -> CniResult {
         prev.dns = ours.dns;
     }
     prev
-}
-
-/// A gateway bridge forwards between pods and the node's other links.
-fn enable_forwarding(v6: bool) -> Result<()> {
-    let mut knobs = vec!["/proc/sys/net/ipv4/ip_forward"];
-    if v6 {
-        knobs.push("/proc/sys/net/ipv6/conf/all/forwarding");
-    }
-    for k in knobs {
-        if std::fs::read(k)
-            .map_err(PluginError::io(format!("reading {k}")))?
-            .first()
-            != Some(&b'1')
-        {
-            std::fs::write(k, b"1").map_err(PluginError::io(format!("writing {k}")))?;
-        }
-    }
-    Ok(())
 }
 
 /// DEL: best effort and idempotent. The pair goes by its host end (no need to enter the pod; if

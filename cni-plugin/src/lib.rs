@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod forwarding;
 pub mod ipam;
 pub mod logging;
 pub mod masq;

@@ -1,5 +1,5 @@
-//! `ipMasq`: pod traffic leaving the cluster CIDR is masqueraded, by an nftables table per
-//! network. nftables has no rtnetlink; we drive `nft` with one atomic transaction that replaces
+//! Masquerading: pod traffic leaving the cluster CIDR is masqueraded, by an nftables table of its
+//! own (one per network for the plugin's `ipMasq`, `cbrnet_routed` for the daemon's `--ip-masq`). nftables has no rtnetlink; we drive `nft` with one atomic transaction that replaces
 //! the table, so concurrent ADDs and repeats converge on the same single rule.
 
 use crate::error::{PluginError, Result};
@@ -16,14 +16,14 @@ pub fn table_name(network: &str) -> String {
     format!("cbrnet_{clean}")
 }
 
-pub fn script(network: &str, subnet: IpNetwork, cluster: IpNetwork) -> String {
-    let t = table_name(network);
+pub fn script(t: &str, subnet: IpNetwork, cluster: IpNetwork) -> String {
     format!(
         "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} ip daddr != {cluster} masquerade\n  }}\n}}\n"
     )
 }
 
-pub fn ensure(network: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
+/// Replaces table `table` with one rule masquerading `subnet` → outside `cluster`.
+pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
     if !subnet.is_ipv4() || !cluster.is_ipv4() {
         return Err(PluginError::Masq("ipMasq supports IPv4 subnets only".into()));
     }
@@ -38,7 +38,7 @@ pub fn ensure(network: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()
         .stdin
         .take()
         .expect("piped")
-        .write_all(script(network, subnet, cluster).as_bytes())
+        .write_all(script(table, subnet, cluster).as_bytes())
         .map_err(|e| PluginError::Masq(format!("writing to nft: {e}")))?;
     let out = child
         .wait_with_output()

@@ -4,6 +4,8 @@
 //! The harness itself uses `ip` (iproute2) to make namespaces and to look inside them; the
 //! product never does.
 
+pub mod lab;
+
 use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsFd;

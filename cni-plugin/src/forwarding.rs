@@ -1,0 +1,21 @@
+//! IP forwarding: a gateway bridge forwards between pods and the node's other links.
+
+use crate::error::{PluginError, Result};
+
+/// Turns forwarding on (IPv4; IPv6 too if asked), writing only what is off.
+pub fn enable(v6: bool) -> Result<()> {
+    let mut knobs = vec!["/proc/sys/net/ipv4/ip_forward"];
+    if v6 {
+        knobs.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    for k in knobs {
+        if std::fs::read(k)
+            .map_err(PluginError::io(format!("reading {k}")))?
+            .first()
+            != Some(&b'1')
+        {
+            std::fs::write(k, b"1").map_err(PluginError::io(format!("writing {k}")))?;
+        }
+    }
+    Ok(())
+}

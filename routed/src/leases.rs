@@ -1,0 +1,80 @@
+//! `cbrnet-routed leases`: the cluster's leases as a table, or JSON for scripts.
+
+use cbrnet_ipam::lease::unix_now;
+use cbrnet_ipam::store::Versioned;
+use serde_json::json;
+
+pub fn render(leases: &[Versioned], as_json: bool) -> String {
+    let now = unix_now();
+    if as_json {
+        let v: Vec<_> = leases
+            .iter()
+            .map(|v| {
+                json!({
+                    "subnet": v.lease.subnet, "nodeName": v.lease.node_name, "nodeIP": v.lease.node_ip,
+                    "expires": v.lease.expires, "expired": v.lease.expired(now),
+                })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&v).expect("serializes") + "\n";
+    }
+    let mut out = format!(
+        "{:<20} {:<24} {:<16} {}\n",
+        "SUBNET", "NODE", "NODE-IP", "EXPIRES"
+    );
+    for v in leases {
+        let l = &v.lease;
+        let left = if l.expired(now) {
+            "expired".to_string()
+        } else {
+            human(l.expires - now)
+        };
+        out += &format!(
+            "{:<20} {:<24} {:<16} {}\n",
+            l.subnet.to_string(),
+            l.node_name,
+            l.node_ip.to_string(),
+            left
+        );
+    }
+    out
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("in {}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("in {}m{:02}s", s / 60, s % 60),
+        s => format!("in {s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cbrnet_ipam::lease::Lease;
+
+    #[test]
+    fn table_and_json() {
+        let v = vec![Versioned {
+            lease: Lease {
+                subnet: "10.244.3.0/24".parse().unwrap(),
+                node_name: "node-a".into(),
+                node_ip: "192.168.1.2".parse().unwrap(),
+                expires: unix_now() + 7200,
+            },
+            version: 1,
+        }];
+        let t = render(&v, false);
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("10.244.3.0/24        node-a"),
+            "{t}"
+        );
+        assert!(t.contains("in 1h59m") || t.contains("in 2h00m"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&render(&v, true)).unwrap();
+        assert_eq!(j[0]["nodeIP"], "192.168.1.2");
+        assert_eq!(j[0]["expired"], false);
+    }
+}

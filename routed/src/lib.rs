@@ -1,0 +1,14 @@
+//! `cbrnet-routed`: holds this node's subnet lease, publishes the subnet for the plugin, and keeps
+//! a host-gw route to every other node's pod subnet.
+//!
+//! [`daemon`] is the event loop; [`routes`] owns the routes we install; [`metrics`] serves
+//! `/healthz` and `/metrics`; [`subnet_file`] publishes the node's subnet; [`cli`] is the command
+//! line, [`leases`] the `leases` subcommand.
+
+pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod leases;
+pub mod metrics;
+pub mod routes;
+pub mod subnet_file;

@@ -1,0 +1,226 @@
+//! A cluster on one machine: nodes (namespaces) joined by an underlay bridge in a namespace of its
+//! own, each running `cbrnet-routed`, with pods added through the `cbrnet` binary.
+
+use crate::{bin, result_ip, Call, Netns, Node};
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+pub struct LabNode {
+    pub name: String,
+    pub node: Node,
+    pub ip: String,
+    pub daemon: Option<Child>,
+    /// (namespace, container ID, address)
+    pub pods: Vec<(Netns, String, String)>,
+    /// Extra daemon flags (e.g. a short lease TTL).
+    pub flags: Vec<String>,
+}
+
+impl LabNode {
+    pub fn route_table(&self) -> String {
+        self.node.ns.ok(&["ip", "route", "show", "proto", "157"])
+    }
+    pub fn subnet(&self) -> Option<String> {
+        let s = std::fs::read_to_string(self.node.subnet_file()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        Some(v["subnet"].as_str()?.to_string())
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.node.dir.path().join("routed.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for LabNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Lab {
+    pub underlay: Netns,
+    pub nodes: Vec<LabNode>,
+    pub store: String,
+    pub dir: tempfile::TempDir,
+    tag: String,
+}
+
+impl Lab {
+    /// An empty lab. `store`: `None` for a file store in the lab's directory, or an etcd spec.
+    pub fn new(tag: &str, store: Option<String>) -> Lab {
+        let underlay = Netns::new(&format!("{tag}-ul"));
+        underlay.ok(&["ip", "link", "add", "ul0", "type", "bridge"]);
+        underlay.ok(&["ip", "link", "set", "ul0", "up"]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = store.unwrap_or_else(|| format!("file:{}", dir.path().join("leases").display()));
+        Lab {
+            underlay,
+            nodes: Vec::new(),
+            store,
+            dir,
+            tag: tag.into(),
+        }
+    }
+
+    /// Adds a node on the underlay (192.168.50.(10+i)/24); does not start its daemon.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let node = Node::new(&format!("{}-n{i}", self.tag));
+        let port = format!("port{i}");
+        self.underlay.ok(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &node.ns.name,
+        ]);
+        self.underlay
+            .ok(&["ip", "link", "set", &port, "master", "ul0", "up"]);
+        let ip = format!("192.168.50.{}", 10 + i);
+        node.ns
+            .ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        node.ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        self.nodes.push(LabNode {
+            name: format!("node-{i}"),
+            node,
+            ip,
+            daemon: None,
+            pods: Vec::new(),
+            flags: Vec::new(),
+        });
+        i
+    }
+
+    /// Starts node `i`'s daemon and waits until it has published its subnet.
+    pub fn start(&mut self, i: usize) {
+        let store = self.store.clone();
+        let n = &mut self.nodes[i];
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(n.node.dir.path().join("routed.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin("cbrnet-routed"));
+        cmd.args([
+            "--node-name",
+            &n.name,
+            "--node-ip",
+            &n.ip,
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--store",
+            &store,
+        ])
+        .arg("--subnet-file")
+        .arg(n.node.subnet_file())
+        .args(["--resync-interval", "1s"])
+        .args(&n.flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        n.node.ns.enter(&mut cmd);
+        n.daemon = Some(cmd.spawn().expect("starting cbrnet-routed"));
+        let t = Instant::now();
+        while n.subnet().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "node {i} published no subnet:\n{}",
+                n.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, as an init system stops it; waits for the exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].daemon.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let st = c.wait().unwrap();
+            assert!(
+                st.success(),
+                "cbrnet-routed exited with {st} on SIGTERM:\n{}",
+                self.nodes[i].log()
+            );
+        }
+    }
+
+    /// Adds a pod on node `i` through the `cbrnet` binary (IPAM from the subnet file).
+    pub fn add_pod(&mut self, i: usize) -> String {
+        let n = &mut self.nodes[i];
+        let id = format!("{}-pod{}", n.name, n.pods.len());
+        let pod = Netns::new(&format!("{}-p", self.tag));
+        let conf = json!({
+            "cniVersion": "1.1.0", "name": "labnet", "type": "cbrnet",
+            "ipam": {"type": "cbrnet-ipam", "subnetFile": n.node.subnet_file(), "dataDir": n.node.data_dir()},
+        });
+        let r = Call::new("ADD", &id, pod.path(), "eth0")
+            .run(&n.node.ns, &conf)
+            .expect_ok();
+        let ip = result_ip(&r);
+        n.pods.push((pod, id, ip.clone()));
+        ip
+    }
+
+    /// Waits up to `limit` for `cond` on node `i`'s routes of ours; returns how long it took.
+    pub fn wait_routes(&self, i: usize, limit: Duration, cond: impl Fn(&str) -> bool) -> Option<Duration> {
+        let t = Instant::now();
+        loop {
+            if cond(&self.nodes[i].route_table()) {
+                return Some(t.elapsed());
+            }
+            if t.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every pod pings every other pod; returns the pairs that failed.
+    pub fn unreachable_pairs(&self) -> Vec<(String, String)> {
+        let pods: Vec<&(Netns, String, String)> = self.nodes.iter().flat_map(|n| &n.pods).collect();
+        let mut bad = Vec::new();
+        for a in &pods {
+            for b in &pods {
+                if a.1 != b.1 && !a.0.can_ping(&b.2) {
+                    bad.push((a.1.clone(), b.1.clone()));
+                }
+            }
+        }
+        bad
+    }
+
+    /// `cbrnet-routed leases --json` against the lab's store.
+    pub fn leases(&self) -> serde_json::Value {
+        let out = Command::new(bin("cbrnet-routed"))
+            .args(["leases", "--json", "--store", &self.store])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Full-mesh expectation: node `i` has a route to every other node's subnet via its IP.
+    pub fn routes_complete(&self, i: usize) -> bool {
+        let table = self.nodes[i].route_table();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, n)| *j != i && n.subnet().is_some())
+            .all(|(_, n)| table.contains(&format!("{} via {}", n.subnet().unwrap(), n.ip)))
+    }
+}
