@@ -33,3 +33,181 @@ fn three_nodes_file_store_every_pod_reaches_every_pod() {
     let subnets: std::collections::HashSet<_> = lab.nodes.iter().map(|n| n.subnet().unwrap()).collect();
     assert_eq!(subnets.len(), 3);
 }
+
+#[test]
+fn a_node_joins_and_leaves() {
+    let mut lab = lab_of("join", 2, None);
+    let p0 = lab.add_pod(0);
+    // joins: the others have its route within 2 s
+    let i = lab.add_node();
+    lab.start(i);
+    let subnet = lab.nodes[i].subnet().unwrap();
+    let want = format!("{subnet} via {}", lab.nodes[i].ip);
+    for j in 0..2 {
+        let took = lab.wait_routes(j, Duration::from_secs(2), |t| t.contains(&want));
+        assert!(
+            took.is_some(),
+            "node {j} has no route to the new node: {}",
+            lab.nodes[j].route_table()
+        );
+    }
+    let p2 = lab.add_pod(i);
+    assert!(lab.nodes[2].pods[0].0.can_ping(&p0));
+    assert!(lab.nodes[0].pods[0].0.can_ping(&p2));
+
+    // leaves (decommissioned: daemon stopped, lease released): its route is gone everywhere
+    lab.stop(i);
+    let out = std::process::Command::new(cbrnet_tests::bin("cbrnet-routed"))
+        .args([
+            "release",
+            "--node-name",
+            &lab.nodes[i].name,
+            "--store",
+            &lab.store,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for j in 0..2 {
+        assert!(
+            lab.wait_routes(j, Duration::from_secs(3), |t| !t.contains(&subnet))
+                .is_some(),
+            "node {j} still routes the released subnet: {}",
+            lab.nodes[j].route_table()
+        );
+    }
+    assert_eq!(lab.leases().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_expired_lease_loses_its_routes_and_its_subnet() {
+    let mut lab = Lab::new("expire", None);
+    for _ in 0..2 {
+        lab.add_node();
+    }
+    lab.nodes[1].flags = vec!["--lease-ttl".into(), "3s".into()];
+    lab.start(0);
+    lab.start(1);
+    let subnet = lab.nodes[1].subnet().unwrap();
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(2), |t| t.contains(&subnet))
+        .is_some());
+    // node 1 dies without releasing; nobody renews its lease
+    let mut d = lab.nodes[1].daemon.take().unwrap();
+    d.kill().unwrap();
+    d.wait().unwrap();
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(6), |t| !t.contains(&subnet))
+            .is_some(),
+        "the expired lease's route stayed: {}",
+        lab.nodes[0].route_table()
+    );
+    let leases = lab.leases();
+    assert!(leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["nodeName"] == "node-1" && l["expired"] == true));
+}
+
+#[test]
+fn a_restarted_node_keeps_its_subnet_and_pods_keep_working() {
+    let mut lab = lab_of("restart", 2, None);
+    let a = lab.add_pod(0);
+    let b = lab.add_pod(1);
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(5), |_| lab.routes_complete(0))
+        .is_some());
+    assert!(lab
+        .wait_routes(1, Duration::from_secs(5), |_| lab.routes_complete(1))
+        .is_some());
+    let before = lab.nodes[0].subnet().unwrap();
+    let routes_before = lab.nodes[0].route_table();
+    lab.stop(0);
+    // stopped: the routes stay and the pods still talk
+    assert_eq!(lab.nodes[0].route_table(), routes_before);
+    assert!(lab.nodes[0].pods[0].0.can_ping(&b));
+    lab.start(0);
+    assert_eq!(lab.nodes[0].subnet().unwrap(), before);
+    assert!(lab.nodes[1].pods[0].0.can_ping(&a));
+    std::thread::sleep(Duration::from_millis(1500)); // a resync or two
+    assert_eq!(lab.nodes[0].route_table(), routes_before);
+    // no flapping: the restarted daemon installed nothing, it found everything in place
+    let log = lab.nodes[0].log();
+    let after_restart = log.rsplit("lease held").next().unwrap();
+    assert!(
+        !after_restart.contains("route installed") && !after_restart.contains("route removed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn routes_follow_a_node_ip_change() {
+    let mut lab = lab_of("ipchg", 2, None);
+    let subnet = lab.nodes[1].subnet().unwrap();
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(2), |t| t
+            .contains(&format!("{subnet} via 192.168.50.11")))
+        .is_some());
+    lab.stop(1);
+    let ns = &lab.nodes[1].node.ns;
+    ns.ok(&["ip", "addr", "del", "192.168.50.11/24", "dev", "eth0"]);
+    ns.ok(&["ip", "addr", "add", "192.168.50.77/24", "dev", "eth0"]);
+    lab.nodes[1].ip = "192.168.50.77".into();
+    lab.start(1);
+    assert_eq!(lab.nodes[1].subnet().unwrap(), subnet);
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(2), |t| t
+            .contains(&format!("{subnet} via 192.168.50.77")))
+            .is_some(),
+        "{}",
+        lab.nodes[0].route_table()
+    );
+    let a = lab.add_pod(0);
+    lab.add_pod(1);
+    assert!(lab.nodes[1].pods[0].0.can_ping(&a));
+}
+
+#[test]
+fn a_route_deleted_by_hand_comes_back_and_foreign_routes_are_left_alone() {
+    let mut lab = lab_of("heal", 2, None);
+    let subnet = lab.nodes[1].subnet().unwrap();
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(2), |t| t.contains(&subnet))
+        .is_some());
+    // a route we did not make, even inside the cluster CIDR, is not ours to remove
+    lab.nodes[0]
+        .node
+        .ns
+        .ok(&["ip", "route", "add", "10.244.200.0/24", "via", "192.168.50.11"]);
+    lab.nodes[0].node.ns.ok(&["ip", "route", "del", &subnet]);
+    let took = lab.wait_routes(0, Duration::from_secs(1), |t| t.contains(&subnet));
+    assert!(
+        took.is_some(),
+        "not restored within 1 s: {}",
+        lab.nodes[0].route_table()
+    );
+    std::thread::sleep(Duration::from_millis(1200)); // past a resync
+    assert!(lab.nodes[0]
+        .node
+        .ns
+        .ok(&["ip", "route", "show", "10.244.200.0/24"])
+        .contains("via 192.168.50.11"));
+}
+
+#[test]
+fn a_node_off_the_underlay_is_skipped_with_an_error() {
+    let mut lab = lab_of("offnet", 1, None);
+    let i = lab.add_node();
+    // this node claims an address no other node can reach directly
+    lab.nodes[i].ip = "172.31.0.5".into();
+    lab.start(i);
+    let subnet = lab.nodes[i].subnet().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!lab.nodes[0].route_table().contains(&subnet));
+    assert!(
+        lab.nodes[0].log().contains("not on a directly connected network"),
+        "{}",
+        lab.nodes[0].log()
+    );
+}
