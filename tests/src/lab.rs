@@ -224,3 +224,26 @@ impl Lab {
             .all(|(_, n)| table.contains(&format!("{} via {}", n.subnet().unwrap(), n.ip)))
     }
 }
+
+impl Lab {
+    /// GET `path` from node `i`'s metrics address (127.0.0.1:9473 inside the node): a thread of
+    /// ours enters the node's namespace (setns is per thread) and speaks HTTP/1.0.
+    pub fn http_get(&self, i: usize, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let f = std::fs::File::open(self.nodes[i].node.ns.path()).unwrap();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9473").unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).unwrap();
+            let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            (status, body)
+        })
+        .join()
+        .unwrap()
+    }
+}

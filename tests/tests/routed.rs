@@ -211,3 +211,29 @@ fn a_node_off_the_underlay_is_skipped_with_an_error() {
         lab.nodes[0].log()
     );
 }
+
+#[test]
+fn healthz_metrics_and_ip_masq() {
+    let mut lab = Lab::new("metrics", None);
+    lab.add_node();
+    lab.add_node();
+    lab.nodes[0].flags = vec!["--ip-masq".into()];
+    lab.start(0);
+    lab.start(1);
+    assert!(lab.wait_routes(0, Duration::from_secs(2), |_| lab.routes_complete(0)).is_some());
+    let (status, body) = lab.http_get(0, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    std::thread::sleep(Duration::from_millis(1200)); // let a resync count the routes
+    let (status, m) = lab.http_get(0, "/metrics");
+    assert_eq!(status, 200);
+    assert!(m.contains("cbrnet_leases 2\n"), "{m}");
+    assert!(m.contains("cbrnet_routes_installed 1\n"), "{m}");
+    assert!(m.contains("cbrnet_store_up 1\n"), "{m}");
+    assert!(m.contains("cbrnet_reconcile_errors_total 0\n"), "{m}");
+    assert!(m.contains("# TYPE cbrnet_reconcile_duration_seconds_count counter"), "{m}");
+    assert_eq!(lab.http_get(0, "/nope").0, 404);
+    let subnet = lab.nodes[0].subnet().unwrap();
+    let nft = lab.nodes[0].node.ns.ok(&["nft", "list", "table", "ip", "cbrnet_routed"]);
+    assert!(nft.contains(&format!("ip saddr {subnet} ip daddr != 10.244.0.0/16 masquerade")), "{nft}");
+    assert!(lab.nodes[1].node.ns.run(&["nft", "list", "table", "ip", "cbrnet_routed"]).status.code() != Some(0));
+}
