@@ -1,6 +1,7 @@
 //! A cluster on one machine: nodes (namespaces) joined by an underlay bridge in a namespace of its
 //! own, each running `cbrnet-routed`, with pods added through the `cbrnet` binary.
 
+pub use crate::etcd::Etcd;
 use crate::{bin, result_ip, Call, Netns, Node};
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
@@ -42,25 +43,43 @@ impl Drop for LabNode {
     }
 }
 
+/// Where the lab keeps its leases.
+pub enum StoreKind {
+    /// `file:DIR` in the lab's own directory.
+    File,
+    /// A real etcd inside the underlay namespace, on 192.168.50.2.
+    Etcd,
+}
+
+// Fields drop in order: daemons first, then the store, then the underlay.
 pub struct Lab {
-    pub underlay: Netns,
     pub nodes: Vec<LabNode>,
+    pub etcd: Option<crate::etcd::Etcd>,
+    pub underlay: Netns,
     pub store: String,
     pub dir: tempfile::TempDir,
     tag: String,
 }
 
 impl Lab {
-    /// An empty lab. `store`: `None` for a file store in the lab's directory, or an etcd spec.
-    pub fn new(tag: &str, store: Option<String>) -> Lab {
+    /// An empty lab: the underlay (bridge `ul0`, 192.168.50.0/24) and the store.
+    pub fn new(tag: &str, kind: StoreKind) -> Lab {
         let underlay = Netns::new(&format!("{tag}-ul"));
         underlay.ok(&["ip", "link", "add", "ul0", "type", "bridge"]);
         underlay.ok(&["ip", "link", "set", "ul0", "up"]);
         let dir = tempfile::tempdir().unwrap();
-        let store = store.unwrap_or_else(|| format!("file:{}", dir.path().join("leases").display()));
+        let (store, etcd) = match kind {
+            StoreKind::File => (format!("file:{}", dir.path().join("leases").display()), None),
+            StoreKind::Etcd => {
+                underlay.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "ul0"]);
+                let e = crate::etcd::Etcd::start_in(Some(&underlay), "192.168.50.2");
+                (e.store(), Some(e))
+            }
+        };
         Lab {
-            underlay,
             nodes: Vec::new(),
+            etcd,
+            underlay,
             store,
             dir,
             tag: tag.into(),
@@ -130,6 +149,7 @@ impl Lab {
         .stdout(Stdio::null())
         .stderr(log);
         n.node.ns.enter(&mut cmd);
+        crate::die_with_parent(&mut cmd);
         n.daemon = Some(cmd.spawn().expect("starting cbrnet-routed"));
         let t = Instant::now();
         while n.subnet().is_none() {

@@ -4,13 +4,14 @@
 //! The harness itself uses `ip` (iproute2) to make namespaces and to look inside them; the
 //! product never does.
 
+pub mod etcd;
 pub mod lab;
 
 use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -105,19 +106,38 @@ fn sh(args: &[&str]) {
     );
 }
 
+/// Makes a daemon child die with the thread that started it, even if we are killed or abort:
+/// a lab never leaves a `cbrnet-routed` or `etcd` running.
+pub fn die_with_parent(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Deletes every namespace this process made. For binaries built with `panic = "abort"`, where
+/// the guards' drops do not run: call it from a panic hook.
+pub fn remove_my_namespaces() {
+    let mark = format!("-{}-", std::process::id());
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cbt-") && name.contains(&mark) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
 /// Where cargo put our binaries (next to the test's own `deps/`).
 pub fn bin_dir() -> PathBuf {
+    // Tests run from target/<profile>/deps/, our own binaries (lab, bench) from target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    assert!(
-        dir.join("cbrnet").is_file(),
-        "build the binaries first: cargo build --workspace"
-    );
-    dir
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .find(|d| d.join("cbrnet").is_file())
+        .expect("build the binaries first: cargo build --workspace")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {

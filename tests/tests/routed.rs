@@ -1,9 +1,9 @@
 //! `cbrnet-routed` in a lab of nodes: leases, host-gw routes, pods talking across nodes.
 
-use cbrnet_tests::lab::Lab;
+use cbrnet_tests::lab::{Lab, StoreKind};
 use std::time::Duration;
 
-fn lab_of(tag: &str, nodes: usize, store: Option<String>) -> Lab {
+fn lab_of(tag: &str, nodes: usize, store: StoreKind) -> Lab {
     let mut lab = Lab::new(tag, store);
     for _ in 0..nodes {
         let i = lab.add_node();
@@ -14,7 +14,7 @@ fn lab_of(tag: &str, nodes: usize, store: Option<String>) -> Lab {
 
 #[test]
 fn three_nodes_file_store_every_pod_reaches_every_pod() {
-    let mut lab = lab_of("lab3", 3, None);
+    let mut lab = lab_of("lab3", 3, StoreKind::File);
     for i in 0..3 {
         lab.add_pod(i);
         lab.add_pod(i);
@@ -36,7 +36,7 @@ fn three_nodes_file_store_every_pod_reaches_every_pod() {
 
 #[test]
 fn a_node_joins_and_leaves() {
-    let mut lab = lab_of("join", 2, None);
+    let mut lab = lab_of("join", 2, StoreKind::File);
     let p0 = lab.add_pod(0);
     // joins: the others have its route within 2 s
     let i = lab.add_node();
@@ -81,7 +81,7 @@ fn a_node_joins_and_leaves() {
 
 #[test]
 fn an_expired_lease_loses_its_routes_and_its_subnet() {
-    let mut lab = Lab::new("expire", None);
+    let mut lab = Lab::new("expire", StoreKind::File);
     for _ in 0..2 {
         lab.add_node();
     }
@@ -112,7 +112,7 @@ fn an_expired_lease_loses_its_routes_and_its_subnet() {
 
 #[test]
 fn a_restarted_node_keeps_its_subnet_and_pods_keep_working() {
-    let mut lab = lab_of("restart", 2, None);
+    let mut lab = lab_of("restart", 2, StoreKind::File);
     let a = lab.add_pod(0);
     let b = lab.add_pod(1);
     assert!(lab
@@ -143,7 +143,7 @@ fn a_restarted_node_keeps_its_subnet_and_pods_keep_working() {
 
 #[test]
 fn routes_follow_a_node_ip_change() {
-    let mut lab = lab_of("ipchg", 2, None);
+    let mut lab = lab_of("ipchg", 2, StoreKind::File);
     let subnet = lab.nodes[1].subnet().unwrap();
     assert!(lab
         .wait_routes(0, Duration::from_secs(2), |t| t
@@ -170,7 +170,7 @@ fn routes_follow_a_node_ip_change() {
 
 #[test]
 fn a_route_deleted_by_hand_comes_back_and_foreign_routes_are_left_alone() {
-    let mut lab = lab_of("heal", 2, None);
+    let lab = lab_of("heal", 2, StoreKind::File);
     let subnet = lab.nodes[1].subnet().unwrap();
     assert!(lab
         .wait_routes(0, Duration::from_secs(2), |t| t.contains(&subnet))
@@ -197,7 +197,7 @@ fn a_route_deleted_by_hand_comes_back_and_foreign_routes_are_left_alone() {
 
 #[test]
 fn a_node_off_the_underlay_is_skipped_with_an_error() {
-    let mut lab = lab_of("offnet", 1, None);
+    let mut lab = lab_of("offnet", 1, StoreKind::File);
     let i = lab.add_node();
     // this node claims an address no other node can reach directly
     lab.nodes[i].ip = "172.31.0.5".into();
@@ -214,13 +214,15 @@ fn a_node_off_the_underlay_is_skipped_with_an_error() {
 
 #[test]
 fn healthz_metrics_and_ip_masq() {
-    let mut lab = Lab::new("metrics", None);
+    let mut lab = Lab::new("metrics", StoreKind::File);
     lab.add_node();
     lab.add_node();
     lab.nodes[0].flags = vec!["--ip-masq".into()];
     lab.start(0);
     lab.start(1);
-    assert!(lab.wait_routes(0, Duration::from_secs(2), |_| lab.routes_complete(0)).is_some());
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(2), |_| lab.routes_complete(0))
+        .is_some());
     let (status, body) = lab.http_get(0, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     std::thread::sleep(Duration::from_millis(1200)); // let a resync count the routes
@@ -230,10 +232,79 @@ fn healthz_metrics_and_ip_masq() {
     assert!(m.contains("cbrnet_routes_installed 1\n"), "{m}");
     assert!(m.contains("cbrnet_store_up 1\n"), "{m}");
     assert!(m.contains("cbrnet_reconcile_errors_total 0\n"), "{m}");
-    assert!(m.contains("# TYPE cbrnet_reconcile_duration_seconds_count counter"), "{m}");
+    assert!(
+        m.contains("# TYPE cbrnet_reconcile_duration_seconds_count counter"),
+        "{m}"
+    );
     assert_eq!(lab.http_get(0, "/nope").0, 404);
     let subnet = lab.nodes[0].subnet().unwrap();
-    let nft = lab.nodes[0].node.ns.ok(&["nft", "list", "table", "ip", "cbrnet_routed"]);
-    assert!(nft.contains(&format!("ip saddr {subnet} ip daddr != 10.244.0.0/16 masquerade")), "{nft}");
-    assert!(lab.nodes[1].node.ns.run(&["nft", "list", "table", "ip", "cbrnet_routed"]).status.code() != Some(0));
+    let nft = lab.nodes[0]
+        .node
+        .ns
+        .ok(&["nft", "list", "table", "ip", "cbrnet_routed"]);
+    assert!(
+        nft.contains(&format!("ip saddr {subnet} ip daddr != 10.244.0.0/16 masquerade")),
+        "{nft}"
+    );
+    assert!(
+        lab.nodes[1]
+            .node
+            .ns
+            .run(&["nft", "list", "table", "ip", "cbrnet_routed"])
+            .status
+            .code()
+            != Some(0)
+    );
+}
+
+#[test]
+fn three_nodes_etcd_store_every_pod_reaches_every_pod() {
+    let mut lab = lab_of("etcd3", 3, StoreKind::Etcd);
+    for i in 0..3 {
+        lab.add_pod(i);
+        lab.add_pod(i);
+    }
+    for i in 0..3 {
+        assert!(
+            lab.wait_routes(i, Duration::from_secs(5), |_| lab.routes_complete(i))
+                .is_some(),
+            "node {i}: {}\n{}",
+            lab.nodes[i].route_table(),
+            lab.nodes[i].log()
+        );
+    }
+    assert_eq!(lab.unreachable_pairs(), Vec::<(String, String)>::new());
+    assert_eq!(lab.leases().as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn etcd_outage_keeps_routes_then_resyncs() {
+    let mut lab = lab_of("outage", 2, StoreKind::Etcd);
+    let b = lab.add_pod(1);
+    lab.add_pod(0);
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(5), |_| lab.routes_complete(0))
+        .is_some());
+    let routes = lab.nodes[0].route_table();
+    lab.etcd.as_mut().unwrap().pause();
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        lab.nodes[0].route_table(),
+        routes,
+        "routes changed while the store was away"
+    );
+    assert!(lab.nodes[0].pods[0].0.can_ping(&b));
+    assert_eq!(lab.http_get(0, "/healthz").0, 503, "healthy without a store");
+    lab.etcd.as_mut().unwrap().resume();
+    // back: healthy again, and a node that joins now is routed
+    let i = lab.add_node();
+    lab.start(i);
+    let subnet = lab.nodes[i].subnet().unwrap();
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(10), |t| t.contains(&subnet))
+            .is_some(),
+        "{}",
+        lab.nodes[0].log()
+    );
+    assert_eq!(lab.http_get(0, "/healthz").0, 200);
 }

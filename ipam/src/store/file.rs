@@ -3,7 +3,8 @@
 //! `DIR/<subnet key>` holds `{"lease": {...}, "version": N}`. Create is write-to-temp, fsync, then
 //! `link(2)` to the key, which is atomic and fails if the key exists: no torn file is ever visible
 //! and two creators cannot both win. Update and delete compare the version under an exclusive
-//! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed by a short poll.
+//! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed by polling the
+//! directory's mtime.
 
 use super::{LeaseStore, Versioned};
 use crate::error::IpamError;
@@ -163,21 +164,23 @@ impl LeaseStore for FileStore {
         self.delete_sync(subnet, version)
     }
     async fn watch(&self) -> Result<mpsc::Receiver<()>, IpamError> {
+        // Every create, update (rename) and delete changes the directory's mtime: polling that is
+        // one stat, however many leases there are. Expiry changes nothing on disk; the daemon's
+        // periodic resync catches it.
         let (tx, rx) = mpsc::channel(1);
-        let store = FileStore {
-            dir: self.dir.clone(),
-        };
+        let dir = self.dir.clone();
         tokio::spawn(async move {
-            let mut last = None;
+            let stamp = |d: &Path| fs::metadata(d).and_then(|m| m.modified()).ok();
+            let mut last = stamp(&dir);
             loop {
-                let now = store.list_sync().ok();
+                tokio::time::sleep(POLL).await;
+                let now = stamp(&dir);
                 if now != last {
                     last = now;
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
                         return;
                     }
                 }
-                tokio::time::sleep(POLL).await;
             }
         });
         Ok(rx)
