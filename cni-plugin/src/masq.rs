@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn script_replaces_the_table_atomically() {
         let s = super::script(
-            "k8s-pod.net",
+            &super::table_name("k8s-pod.net"),
             "10.244.1.0/24".parse().unwrap(),
             "10.244.0.0/16".parse().unwrap(),
         );

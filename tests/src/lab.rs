@@ -58,6 +58,8 @@ pub struct Lab {
     pub underlay: Netns,
     pub store: String,
     pub dir: tempfile::TempDir,
+    /// `--cluster-cidr` of the daemons started from now on.
+    pub cluster_cidr: String,
     tag: String,
 }
 
@@ -82,6 +84,7 @@ impl Lab {
             underlay,
             store,
             dir,
+            cluster_cidr: CLUSTER_CIDR.into(),
             tag: tag.into(),
         }
     }
@@ -123,7 +126,7 @@ impl Lab {
 
     /// Starts node `i`'s daemon and waits until it has published its subnet.
     pub fn start(&mut self, i: usize) {
-        let store = self.store.clone();
+        let (store, cidr) = (self.store.clone(), self.cluster_cidr.clone());
         let n = &mut self.nodes[i];
         let log = std::fs::File::options()
             .create(true)
@@ -137,7 +140,7 @@ impl Lab {
             "--node-ip",
             &n.ip,
             "--cluster-cidr",
-            CLUSTER_CIDR,
+            &cidr,
             "--store",
             &store,
         ])
@@ -224,14 +227,24 @@ impl Lab {
         bad
     }
 
-    /// `cbrnet-routed leases --json` against the lab's store.
+    /// Runs `cbrnet-routed ARGS --store <the lab's store>` inside the first node (the store's
+    /// address exists only on the lab's underlay) and insists it succeeds; returns its stdout.
+    pub fn routed_cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(bin("cbrnet-routed"));
+        cmd.args(args).args(["--store", &self.store]);
+        self.nodes[0].node.ns.enter(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "cbrnet-routed {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `cbrnet-routed leases --json`.
     pub fn leases(&self) -> serde_json::Value {
-        let out = Command::new(bin("cbrnet-routed"))
-            .args(["leases", "--json", "--store", &self.store])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&self.routed_cli(&["leases", "--json"])).unwrap()
     }
 
     /// Full-mesh expectation: node `i` has a route to every other node's subnet via its IP.
@@ -251,11 +264,13 @@ impl Lab {
     pub fn http_get(&self, i: usize, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let f = std::fs::File::open(self.nodes[i].node.ns.path()).unwrap();
-        let path = path.to_string();
+        let p = path.to_string();
         std::thread::spawn(move || {
+            let path = p;
             use std::os::fd::AsFd;
             nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9473").unwrap();
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9473")
+                .unwrap_or_else(|e| panic!("connecting to the metrics address: {e}"));
             write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
             let mut resp = String::new();
             s.read_to_string(&mut resp).unwrap();
@@ -264,6 +279,6 @@ impl Lab {
             (status, body)
         })
         .join()
-        .unwrap()
+        .unwrap_or_else(|_| panic!("GET {path} from node {i} failed; its log:\n{}", self.nodes[i].log()))
     }
 }

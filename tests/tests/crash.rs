@@ -36,10 +36,11 @@ fn killed_mid_add_then_del_cleans_up() {
             assert!(pod.links().contains(&"eth0".to_string()));
         }
         kill(pid, Signal::SIGKILL).unwrap();
-        assert!(matches!(
-            waitpid(pid, None).unwrap(),
-            WaitStatus::Signaled(_, Signal::SIGKILL, _)
-        ));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(Signal::SIGKILL as i32)
+        );
 
         // The runtime's answer to a failed ADD is DEL.
         Call::new("DEL", "victim", pod.path(), "eth0")

@@ -16,14 +16,14 @@ fn reference_bridge_with_cbrnet_ipam() {
     let pods = [Netns::new("refbr-pod"), Netns::new("refbr-pod")];
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let mut c = Call::new("ADD", &["a", "b"][i], p.path(), "eth0");
+        let mut c = Call::new("ADD", ["a", "b"][i], p.path(), "eth0");
         c.plugin = Path::new(REFERENCE_CNI_DIR).join("bridge");
         let r = c.run(&node.ns, &conf).expect_ok();
         ips.push(result_ip(&r));
         // CHECK goes through the bridge into cbrnet-ipam's CHECK
         let mut with_prev = conf.clone();
         with_prev["prevResult"] = r;
-        let mut c = Call::new("CHECK", &["a", "b"][i], p.path(), "eth0");
+        let mut c = Call::new("CHECK", ["a", "b"][i], p.path(), "eth0");
         c.plugin = Path::new(REFERENCE_CNI_DIR).join("bridge");
         c.run(&node.ns, &with_prev).expect_ok();
     }
@@ -31,7 +31,7 @@ fn reference_bridge_with_cbrnet_ipam() {
     assert!(pods[0].can_ping(&ips[1]));
     assert!(pods[1].can_ping("10.244.60.1"));
     for (i, p) in pods.iter().enumerate() {
-        let mut c = Call::new("DEL", &["a", "b"][i], p.path(), "eth0");
+        let mut c = Call::new("DEL", ["a", "b"][i], p.path(), "eth0");
         c.plugin = Path::new(REFERENCE_CNI_DIR).join("bridge");
         c.run(&node.ns, &conf).expect_ok();
     }
@@ -49,7 +49,7 @@ fn cbrnet_with_host_local() {
     let pods = [Netns::new("hl-pod"), Netns::new("hl-pod")];
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let r = Call::new("ADD", &["a", "b"][i], p.path(), "eth0")
+        let r = Call::new("ADD", ["a", "b"][i], p.path(), "eth0")
             .run(&node.ns, &conf)
             .expect_ok();
         ips.push(result_ip(&r));
@@ -84,7 +84,7 @@ fn cbrnet_with_host_local() {
         "host-local still holds the failed ADD's address: {files:?}"
     );
     for (i, p) in pods.iter().enumerate() {
-        Call::new("DEL", &["a", "b"][i], p.path(), "eth0")
+        Call::new("DEL", ["a", "b"][i], p.path(), "eth0")
             .run(&node.ns, &conf)
             .expect_ok();
     }

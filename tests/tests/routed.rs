@@ -57,17 +57,8 @@ fn a_node_joins_and_leaves() {
 
     // leaves (decommissioned: daemon stopped, lease released): its route is gone everywhere
     lab.stop(i);
-    let out = std::process::Command::new(cbrnet_tests::bin("cbrnet-routed"))
-        .args([
-            "release",
-            "--node-name",
-            &lab.nodes[i].name,
-            "--store",
-            &lab.store,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let name = lab.nodes[i].name.clone();
+    lab.routed_cli(&["release", "--node-name", &name]);
     for j in 0..2 {
         assert!(
             lab.wait_routes(j, Duration::from_secs(3), |t| !t.contains(&subnet))
