@@ -90,8 +90,9 @@ impl Etcd {
         if let Some(p) = &self.ns_path {
             enter(&mut cmd, p);
         }
-        crate::die_with_parent(&mut cmd);
-        self.child = Some(cmd.spawn().expect("starting etcd (apt-get install etcd-server)"));
+        let child = cmd.spawn().expect("starting etcd (apt-get install etcd-server)");
+        crate::register_daemon(child.id());
+        self.child = Some(child);
         // A single-member cluster elects itself before it opens the client port.
         let t = Instant::now();
         while !self.listening() {

@@ -152,8 +152,9 @@ impl Lab {
         .stdout(Stdio::null())
         .stderr(log);
         n.node.ns.enter(&mut cmd);
-        crate::die_with_parent(&mut cmd);
-        n.daemon = Some(cmd.spawn().expect("starting cbrnet-routed"));
+        let child = cmd.spawn().expect("starting cbrnet-routed");
+        crate::register_daemon(child.id());
+        n.daemon = Some(child);
         let t = Instant::now();
         while n.subnet().is_none() {
             assert!(
@@ -279,6 +280,11 @@ impl Lab {
             (status, body)
         })
         .join()
-        .unwrap_or_else(|_| panic!("GET {path} from node {i} failed; its log:\n{}", self.nodes[i].log()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "GET {path} from node {i} failed; its log:\n{}",
+                self.nodes[i].log()
+            )
+        })
     }
 }

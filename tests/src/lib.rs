@@ -109,19 +109,23 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// Makes a daemon child die with the thread that started it, even if we are killed or abort:
-/// a lab never leaves a `cbrnet-routed` or `etcd` running.
-pub fn die_with_parent(cmd: &mut Command) {
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
+static DAEMONS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers a daemon child (cbrnet-routed, etcd) so that `remove_my_namespaces` can kill it
+/// when a binary built with `panic = "abort"` panics; tests rely on their guards' drops.
+pub fn register_daemon(pid: u32) {
+    DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 
-/// Deletes every namespace this process made. For binaries built with `panic = "abort"`, where
+/// Kills the registered daemons and deletes every namespace this process made. For binaries built with `panic = "abort"`, where
 /// the guards' drops do not run: call it from a panic hook.
 pub fn remove_my_namespaces() {
+    for pid in DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let mark = format!("-{}-", std::process::id());
     for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
