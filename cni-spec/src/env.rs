@@ -104,13 +104,18 @@ pub fn cni_arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// Non-empty, alphanumerics, `_`, `.` and `-`, starting with an alphanumeric: safe as one path
+/// component (no `/`, never `.` or `..`).
+pub fn is_plain_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// The spec: a container ID is non-empty and made of alphanumerics, `_`, `.` and `-`, starting with
 /// an alphanumeric. That also keeps it from naming a path outside a data directory.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let ok = is_plain_name(id);
     if ok {
         Ok(())
     } else {

@@ -54,12 +54,7 @@ pub struct Store {
 
 /// A network name becomes a directory name: keep it to one plain path component.
 pub fn validate_network_name(name: &str) -> Result<(), IpamError> {
-    let ok = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let ok = cni_spec::env::is_plain_name(name);
     if ok {
         Ok(())
     } else {

@@ -44,6 +44,7 @@ impl Drop for LabNode {
 }
 
 /// Where the lab keeps its leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     /// `file:DIR` in the lab's own directory.
     File,

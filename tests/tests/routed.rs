@@ -12,26 +12,36 @@ fn lab_of(tag: &str, nodes: usize, store: StoreKind) -> Lab {
     lab
 }
 
-#[test]
-fn three_nodes_file_store_every_pod_reaches_every_pod() {
-    let mut lab = lab_of("lab3", 3, StoreKind::File);
+/// The lab of the issue: 3 nodes, 2 pods each; every pod reaches every other pod.
+fn three_nodes_every_pod_reaches_every_pod(tag: &str, kind: StoreKind) {
+    let mut lab = lab_of(tag, 3, kind);
     for i in 0..3 {
         lab.add_pod(i);
         lab.add_pod(i);
     }
     for i in 0..3 {
+        let done = lab.wait_routes(i, Duration::from_secs(5), |_| lab.routes_complete(i));
         assert!(
-            lab.wait_routes(i, Duration::from_secs(5), |_| lab.routes_complete(i))
-                .is_some(),
-            "node {i}: {}",
-            lab.nodes[i].route_table()
+            done.is_some(),
+            "node {i}: {}\n{}",
+            lab.nodes[i].route_table(),
+            lab.nodes[i].log()
         );
     }
     assert_eq!(lab.unreachable_pairs(), Vec::<(String, String)>::new());
-    let leases = lab.leases();
-    assert_eq!(leases.as_array().unwrap().len(), 3);
+    assert_eq!(lab.leases().as_array().unwrap().len(), 3);
     let subnets: std::collections::HashSet<_> = lab.nodes.iter().map(|n| n.subnet().unwrap()).collect();
     assert_eq!(subnets.len(), 3);
+}
+
+#[test]
+fn three_nodes_file_store_every_pod_reaches_every_pod() {
+    three_nodes_every_pod_reaches_every_pod("lab3", StoreKind::File);
+}
+
+#[test]
+fn three_nodes_etcd_store_every_pod_reaches_every_pod() {
+    three_nodes_every_pod_reaches_every_pod("etcd3", StoreKind::Etcd);
 }
 
 #[test]
@@ -246,26 +256,6 @@ fn healthz_metrics_and_ip_masq() {
             .code()
             != Some(0)
     );
-}
-
-#[test]
-fn three_nodes_etcd_store_every_pod_reaches_every_pod() {
-    let mut lab = lab_of("etcd3", 3, StoreKind::Etcd);
-    for i in 0..3 {
-        lab.add_pod(i);
-        lab.add_pod(i);
-    }
-    for i in 0..3 {
-        assert!(
-            lab.wait_routes(i, Duration::from_secs(5), |_| lab.routes_complete(i))
-                .is_some(),
-            "node {i}: {}\n{}",
-            lab.nodes[i].route_table(),
-            lab.nodes[i].log()
-        );
-    }
-    assert_eq!(lab.unreachable_pairs(), Vec::<(String, String)>::new());
-    assert_eq!(lab.leases().as_array().unwrap().len(), 3);
 }
 
 #[test]

@@ -191,8 +191,8 @@ impl LeaseStore for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{acquire, live, release, renew, unix_now, LeaseConfig};
-    use std::collections::HashSet;
+    use crate::lease::{acquire, unix_now};
+    use crate::store::conformance::{self, cfg};
     use std::net::TcpListener;
     use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
@@ -289,36 +289,11 @@ mod tests {
         }
     }
 
-    fn cfg(cidr: &str, len: u8) -> LeaseConfig {
-        LeaseConfig::new(cidr.parse().unwrap(), len, Duration::from_secs(60)).unwrap()
-    }
-
     #[tokio::test]
     async fn same_node_gets_its_subnet_back_and_release_frees_it() {
         let etcd = Etcd::start().await;
         let s = etcd.connect().await.unwrap();
-        let c = cfg("10.244.0.0/16", 24);
-        let a = acquire(&s, &c, "a", "192.168.1.1".parse().unwrap())
-            .await
-            .unwrap();
-        let b = acquire(&s, &c, "b", "192.168.1.2".parse().unwrap())
-            .await
-            .unwrap();
-        assert_ne!(a.lease.subnet, b.lease.subnet);
-        // restart with a new IP: same subnet, IP follows
-        let a2 = acquire(&s, &c, "a", "192.168.1.9".parse().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(a2.lease.subnet, a.lease.subnet);
-        assert_eq!(a2.lease.node_ip.to_string(), "192.168.1.9");
-        let a3 = renew(&s, &c, &a2, a2.lease.node_ip).await.unwrap();
-        assert!(a3.version > a2.version);
-        assert!(
-            !release(&s, &a2).await.unwrap(),
-            "a stale version must not delete"
-        );
-        assert!(release(&s, &a3).await.unwrap());
-        assert_eq!(live(&s).await.unwrap(), vec![b.lease.clone()]);
+        let b = conformance::same_node_gets_its_subnet_back(&s).await;
         // the key is where the issue says, with the lease's JSON
         let kvs = s
             .client
@@ -333,28 +308,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_nodes_at_once_get_distinct_subnets() {
         let etcd = Etcd::start().await;
-        let s = Arc::new(etcd.connect().await.unwrap());
-        let c = Arc::new(cfg("10.244.0.0/16", 24));
-        let hs: Vec<_> = (0..32)
-            .map(|i| {
-                let (s, c) = (s.clone(), c.clone());
-                tokio::spawn(async move {
-                    acquire(
-                        &*s,
-                        &c,
-                        &format!("n{i}"),
-                        format!("192.168.0.{}", i + 1).parse().unwrap(),
-                    )
-                    .await
-                    .unwrap()
-                })
-            })
-            .collect();
-        let mut subnets = HashSet::new();
-        for h in hs {
-            assert!(subnets.insert(h.await.unwrap().lease.subnet));
-        }
-        assert_eq!(live(&*s).await.unwrap().len(), 32);
+        conformance::many_nodes_at_once_get_distinct_subnets(Arc::new(etcd.connect().await.unwrap())).await;
     }
 
     #[tokio::test]

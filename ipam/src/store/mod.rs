@@ -5,6 +5,8 @@
 //!   node); the embedded default.
 //! - `etcd:http://HOST:PORT[,...]` ([`etcd`]): a real etcd v3 cluster.
 
+#[cfg(test)]
+mod conformance;
 pub mod etcd;
 pub mod file;
 

@@ -184,13 +184,10 @@ fn main() {
     let which = arg(&args, "--store", "both".to_string());
     let rounds: usize = arg(&args, "--rounds", 20);
     let n: usize = arg(&args, "--leases", 5000);
-    let kinds: Vec<(&str, fn() -> StoreKind)> = [
-        ("file", (|| StoreKind::File) as fn() -> StoreKind),
-        ("etcd", || StoreKind::Etcd),
-    ]
-    .into_iter()
-    .filter(|(name, _)| which == "both" || which == *name)
-    .collect();
+    let kinds: Vec<(&str, StoreKind)> = [("file", StoreKind::File), ("etcd", StoreKind::Etcd)]
+        .into_iter()
+        .filter(|(name, _)| which == "both" || which == *name)
+        .collect();
     println!(
         "kernel {}, {} cores",
         String::from_utf8_lossy(
@@ -206,11 +203,11 @@ fn main() {
     for (name, kind) in &kinds {
         println!(
             "{name}: new lease -> route on another node: {}",
-            stats(latency(kind(), rounds))
+            stats(latency(*kind, rounds))
         );
     }
     for (name, kind) in &kinds {
-        let (fill, converge, hwm, rss) = scale(kind(), n);
+        let (fill, converge, hwm, rss) = scale(*kind, n);
         println!(
             "{name}: {n} leases -> {n} routes in {:.2} s from daemon start (store filled in {:.1} s); daemon peak RSS {:.1} MiB, RSS after {:.1} MiB",
             converge.as_secs_f64(),
