@@ -46,7 +46,7 @@ pub async fn ensure(nl: &Nl, name: &str, mtu: u32, mac: [u8; 6], promisc: bool) 
                 .build();
             match nl.handle.link().add(msg).execute().await {
                 Ok(()) => created = true,
-                Err(e) if errno(&e) == Some(nl::libc_eexist()) => {}
+                Err(e) if errno(&e) == Some(nl::EEXIST) => {}
                 Err(e) => return Err(PluginError::Netlink(format!("creating bridge {name}"), e)),
             }
             nl.link(name)
@@ -92,7 +92,7 @@ pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: I
         .await
     {
         Ok(()) => Ok(()),
-        Err(e) if errno(&e) == Some(nl::libc_eexist()) => Ok(()),
+        Err(e) if errno(&e) == Some(nl::EEXIST) => Ok(()),
         Err(e) => Err(PluginError::Netlink(
             format!("adding {gateway}/{} to {}", subnet.prefix(), bridge.name),
             e,

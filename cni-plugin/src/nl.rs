@@ -23,18 +23,16 @@ impl Nl {
         let mut s = self.handle.link().get().match_name(name.to_string()).execute();
         match s.try_next().await {
             Ok(m) => Ok(m),
-            Err(e) if errno(&e) == Some(libc_enodev()) => Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
             Err(e) => Err(PluginError::Netlink(format!("looking up link {name}"), e)),
         }
     }
 }
 
-pub const fn libc_enodev() -> i32 {
-    nix::errno::Errno::ENODEV as i32
-}
-pub const fn libc_eexist() -> i32 {
-    nix::errno::Errno::EEXIST as i32
-}
+/// The errnos we tolerate, as `error::errno` reports them.
+pub const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
+pub const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
+pub const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
 
 pub fn mac(l: &LinkMessage) -> Option<[u8; 6]> {
     l.attributes.iter().find_map(|a| match a {

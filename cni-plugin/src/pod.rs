@@ -42,7 +42,7 @@ pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]
         let msg = route_message(r, index)?;
         match nl.handle.route().add(msg).execute().await {
             Ok(()) => {}
-            Err(e) if errno(&e) == Some(nl::libc_eexist()) => {}
+            Err(e) if errno(&e) == Some(nl::EEXIST) => {}
             Err(e) => {
                 return Err(PluginError::Netlink(
                     format!("adding route {} in the pod", r.dst),

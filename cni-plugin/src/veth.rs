@@ -42,7 +42,7 @@ pub async fn create(nl: &Nl, p: &Pair<'_>) -> Result<()> {
         Ok(()) => Ok(()),
         // Either end's name is taken: the pod already has this interface (or a stale pair is
         // still there, which DEL removes).
-        Err(e) if errno(&e) == Some(nl::libc_eexist()) => Err(PluginError::IfnameTaken(p.pod_ifname.into())),
+        Err(e) if errno(&e) == Some(nl::EEXIST) => Err(PluginError::IfnameTaken(p.pod_ifname.into())),
         Err(e) => Err(PluginError::Netlink(
             format!("creating veth {} <-> {}", p.host_name, p.pod_ifname),
             e,
@@ -71,7 +71,7 @@ pub async fn delete(nl: &Nl, host_name: &str) -> Result<bool> {
     let msg = LinkUnspec::new_with_name(host_name).build();
     match nl.handle.link().del_with_message(msg).execute().await {
         Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(nl::libc_enodev()) => Ok(false),
+        Err(e) if errno(&e) == Some(nl::ENODEV) => Ok(false),
         Err(e) => Err(PluginError::Netlink(format!("deleting {host_name}"), e)),
     }
 }

@@ -165,13 +165,9 @@ pub async fn remove(h: &Handle, r: &Have) -> Result<()> {
     match h.route().del(r.msg.clone()).execute().await {
         Ok(()) => Ok(()),
         // already gone: that is what we wanted
-        Err(e) if cbrnet::error::errno(&e) == Some(nix_esrch()) => Ok(()),
+        Err(e) if cbrnet::error::errno(&e) == Some(cbrnet::nl::ESRCH) => Ok(()),
         Err(e) => Err(RoutedError::Netlink(format!("deleting route {}", r.dst), e)),
     }
-}
-
-const fn nix_esrch() -> i32 {
-    3 // ESRCH: the kernel's "no such route"
 }
 
 #[cfg(test)]

@@ -319,3 +319,30 @@ fn chained_prev_result_is_kept() {
     assert_eq!(r["ips"][0]["interface"], 3);
     assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
 }
+
+#[test]
+fn not_a_gateway_promisc_bridge_and_log_file() {
+    let node = Node::new("nogw");
+    let mut conf = node.conf("1.0.0", "10.244.29.0/24");
+    conf["isGateway"] = json!(false);
+    conf["isDefaultGateway"] = json!(false);
+    conf["promiscMode"] = json!(true);
+    let log = node.dir.path().join("cbrnet.log");
+    conf["logFile"] = json!(log);
+    let pod = Netns::new("nogw-pod");
+    let r = Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(
+        r["interfaces"][0]["mac"].as_str().unwrap().starts_with("0a:58:"),
+        "stable bridge MAC"
+    );
+    let br = node.ns.ok(&["ip", "-o", "addr", "show", "dev", "cbr0"]);
+    assert!(
+        !br.contains("10.244.29.1"),
+        "isGateway false put the gateway on the bridge: {br}"
+    );
+    assert!(node.ns.ok(&["ip", "link", "show", "cbr0"]).contains("PROMISC"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("ADD") && logged.contains("c1"), "{logged}");
+}
