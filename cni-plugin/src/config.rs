@@ -59,6 +59,8 @@ pub struct Loaded {
     pub raw: Value,
     pub version: Version,
     pub ipam_type: String,
+    /// The `ipam` section, parsed and validated, when it is served in-process.
+    pub in_process_ipam: Option<cbrnet_ipam::IpamConf>,
     pub pod_mac: Option<[u8; 6]>,
 }
 
@@ -97,12 +99,14 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
     if ipam_type.is_empty() || ipam_type.contains('/') {
         return Err(invalid("ipam.type must name an IPAM plugin".into()).into());
     }
-    let mut cluster_from_file = false;
-    if ipam_type == IN_PROCESS_IPAM {
+    let in_process_ipam = if ipam_type == IN_PROCESS_IPAM {
         let ipam = cbrnet_ipam::IpamConf::from_value(&conf.ipam)?;
         ipam.validate()?;
-        cluster_from_file = ipam.uses_subnet_file();
-    }
+        Some(ipam)
+    } else {
+        None
+    };
+    let cluster_from_file = in_process_ipam.as_ref().is_some_and(|i| i.uses_subnet_file());
     // The subnet file may still bring clusterCIDR; ADD checks again once it has read it.
     if conf.ip_masq && conf.cluster_cidr.is_none() && !cluster_from_file {
         return Err(invalid("ipMasq needs clusterCIDR".into()).into());
@@ -118,6 +122,7 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
         raw,
         version,
         ipam_type,
+        in_process_ipam,
         pod_mac,
     })
 }

@@ -1,7 +1,7 @@
 //! IPAM for `cbrnet`: `cbrnet-ipam` in-process (no exec on the ADD path), anything else
 //! delegated to its binary in CNI_PATH as the spec says.
 
-use crate::config::{Loaded, IN_PROCESS_IPAM};
+use crate::config::Loaded;
 use crate::error::{PluginError, Result};
 use cbrnet_ipam::{allocator, config::requested_ips, reservations::Store, IpamConf, Owner, SubnetFile};
 use cni_spec::{env::Command, CniError, CniResult, Env};
@@ -27,8 +27,8 @@ pub struct Lease {
 
 impl Ipam {
     pub fn new(l: &Loaded, env: &Env) -> Result<Ipam> {
-        if l.ipam_type == IN_PROCESS_IPAM {
-            return Ok(Ipam::InProcess(IpamConf::from_value(&l.conf.ipam)?));
+        if let Some(c) = &l.in_process_ipam {
+            return Ok(Ipam::InProcess(c.clone()));
         }
         env.path
             .iter()
