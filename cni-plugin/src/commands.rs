@@ -7,7 +7,7 @@ use crate::ipam::{Ipam, Lease};
 use crate::netns::NetNs;
 use crate::nl::{self, Nl};
 use crate::{masq, pod, veth};
-use cni_spec::{env::Command, CniError, CniResult, Env, Interface, IpConfig, Route, Version};
+use cni_spec::{env::Command, CniError, CniResult, Env, Interface, IpConfig, Route};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -15,6 +15,7 @@ use std::net::IpAddr;
 /// Entry point for every command but VERSION (answered by the skel).
 pub fn run(env: &Env, stdin: &[u8]) -> std::result::Result<Option<Value>, CniError> {
     let l = config::load(stdin)?;
+    l.version.allows(env.command)?;
     crate::logging::init(l.conf.log_file.as_deref());
     tracing::debug!(command = env.command.as_str(), container = %env.container_id, ifname = %env.ifname, netns = %env.netns, "start");
     let out = match env.command {
@@ -270,11 +271,6 @@ fn del(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
 }
 
 fn check(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
-    if !l.version.has_check() {
-        return Err(
-            CniError::incompatible(format!("config version {} does not allow CHECK", l.version)).into(),
-        );
-    }
     let prev = l
         .conf
         .base
@@ -326,17 +322,9 @@ fn check(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
 }
 
 fn gc(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
-    if !l.version.has_gc_status() {
-        return Err(CniError::incompatible(format!("config version {} does not allow GC", l.version)).into());
-    }
     Ipam::new(l, env)?.gc(l, env, stdin)
 }
 
 fn status(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
-    if l.version < Version::V1_1_0 {
-        return Err(
-            CniError::incompatible(format!("config version {} does not allow STATUS", l.version)).into(),
-        );
-    }
-    Ipam::new(l, env)?.status(env, stdin)
+    Ipam::new(l, env)?.status(l, env, stdin)
 }

@@ -3,17 +3,17 @@
 
 use crate::config::Loaded;
 use crate::error::{PluginError, Result};
-use cbrnet_ipam::{allocator, config::requested_ips, reservations::Store, IpamConf, Owner, SubnetFile};
+use cbrnet_ipam::allocator::Network;
+use cbrnet_ipam::{config::requested_ips, IpamConf, Owner, SubnetFile};
 use cni_spec::{env::Command, CniError, CniResult, Env};
 use serde_json::Value;
-use std::collections::HashSet;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-pub enum Ipam {
-    InProcess(IpamConf),
+pub enum Ipam<'a> {
+    InProcess(&'a IpamConf),
     Delegated(PathBuf),
 }
 
@@ -25,10 +25,10 @@ pub struct Lease {
     new: Vec<IpAddr>,
 }
 
-impl Ipam {
-    pub fn new(l: &Loaded, env: &Env) -> Result<Ipam> {
+impl Ipam<'_> {
+    pub fn new<'a>(l: &'a Loaded, env: &Env) -> Result<Ipam<'a>> {
         if let Some(c) = &l.in_process_ipam {
-            return Ok(Ipam::InProcess(c.clone()));
+            return Ok(Ipam::InProcess(c));
         }
         env.path
             .iter()
@@ -43,15 +43,7 @@ impl Ipam {
     pub fn add(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Lease> {
         match self {
             Ipam::InProcess(c) => {
-                let requested = requested_ips(&l.raw, &env.args)?;
-                let pools = c.pools()?;
-                // Judge the request before the store (and its directory) is touched.
-                if let Some(ip) = requested.iter().find(|ip| !pools.usable(**ip)) {
-                    return Err(cbrnet_ipam::IpamError::RequestedOutOfRange(*ip).into());
-                }
-                let store = Store::open(c.data_dir(), &l.conf.base.name)?;
-                let owner = Owner::new(&env.container_id, &env.ifname);
-                let a = allocator::allocate(&store, &pools, &owner, &requested)?;
+                let (a, pools) = net(c, l).add(&owner(env), &requested_ips(&l.raw, &env.args)?)?;
                 let result = CniResult {
                     ips: a.ips,
                     routes: c.routes.clone().unwrap_or_default(),
@@ -78,9 +70,7 @@ impl Ipam {
     /// Takes back what a failed ADD got. Best effort: the ADD's own error is what matters.
     pub fn undo(&self, lease: &Lease, l: &Loaded, env: &Env, stdin: &[u8]) {
         let r = match self {
-            Ipam::InProcess(c) => Store::open(c.data_dir(), &l.conf.base.name)
-                .and_then(|s| lease.new.iter().try_for_each(|ip| s.release(*ip)))
-                .map_err(PluginError::from),
+            Ipam::InProcess(c) => net(c, l).undo(&lease.new).map_err(PluginError::from),
             Ipam::Delegated(p) => exec(p, Command::Del, env, stdin).map(|_| ()),
         };
         if let Err(e) = r {
@@ -91,10 +81,8 @@ impl Ipam {
     pub fn del(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
         match self {
             Ipam::InProcess(c) => {
-                if let Some(s) = Store::open_existing(c.data_dir(), &l.conf.base.name)? {
-                    let released = allocator::release(&s, &Owner::new(&env.container_id, &env.ifname))?;
-                    tracing::debug!(?released, "released");
-                }
+                let released = net(c, l).release(&owner(env))?;
+                tracing::debug!(?released, "released");
                 Ok(())
             }
             Ipam::Delegated(p) => exec(p, Command::Del, env, stdin).map(|_| ()),
@@ -103,12 +91,7 @@ impl Ipam {
 
     pub fn check(&self, l: &Loaded, env: &Env, stdin: &[u8], ips: &[IpAddr]) -> Result<()> {
         match self {
-            Ipam::InProcess(c) => {
-                let owner = Owner::new(&env.container_id, &env.ifname);
-                let s = Store::open_existing(c.data_dir(), &l.conf.base.name)?
-                    .ok_or_else(|| cbrnet_ipam::IpamError::NotReserved(owner.to_string()))?;
-                Ok(allocator::check(&s, &owner, ips)?)
-            }
+            Ipam::InProcess(c) => Ok(net(c, l).check(&owner(env), ips)?),
             Ipam::Delegated(p) => exec(p, Command::Check, env, stdin).map(|_| ()),
         }
     }
@@ -116,14 +99,8 @@ impl Ipam {
     pub fn gc(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
         match self {
             Ipam::InProcess(c) => {
-                let valid: HashSet<Owner> = cni_spec::valid_attachments(&l.raw)?
-                    .into_iter()
-                    .map(|a| Owner::new(&a.container_id, &a.ifname))
-                    .collect();
-                if let Some(s) = Store::open_existing(c.data_dir(), &l.conf.base.name)? {
-                    for (ip, owner) in allocator::gc(&s, &valid)? {
-                        tracing::info!("gc released {ip} of {owner}");
-                    }
+                for (ip, owner) in net(c, l).gc(&cni_spec::valid_attachments(&l.raw)?)? {
+                    tracing::info!("gc released {ip} of {owner}");
                 }
                 Ok(())
             }
@@ -131,12 +108,23 @@ impl Ipam {
         }
     }
 
-    pub fn status(&self, env: &Env, stdin: &[u8]) -> Result<()> {
+    pub fn status(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
         match self {
-            Ipam::InProcess(c) => Ok(cbrnet_ipam::plugin::status(c)?),
+            Ipam::InProcess(c) => Ok(net(c, l).status()?),
             Ipam::Delegated(p) => exec(p, Command::Status, env, stdin).map(|_| ()),
         }
     }
+}
+
+fn net<'a>(c: &'a IpamConf, l: &'a Loaded) -> Network<'a> {
+    Network {
+        conf: c,
+        name: &l.conf.base.name,
+    }
+}
+
+fn owner(env: &Env) -> Owner {
+    Owner::new(&env.container_id, &env.ifname)
 }
 
 /// Runs a delegated plugin as the spec says: our environment with CNI_COMMAND set, the network

@@ -52,6 +52,25 @@ impl Version {
         self >= Version::V1_1_0
     }
 
+    /// Refuses (code 1) a command this version does not have: CHECK before 0.4.0, GC and STATUS
+    /// before 1.1.0.
+    pub fn allows(self, cmd: crate::Command) -> Result<(), CniError> {
+        use crate::Command::*;
+        let ok = match cmd {
+            Check => self.has_check(),
+            Gc | Status => self.has_gc_status(),
+            Add | Del | Version => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(CniError::incompatible(format!(
+                "config version {self} does not allow {}",
+                cmd.as_str()
+            )))
+        }
+    }
+
     /// Before 1.0.0 every `ips[]` entry carries `"version": "4"|"6"`.
     pub fn ip_has_version_field(self) -> bool {
         self < Version::V1_0_0
@@ -92,5 +111,7 @@ mod tests {
         assert!(!Version::V0_3_1.has_check());
         assert!(Version::V0_4_0.has_check());
         assert!(!Version::V1_0_0.has_gc_status());
+        assert_eq!(Version::V0_3_1.allows(crate::Command::Check).unwrap_err().code, 1);
+        assert!(Version::V1_1_0.allows(crate::Command::Gc).is_ok());
     }
 }

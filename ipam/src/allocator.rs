@@ -1,10 +1,11 @@
 //! Node-level allocation: picks addresses from the pools and records them in the store.
 
-use crate::config::Pools;
+use crate::config::{IpamConf, Pools};
 use crate::error::IpamError;
 use crate::range::candidates;
 pub use crate::reservations::Owner;
 use crate::reservations::Store;
+use cni_spec::Attachment;
 use cni_spec::IpConfig;
 use ipnetwork::IpNetwork;
 use std::collections::HashSet;
@@ -151,6 +152,70 @@ pub fn check(store: &Store, owner: &Owner, ips: &[IpAddr]) -> Result<(), IpamErr
         return Err(IpamError::NotReserved(owner.to_string()));
     }
     Ok(())
+}
+
+impl From<&Attachment> for Owner {
+    fn from(a: &Attachment) -> Owner {
+        Owner::new(&a.container_id, &a.ifname)
+    }
+}
+
+/// One network's node-level IPAM: the commands of a CNI IPAM plugin over its store. Both the
+/// standalone `cbrnet-ipam` and `cbrnet`'s in-process IPAM go through here.
+pub struct Network<'a> {
+    pub conf: &'a IpamConf,
+    pub name: &'a str,
+}
+
+impl Network<'_> {
+    /// ADD: the pools (reading the subnet file if needed) and the allocation. Requested addresses
+    /// are judged before the store, or its directory, is touched.
+    pub fn add(&self, owner: &Owner, requested: &[IpAddr]) -> Result<(Allocation, Pools), IpamError> {
+        let pools = self.conf.pools()?;
+        if let Some(ip) = requested.iter().find(|ip| !pools.usable(**ip)) {
+            return Err(IpamError::RequestedOutOfRange(*ip));
+        }
+        let store = Store::open(self.conf.data_dir(), self.name)?;
+        Ok((allocate(&store, &pools, owner, requested)?, pools))
+    }
+
+    /// Takes back addresses an ADD reserved, when the ADD failed after all.
+    pub fn undo(&self, new: &[IpAddr]) -> Result<(), IpamError> {
+        let store = Store::open(self.conf.data_dir(), self.name)?;
+        new.iter().try_for_each(|ip| store.release(*ip))
+    }
+
+    /// DEL: releases what `owner` holds (nothing to do if the network has no store yet).
+    pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
+        match Store::open_existing(self.conf.data_dir(), self.name)? {
+            Some(store) => release(&store, owner),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// CHECK: `owner` holds every one of `ips`.
+    pub fn check(&self, owner: &Owner, ips: &[IpAddr]) -> Result<(), IpamError> {
+        let store = Store::open_existing(self.conf.data_dir(), self.name)?
+            .ok_or_else(|| IpamError::NotReserved(owner.to_string()))?;
+        check(&store, owner, ips)
+    }
+
+    /// GC: releases every reservation whose owner is not among `valid`.
+    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Owner)>, IpamError> {
+        let valid: HashSet<Owner> = valid.iter().map(Owner::from).collect();
+        match Store::open_existing(self.conf.data_dir(), self.name)? {
+            Some(store) => gc(&store, &valid),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// STATUS: can an ADD get an address now? Without a subnet, no (code 50).
+    pub fn status(&self) -> Result<(), cni_spec::CniError> {
+        self.conf.pools().map(|_| ()).map_err(|e| {
+            let e = cni_spec::CniError::from(e);
+            cni_spec::CniError::new(cni_spec::CniError::NOT_AVAILABLE, e.msg).with_details(e.details)
+        })
+    }
 }
 
 #[cfg(test)]
