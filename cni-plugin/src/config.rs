@@ -64,26 +64,11 @@ pub struct Loaded {
     pub pod_mac: Option<[u8; 6]>,
 }
 
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<std::result::Result<_, _>>()
-        .ok()?;
-    let mac: [u8; 6] = parts.try_into().ok()?;
-    // unicast only
-    (mac[0] & 1 == 0).then_some(mac)
-}
-
-pub fn format_mac(m: &[u8]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 pub fn load(stdin: &[u8]) -> Result<Loaded> {
     let (conf, raw): (NetConf, Value) = cni_spec::parse_conf(stdin)?;
     let version = Version::parse(&conf.base.cni_version)?;
     let invalid = |m: String| CniError::invalid_config(m);
-    cbrnet_ipam::reservations::validate_network_name(&conf.base.name)?;
+    cbrnet_ipam::node::reservations::validate_network_name(&conf.base.name)?;
     validate_ifname(&conf.bridge).map_err(|e| invalid(e.msg.replace("CNI_IFNAME", "bridge")))?;
     if let Some(mtu) = conf.mtu {
         if !(68..=65535).contains(&mtu) {
@@ -113,7 +98,8 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
     }
     let pod_mac = match &conf.runtime_config.mac {
         Some(m) => Some(
-            parse_mac(m).ok_or_else(|| invalid(format!("runtimeConfig.mac {m:?} is not a unicast MAC")))?,
+            cbrnet_bridge::mac::parse_unicast(m)
+                .ok_or_else(|| invalid(format!("runtimeConfig.mac {m:?} is not a unicast MAC")))?,
         ),
         None => None,
     };
@@ -130,49 +116,49 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// A valid config with `extra` keys merged in.
+    fn conf(extra: Value) -> Vec<u8> {
+        let mut c = json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "cbrnet",
+            "ipam": {"type": "cbrnet-ipam", "subnet": "10.1.0.0/24"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c.to_string().into_bytes()
+    }
 
     #[test]
     fn defaults() {
-        let l = load(br#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"cbrnet-ipam","subnet":"10.1.0.0/24"}}"#).unwrap();
+        let l = load(&conf(json!({}))).unwrap();
         assert_eq!(l.conf.bridge, "cbr0");
         assert!(l.conf.hairpin_mode && l.conf.is_gateway && l.conf.is_default_gateway);
         assert!(!l.conf.ip_masq && !l.conf.promisc_mode);
+        assert_eq!(l.pod_mac, None);
     }
 
     #[test]
     fn rejects() {
-        let code = |s: &str| cni_spec::CniError::from(load(s.as_bytes()).err().unwrap()).code;
-        assert_eq!(code("{"), 6);
-        assert_eq!(
-            code(r#"{"cniVersion":"9.9.9","name":"n","type":"cbrnet","ipam":{"type":"x"}}"#),
-            1
-        );
-        assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet"}"#), 7);
-        assert_eq!(
-            code(r#"{"cniVersion":"1.0.0","name":"../x","type":"cbrnet","ipam":{"type":"x"}}"#),
-            7
-        );
-        assert_eq!(
-            code(
-                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","bridge":"waytoolongbridgename","ipam":{"type":"x"}}"#
-            ),
-            7
-        );
-        assert_eq!(
-            code(
-                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"cbrnet-ipam","subnet":"10.0.0.0/24","rangeStart":"10.9.0.1"}}"#
-            ),
-            7
-        );
-        assert_eq!(
-            code(
-                r#"{"cniVersion":"1.0.0","name":"n","type":"cbrnet","ipam":{"type":"x"},"runtimeConfig":{"mac":"01:00:00:00:00:01"}}"#
-            ),
-            7
-        );
-        assert_eq!(
-            parse_mac("0a:58:0a:f4:01:05"),
-            Some([0x0a, 0x58, 0x0a, 0xf4, 1, 5])
-        );
+        let code = |s: &[u8]| cni_spec::CniError::from(load(s).err().unwrap()).code;
+        assert_eq!(code(b"{"), 6);
+        assert_eq!(code(&conf(json!({"cniVersion": "9.9.9"}))), 1);
+        assert_eq!(code(&conf(json!({"ipam": null}))), 7);
+        assert_eq!(code(&conf(json!({"name": "../x"}))), 7);
+        assert_eq!(code(&conf(json!({"bridge": "waytoolongbridgename"}))), 7);
+        assert_eq!(code(&conf(json!({"mtu": 67}))), 7);
+        let ipam = json!({"type": "cbrnet-ipam", "subnet": "10.0.0.0/24", "rangeStart": "10.9.0.1"});
+        assert_eq!(code(&conf(json!({ "ipam": ipam }))), 7);
+        for mac in [
+            "01:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "0a:58:0a",
+            "zz:58:0a:f4:01:05",
+        ] {
+            assert_eq!(code(&conf(json!({"runtimeConfig": {"mac": mac}}))), 7, "{mac}");
+        }
+        let ok = load(&conf(json!({"runtimeConfig": {"mac": "0a:58:0a:f4:01:05"}}))).unwrap();
+        assert_eq!(ok.pod_mac, Some([0x0a, 0x58, 0x0a, 0xf4, 1, 5]));
     }
 }

@@ -2,9 +2,11 @@
 //! delegated to its binary in CNI_PATH as the spec says.
 
 use crate::config::Loaded;
-use crate::error::{PluginError, Result};
-use cbrnet_ipam::allocator::Network;
-use cbrnet_ipam::{config::requested_ips, IpamConf, Owner, SubnetFile};
+use crate::error::{ErrorList, PluginError, Result};
+use crate::plan::Granted;
+use cbrnet_ipam::node::allocator::Network;
+use cbrnet_ipam::node::config::requested_ips;
+use cbrnet_ipam::{IpamConf, Owner};
 use cni_spec::{env::Command, CniError, CniResult, Env};
 use serde_json::Value;
 use std::io::Write;
@@ -17,10 +19,9 @@ pub enum Ipam<'a> {
     Delegated(PathBuf),
 }
 
-/// What IPAM gave an ADD, and how to take it back if the ADD fails later.
-pub struct Lease {
-    pub result: CniResult,
-    pub subnet_file: Option<SubnetFile>,
+/// What IPAM gave an ADD, and what it takes to give it back if the ADD fails later.
+pub struct Reservation {
+    pub granted: Granted,
     /// In-process: the addresses this ADD reserved (not those the attachment already held).
     new: Vec<IpAddr>,
 }
@@ -40,7 +41,7 @@ impl Ipam<'_> {
             })
     }
 
-    pub fn add(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Lease> {
+    pub fn add(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Reservation> {
         match self {
             Ipam::InProcess(c) => {
                 let (a, pools) = net(c, l).add(&owner(env), &requested_ips(&l.raw, &env.args)?)?;
@@ -49,32 +50,39 @@ impl Ipam<'_> {
                     routes: c.routes.clone().unwrap_or_default(),
                     ..Default::default()
                 };
-                Ok(Lease {
-                    result,
-                    subnet_file: pools.subnet_file,
+                Ok(Reservation {
+                    granted: Granted {
+                        result,
+                        subnet_file: pools.subnet_file,
+                    },
                     new: a.new,
                 })
             }
             Ipam::Delegated(p) => {
                 let out = exec(p, Command::Add, env, stdin)?
                     .ok_or_else(|| CniError::decode(format!("{} returned no result", p.display())))?;
-                Ok(Lease {
-                    result: CniResult::from_value(&out)?,
-                    subnet_file: None,
+                Ok(Reservation {
+                    granted: Granted {
+                        result: CniResult::from_value(&out)?,
+                        subnet_file: None,
+                    },
                     new: Vec::new(),
                 })
             }
         }
     }
 
-    /// Takes back what a failed ADD got. Best effort: the ADD's own error is what matters.
-    pub fn undo(&self, lease: &Lease, l: &Loaded, env: &Env, stdin: &[u8]) {
-        let r = match self {
-            Ipam::InProcess(c) => net(c, l).undo(&lease.new).map_err(PluginError::from),
-            Ipam::Delegated(p) => exec(p, Command::Del, env, stdin).map(|_| ()),
-        };
-        if let Err(e) = r {
-            tracing::warn!("undoing IPAM after a failed ADD: {e}");
+    /// Takes back what a failed ADD reserved, going on past each failure.
+    pub fn undo(&self, r: &Reservation, l: &Loaded, env: &Env, stdin: &[u8], errors: &mut ErrorList) {
+        match self {
+            Ipam::InProcess(c) => {
+                for e in net(c, l).undo(&r.new) {
+                    errors.keep::<()>(Err(e.into()));
+                }
+            }
+            Ipam::Delegated(p) => {
+                errors.keep(exec(p, Command::Del, env, stdin));
+            }
         }
     }
 
@@ -144,7 +152,7 @@ pub fn exec(plugin: &std::path::Path, cmd: Command, env: &Env, stdin: &[u8]) -> 
     child
         .stdin
         .take()
-        .expect("piped")
+        .expect("the plugin's stdin is piped above")
         .write_all(stdin)
         .map_err(PluginError::io(what.clone()))?;
     let out = child.wait_with_output().map_err(PluginError::io(what.clone()))?;

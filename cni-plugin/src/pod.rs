@@ -1,7 +1,9 @@
 //! The pod side: addresses and routes on the pod interface, through a socket in the pod namespace.
 
-use crate::error::{errno, PluginError, Result};
-use crate::nl::{self, Nl};
+use crate::error::{PluginError, Result};
+use cbrnet_bridge::error::{errno, EEXIST};
+use cbrnet_bridge::netlink;
+use cbrnet_bridge::Nl;
 use cni_spec::{IpConfig, Route};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
@@ -42,7 +44,7 @@ pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]
         let msg = route_message(r, index)?;
         match nl.handle.route().add(msg).execute().await {
             Ok(()) => {}
-            Err(e) if errno(&e) == Some(nl::EEXIST) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {}
             Err(e) => {
                 return Err(PluginError::Netlink(
                     format!("adding route {} in the pod", r.dst),
@@ -102,7 +104,7 @@ pub async fn check(
     let Some(link) = nl.link(ifname).await? else {
         return fail(format!("{ifname} is not in the pod namespace"));
     };
-    if mac.is_some() && nl::mac(&link) != mac {
+    if mac.is_some() && netlink::mac(&link) != mac {
         return fail(format!("{ifname} has another MAC than the result says"));
     }
     let index = link.header.index;

@@ -1,40 +1,33 @@
 //! The veth pair that connects a pod to the bridge.
 
-use crate::error::{errno, PluginError, Result};
-use crate::nl::{self, Nl};
+use crate::error::{PluginError, Result};
+use crate::plan::VethPlan;
+use cbrnet_bridge::error::{errno, EEXIST, ENODEV};
+use cbrnet_bridge::{mac, Nl};
 use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use std::os::fd::RawFd;
 
 /// The host end's name: derived from the attachment, so that DEL finds it without state and two
 /// attachments never collide (15 bytes: `veth` + 11 hex digits of a hash).
 pub fn host_name(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("veth{:011x}", nl::fnv1a(&[network, container_id, ifname]) >> 20)
-}
-
-pub struct Pair<'a> {
-    pub host_name: &'a str,
-    pub host_mac: [u8; 6],
-    pub pod_ifname: &'a str,
-    pub pod_mac: [u8; 6],
-    pub pod_ns_fd: std::os::fd::RawFd,
-    pub mtu: u32,
-    pub bridge_index: u32,
+    format!("veth{:011x}", mac::fnv1a(&[network, container_id, ifname]) >> 20)
 }
 
 /// Creates the pair in one request: the pod end is born in the pod namespace under its final name
 /// (no rename, no move), the host end is born attached to the bridge and up. The pod end is brought
 /// up from inside the pod (the kernel refuses IFF_UP for a peer created in another namespace).
-pub async fn create(nl: &Nl, p: &Pair<'_>) -> Result<()> {
-    let peer = LinkUnspec::new_with_name(p.pod_ifname)
-        .mtu(p.mtu)
+pub async fn create(nl: &Nl, p: &VethPlan, mtu: u32, bridge_index: u32, pod_ns_fd: RawFd) -> Result<()> {
+    let peer = LinkUnspec::new_with_name(&p.pod_ifname)
+        .mtu(mtu)
         .address(p.pod_mac.to_vec())
-        .setns_by_fd(p.pod_ns_fd)
+        .setns_by_fd(pod_ns_fd)
         .build();
     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-        .name(p.host_name.to_string())
-        .mtu(p.mtu)
+        .name(p.host_name.clone())
+        .mtu(mtu)
         .address(p.host_mac.to_vec())
-        .controller(p.bridge_index)
+        .controller(bridge_index)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
@@ -42,7 +35,7 @@ pub async fn create(nl: &Nl, p: &Pair<'_>) -> Result<()> {
         Ok(()) => Ok(()),
         // Either end's name is taken: the pod already has this interface (or a stale pair is
         // still there, which DEL removes).
-        Err(e) if errno(&e) == Some(nl::EEXIST) => Err(PluginError::IfnameTaken(p.pod_ifname.into())),
+        Err(e) if errno(&e) == Some(EEXIST) => Err(PluginError::IfnameTaken(p.pod_ifname.clone())),
         Err(e) => Err(PluginError::Netlink(
             format!("creating veth {} <-> {}", p.host_name, p.pod_ifname),
             e,
@@ -71,7 +64,7 @@ pub async fn delete(nl: &Nl, host_name: &str) -> Result<bool> {
     let msg = LinkUnspec::new_with_name(host_name).build();
     match nl.handle.link().del_with_message(msg).execute().await {
         Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(nl::ENODEV) => Ok(false),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
         Err(e) => Err(PluginError::Netlink(format!("deleting {host_name}"), e)),
     }
 }

@@ -11,7 +11,7 @@ pub mod version;
 
 pub use env::{Command, Env};
 pub use error::CniError;
-pub use result::{CniResult, Dns, Interface, IpConfig, Route};
+pub use result::{add_default_routes, CniResult, Dns, Interface, IpConfig, Route};
 pub use version::Version;
 
 use serde::Deserialize;

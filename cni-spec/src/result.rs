@@ -4,10 +4,10 @@
 //! the fields 1.1.0 added to interfaces and routes, which older versions must not see.
 
 use crate::version::Version;
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -77,6 +77,25 @@ impl Route {
             priority: None,
             table: None,
             scope: None,
+        }
+    }
+}
+
+/// The default route of each gateway's family, via the first gateway of that family, unless
+/// `routes` already has a route to that family's default destination. The one rule for default
+/// routes, used by `cbrnet` (`isDefaultGateway`) and by `cbrnet-ipam` (no `routes` configured).
+pub fn add_default_routes(routes: &mut Vec<Route>, gateways: impl IntoIterator<Item = IpAddr>) {
+    for gw in gateways {
+        let any = match gw {
+            IpAddr::V4(_) => {
+                IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("a /0 prefix is valid"))
+            }
+            IpAddr::V6(_) => {
+                IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("a /0 prefix is valid"))
+            }
+        };
+        if !routes.iter().any(|r| r.dst == any) {
+            routes.push(Route::new(any, Some(gw)));
         }
     }
 }
@@ -159,6 +178,27 @@ mod tests {
             }],
             dns: Dns::default(),
         }
+    }
+
+    #[test]
+    fn default_routes_one_per_family_first_gateway_wins() {
+        let gw = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut r = vec![Route::new("10.0.0.0/8".parse().unwrap(), None)];
+        add_default_routes(&mut r, [gw("10.1.0.1"), gw("fd00::1"), gw("10.2.0.1")]);
+        let dsts: Vec<String> = r.iter().map(|r| format!("{} {:?}", r.dst, r.gw)).collect();
+        assert_eq!(
+            dsts,
+            [
+                "10.0.0.0/8 None",
+                "0.0.0.0/0 Some(10.1.0.1)",
+                "::/0 Some(fd00::1)"
+            ]
+        );
+        // a configured default route is kept as it is
+        let mut r = vec![Route::new("0.0.0.0/0".parse().unwrap(), Some(gw("10.9.9.9")))];
+        add_default_routes(&mut r, [gw("10.1.0.1")]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].gw, Some(gw("10.9.9.9")));
     }
 
     #[test]

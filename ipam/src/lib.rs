@@ -1,24 +1,16 @@
-//! Address management for cbrnet.
+//! Address management for cbrnet, at two levels that meet in one file.
 //!
-//! Node level (this issue): [`range`] decides which addresses of a node's subnet may be handed out
-//! and in what order, [`reservations`] keeps the reservations on disk crash-safe and race-free, and
-//! [`allocator`] ties the two together behind the calls a CNI plugin makes. [`plugin`] serves those
-//! calls as the standalone `cbrnet-ipam` CNI IPAM plugin; `cbrnet` calls [`allocator`] in-process.
-//!
-//! Cluster level (feature `cluster`): [`lease`] carves per-node subnets out of the cluster CIDR
-//! as leases in a shared [`store`] (`file:DIR` or `etcd:URLS`).
+//! - [`node`]: hands each pod a unique address from its node's subnet, crash-safe and race-free;
+//!   served in-process by `cbrnet` and as the standalone `cbrnet-ipam` CNI IPAM plugin.
+//! - [`cluster`] (feature `cluster`): carves non-overlapping per-node subnets out of the cluster
+//!   CIDR as leases in a shared store (`file:DIR` or `etcd:URLS`); used by `cbrnet-routed`.
+//! - [`subnet_file`]: the node's subnet as the daemon publishes it (cluster level, writer) and the
+//!   plugins read it (node level, reader).
 
-pub mod allocator;
-pub mod config;
-pub mod error;
 #[cfg(feature = "cluster")]
-pub mod lease;
-pub mod plugin;
-pub mod range;
-pub mod reservations;
-#[cfg(feature = "cluster")]
-pub mod store;
+pub mod cluster;
+pub mod node;
+pub mod subnet_file;
 
-pub use allocator::Owner;
-pub use config::{IpamConf, SubnetFile};
-pub use error::IpamError;
+pub use node::{IpamConf, IpamError, Owner};
+pub use subnet_file::SubnetFile;

@@ -3,10 +3,11 @@
 use crate::cli::RunArgs;
 use crate::error::{Result, RoutedError};
 use crate::metrics::{self, Metrics};
-use crate::{routes, subnet_file};
-use cbrnet::nl::Nl;
-use cbrnet_ipam::lease::{self, Lease, LeaseConfig};
-use cbrnet_ipam::store::{AnyStore, LeaseStore, Versioned};
+use crate::routes;
+use cbrnet_bridge::{bridge, forwarding, mac, masq, Nl};
+use cbrnet_ipam::cluster::lease::{self, LeaseConfig};
+use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
+use cbrnet_ipam::cluster::{ClusterError, Lease, Versioned};
 use cbrnet_ipam::SubnetFile;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
@@ -44,7 +45,7 @@ impl Backoff {
 async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, cbrnet_ipam::IpamError>>,
+    Fut: Future<Output = std::result::Result<T, ClusterError>>,
 {
     let mut b = Backoff::new();
     loop {
@@ -130,7 +131,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 match lease::renew(&store, &cfg, &held, args.node_ip).await {
                     Ok(new) => {
                         if new.lease.subnet != held.lease.subnet {
-                            tracing::error!(old = %held.lease.subnet, new = %new.lease.subnet, "lease was lost; took a new subnet");
+                            tracing::error!(
+                                old = %held.lease.subnet, new = %new.lease.subnet,
+                                "lease was lost; took a new subnet"
+                            );
                             setup_node(&args, &new.lease, &handle).await?;
                         }
                         held = new;
@@ -143,7 +147,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     }
                 }
             }
-            _ = sleep_until(retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()), if retry_at.is_some() => dirty = true,
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                dirty = true
+            }
         }
         if dirty {
             match reconcile(&handle, &store, &args.node_name, &metrics).await {
@@ -176,29 +182,27 @@ async fn setup_node(args: &RunArgs, l: &Lease, handle: &Handle) -> Result<()> {
     let nl = Nl {
         handle: handle.clone(),
     };
-    let br = cbrnet::bridge::ensure(
-        &nl,
-        &args.bridge,
-        args.mtu.unwrap_or(1500),
-        cbrnet::bridge::stable_mac(Some(gw), &args.bridge),
-        false,
-    )
-    .await?;
-    cbrnet::bridge::ensure_address(&nl, &br, gw, l.subnet).await?;
-    cbrnet::forwarding::enable(false)?;
+    let spec = bridge::Spec {
+        name: args.bridge.clone(),
+        mtu: args.mtu.unwrap_or(1500),
+        mac: mac::for_bridge(Some(gw), &args.bridge),
+        promisc: false,
+    };
+    let br = bridge::ensure(&nl, &spec).await?;
+    bridge::ensure_address(&nl, &br, gw, l.subnet).await?;
+    forwarding::enable(false)?;
     if args.ip_masq {
-        cbrnet::masq::ensure("cbrnet_routed", l.subnet, args.cluster_cidr)?;
+        masq::ensure("cbrnet_routed", l.subnet, args.cluster_cidr)?;
     }
     // Last: the plugin may add pods as soon as this file exists.
-    subnet_file::write(
-        &args.subnet_file,
-        &SubnetFile {
-            subnet: l.subnet,
-            gateway: gw,
-            cluster_cidr: Some(args.cluster_cidr),
-            mtu: args.mtu,
-        },
-    )
+    let file = SubnetFile {
+        subnet: l.subnet,
+        gateway: gw,
+        cluster_cidr: Some(args.cluster_cidr),
+        mtu: args.mtu,
+    };
+    file.write(&args.subnet_file)
+        .map_err(|e| RoutedError::Io(format!("writing {}", args.subnet_file.display()), e))
 }
 
 /// Makes our routes match the live leases.

@@ -1,10 +1,12 @@
-/// What the daemon can fail with.
+//! What the daemon can fail with.
+
+/// Everything `cbrnet-routed` can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutedError {
     #[error(transparent)]
-    Ipam(#[from] cbrnet_ipam::IpamError),
+    Cluster(#[from] cbrnet_ipam::cluster::ClusterError),
     #[error(transparent)]
-    Plugin(#[from] cbrnet::error::PluginError),
+    Bridge(#[from] cbrnet_bridge::BridgeError),
     #[error("{0}: {1}")]
     Netlink(String, #[source] rtnetlink::Error),
     #[error("{0}: {1}")]

@@ -1,7 +1,6 @@
 //! `cbrnet-routed leases`: the cluster's leases as a table, or JSON for scripts.
 
-use cbrnet_ipam::lease::unix_now;
-use cbrnet_ipam::store::Versioned;
+use cbrnet_ipam::cluster::record::{unix_now, Versioned};
 use serde_json::json;
 
 pub fn render(leases: &[Versioned], as_json: bool) -> String {
@@ -51,7 +50,7 @@ fn human(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbrnet_ipam::lease::Lease;
+    use cbrnet_ipam::cluster::Lease;
 
     #[test]
     fn table_and_json() {

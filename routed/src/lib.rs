@@ -2,8 +2,9 @@
 //! a host-gw route to every other node's pod subnet.
 //!
 //! [`daemon`] is the event loop; [`routes`] owns the routes we install; [`metrics`] serves
-//! `/healthz` and `/metrics`; [`subnet_file`] publishes the node's subnet; [`cli`] is the command
-//! line, [`leases`] the `leases` subcommand.
+//! `/healthz` and `/metrics`; [`cli`] is the command line, [`leases`] the `leases` subcommand.
+//! The node's bridge comes from `cbrnet-bridge`; leases, stores and the subnet file from
+//! `cbrnet-ipam`.
 
 pub mod cli;
 pub mod daemon;
@@ -11,4 +12,3 @@ pub mod error;
 pub mod leases;
 pub mod metrics;
 pub mod routes;
-pub mod subnet_file;

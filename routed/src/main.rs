@@ -1,5 +1,5 @@
 //! `cbrnet-routed`: see the library for the parts.
-use cbrnet_ipam::store::{AnyStore, LeaseStore};
+use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
 use cbrnet_routed::cli::{Cli, Command};
 use clap::{CommandFactory, Parser};
 

@@ -2,7 +2,8 @@
 //! protocol number so that we only ever touch routes we made.
 
 use crate::error::{Result, RoutedError};
-use cbrnet_ipam::lease::Lease;
+use cbrnet_bridge::error::{errno, ESRCH};
+use cbrnet_ipam::cluster::Lease;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
@@ -165,7 +166,7 @@ pub async fn remove(h: &Handle, r: &Have) -> Result<()> {
     match h.route().del(r.msg.clone()).execute().await {
         Ok(()) => Ok(()),
         // already gone: that is what we wanted
-        Err(e) if cbrnet::error::errno(&e) == Some(cbrnet::nl::ESRCH) => Ok(()),
+        Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
         Err(e) => Err(RoutedError::Netlink(format!("deleting route {}", r.dst), e)),
     }
 }

@@ -1,46 +1,27 @@
-//! A real etcd (Debian's etcd-server) with a temporary data directory, on 127.0.0.1 or on an
-//! address inside a lab namespace; stopped and removed on drop.
+//! A real etcd (Debian's etcd-server) with a temporary data directory, inside a network namespace
+//! of the test's; stopped and removed on drop.
 
-use crate::Netns;
-use std::net::TcpListener;
+use crate::{enter_netns, in_netns, Netns};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+
 pub struct Etcd {
     host: String,
-    ns_path: Option<String>,
-    pub client_port: u16,
-    peer_port: u16,
+    ns_path: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Etcd {
-    /// etcd on 127.0.0.1 of this machine, on free ports.
-    pub fn start() -> Etcd {
-        Etcd::start_in(None, "127.0.0.1")
-    }
-
-    /// etcd inside `ns` (if given) listening on `host` (an address of that namespace).
-    pub fn start_in(ns: Option<&Netns>, host: &str) -> Etcd {
-        let (client_port, peer_port) = if ns.is_some() {
-            (2379, 2380)
-        } else {
-            (free_port(), free_port())
-        };
+    /// etcd inside `ns`, listening on `host` (an address of that namespace: its 127.0.0.1, or an
+    /// address on a lab's underlay). Each namespace has its own ports, so the fixed ones are free.
+    pub fn start_in(ns: &Netns, host: &str) -> Etcd {
         let mut e = Etcd {
             host: host.into(),
-            ns_path: ns.map(Netns::path),
-            client_port,
-            peer_port,
+            ns_path: ns.path(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -49,7 +30,7 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        format!("http://{}:{CLIENT_PORT}", self.host)
     }
 
     /// The store spec for cbrnet-routed.
@@ -68,7 +49,7 @@ impl Etcd {
     /// (Re)starts the server on the same ports and data, and waits until it listens.
     pub fn resume(&mut self) {
         let client = self.url();
-        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        let peer = format!("http://{}:{PEER_PORT}", self.host);
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", "default", "--data-dir"])
             .arg(self.dir.path().join("data"))
@@ -87,9 +68,7 @@ impl Etcd {
             .args(["--initial-cluster", &format!("default={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(p) = &self.ns_path {
-            enter(&mut cmd, p);
-        }
+        enter_netns(&mut cmd, &self.ns_path);
         let child = cmd.spawn().expect("starting etcd (apt-get install etcd-server)");
         crate::register_daemon(child.id());
         self.child = Some(child);
@@ -102,30 +81,8 @@ impl Etcd {
     }
 
     fn listening(&self) -> bool {
-        let addr = format!("{}:{}", self.host, self.client_port);
-        let ns = self.ns_path.clone();
-        // setns is per thread: look from a thread of our own.
-        std::thread::spawn(move || {
-            if let Some(p) = ns {
-                use std::os::fd::AsFd;
-                let f = std::fs::File::open(p).unwrap();
-                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            }
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-fn enter(cmd: &mut Command, path: &str) {
-    use std::os::unix::process::CommandExt;
-    let f = std::fs::File::open(path).expect("opening netns");
-    unsafe {
-        cmd.pre_exec(move || {
-            use std::os::fd::AsFd;
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
+        let addr = format!("{}:{CLIENT_PORT}", self.host);
+        in_netns(&self.ns_path, || std::net::TcpStream::connect(addr).is_ok())
     }
 }
 

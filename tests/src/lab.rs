@@ -75,7 +75,7 @@ impl Lab {
             StoreKind::File => (format!("file:{}", dir.path().join("leases").display()), None),
             StoreKind::Etcd => {
                 underlay.ok(&["ip", "addr", "add", "192.168.50.2/24", "dev", "ul0"]);
-                let e = crate::etcd::Etcd::start_in(Some(&underlay), "192.168.50.2");
+                let e = crate::etcd::Etcd::start_in(&underlay, "192.168.50.2");
                 (e.store(), Some(e))
             }
         };
@@ -261,31 +261,28 @@ impl Lab {
 }
 
 impl Lab {
-    /// GET `path` from node `i`'s metrics address (127.0.0.1:9473 inside the node): a thread of
-    /// ours enters the node's namespace (setns is per thread) and speaks HTTP/1.0.
+    /// GET `path` from node `i`'s metrics address (127.0.0.1:9473 inside the node), over HTTP/1.0
+    /// from a thread inside the node's namespace.
     pub fn http_get(&self, i: usize, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
-        let f = std::fs::File::open(self.nodes[i].node.ns.path()).unwrap();
-        let p = path.to_string();
-        std::thread::spawn(move || {
-            let path = p;
-            use std::os::fd::AsFd;
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9473")
-                .unwrap_or_else(|e| panic!("connecting to the metrics address: {e}"));
+        let resp = self.nodes[i].node.ns.in_thread(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9473").unwrap_or_else(|e| {
+                panic!(
+                    "node {i}: connecting to the metrics address: {e}\n{}",
+                    self.nodes[i].log()
+                )
+            });
             write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
             let mut resp = String::new();
             s.read_to_string(&mut resp).unwrap();
-            let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-            (status, body)
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            panic!(
-                "GET {path} from node {i} failed; its log:\n{}",
-                self.nodes[i].log()
-            )
-        })
+            resp
+        });
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("GET {path} from node {i}: no status line in {resp:?}"));
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
     }
 }

@@ -60,6 +60,11 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Adds a veth pair `name` <-> `peer` in the namespace (a link that is not a bridge).
+    pub fn add_veth(&self, name: &str, peer: &str) {
+        self.ok(&["ip", "link", "add", name, "type", "veth", "peer", "name", peer]);
+    }
+
     /// Link names in the namespace.
     pub fn links(&self) -> Vec<String> {
         self.ok(&["ip", "-o", "link", "show"])
@@ -76,15 +81,71 @@ impl Netns {
             .success()
     }
 
-    /// Makes `cmd` run inside this namespace (setns in the child before exec).
+    /// Makes `cmd` run inside this namespace.
     pub fn enter(&self, cmd: &mut Command) {
-        let f = File::open(self.path()).expect("opening netns");
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        enter_netns(cmd, &self.path());
+    }
+
+    /// Runs `f` on a thread of its own that has entered this namespace, so that the sockets `f`
+    /// opens live here.
+    pub fn in_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.path(), f)
+    }
+
+    /// Runs the future that `f` makes on a tokio runtime all of whose threads (the calling one and
+    /// `workers` more; 0 for a current-thread runtime) are inside this namespace.
+    pub fn block_on<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        workers: usize,
+        f: impl FnOnce() -> F + Send,
+    ) -> T {
+        let path = self.path();
+        self.in_thread(move || {
+            let rt = if workers == 0 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .on_thread_start(move || setns_to(&path))
+                    .build()
+            };
+            rt.expect("building a tokio runtime").block_on(f())
+        })
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (setns is per thread).
+fn setns_to(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+}
+
+/// Runs `f` on a thread of its own inside the network namespace at `path`; a panic in `f` is
+/// the caller's.
+pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns_to(path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Makes `cmd` run inside the network namespace at `path`: the child enters it between fork and
+/// exec.
+pub fn enter_netns(cmd: &mut Command, path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is allowed. It makes one setns(2) system call on a descriptor opened above, and
+    // building an io::Error from an errno does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -117,8 +178,8 @@ pub fn register_daemon(pid: u32) {
     DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 
-/// Kills the registered daemons and deletes every namespace this process made. For binaries built with `panic = "abort"`, where
-/// the guards' drops do not run: call it from a panic hook.
+/// Kills the registered daemons and deletes every namespace this process made. For binaries built
+/// with `panic = "abort"`, where the guards' drops do not run: call it from a panic hook.
 pub fn remove_my_namespaces() {
     for pid in DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = nix::sys::signal::kill(
@@ -214,6 +275,30 @@ impl<'a> Call<'a> {
             .stderr(Stdio::piped());
         node.enter(&mut c);
         c
+    }
+
+    /// Starts the plugin in `node`'s namespace with `conf` on stdin and `CBRNET_TEST_STOP_AT` set to
+    /// `point`, and waits until it has stopped itself there (SIGSTOP). The caller continues or
+    /// kills it.
+    pub fn start_stopped_at(&mut self, node: &Netns, conf: &Value, point: &'a str) -> std::process::Child {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use std::io::Write;
+        self.extra_env.push(("CBRNET_TEST_STOP_AT", point));
+        let mut child = self.command(node).spawn().expect("spawning plugin");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("writing the config");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let st = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waitpid");
+        assert!(
+            matches!(st, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+            "the plugin did not stop at {point}: {st:?}"
+        );
+        child
     }
 
     /// Runs the plugin in `node`'s namespace with `conf` on stdin.

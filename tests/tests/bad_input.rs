@@ -181,17 +181,7 @@ fn not_json_is_a_decode_error() {
 #[test]
 fn an_existing_non_bridge_cbr0_is_refused_and_everything_undone() {
     let node = Node::new("notbr");
-    node.ns.ok(&[
-        "ip",
-        "link",
-        "add",
-        "cbr0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "notbr-peer",
-    ]);
+    node.ns.add_veth("cbr0", "notbr-peer");
     let pod = Netns::new("notbr-pod");
     let conf = node.conf("1.0.0", "10.244.32.0/24");
     let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
@@ -202,4 +192,68 @@ fn an_existing_non_bridge_cbr0_is_refused_and_everything_undone() {
     );
     assert!(node.veths().is_empty());
     assert_eq!(pod.links(), ["lo"]);
+}
+
+/// Makes the network's lock file a directory, so that every IPAM operation on it fails.
+fn break_ipam_lock(node: &Node) -> std::path::PathBuf {
+    let lock = node.data_dir().join("testnet").join("lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    lock
+}
+
+#[test]
+fn del_goes_on_past_a_failed_release_and_reports_it() {
+    let node = Node::new("delfail");
+    let conf = node.conf("1.1.0", "10.244.33.0/24");
+    let pod = Netns::new("delfail-pod");
+    Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    let lock = break_ipam_lock(&node);
+    let out = Call::new("DEL", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert_eq!(out.code(), 5, "{}", out.json);
+    assert!(out.json["msg"].as_str().unwrap().contains("lock"), "{}", out.json);
+    // the release failed, the veth went anyway
+    assert!(node.veths().is_empty());
+    assert_eq!(pod.links(), ["lo"]);
+    assert_eq!(node.reservations("testnet").len(), 1);
+    // once the store is readable again, a repeated DEL releases the address
+    std::fs::remove_dir(&lock).unwrap();
+    Call::new("DEL", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(node.reservations("testnet").is_empty());
+}
+
+#[test]
+fn a_failed_add_whose_undo_fails_reports_both() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let node = Node::new("undofail");
+    // the ADD will fail at the bridge: cbr0 exists and is not one
+    node.ns.add_veth("cbr0", "undofail-peer");
+    let conf = node.conf("1.1.0", "10.244.34.0/24");
+    let pod = Netns::new("undofail-pod");
+    let child = Call::new("ADD", "c1", pod.path(), "eth0").start_stopped_at(&node.ns, &conf, "reserved");
+    let pid = Pid::from_raw(child.id() as i32);
+    // while it is stopped with the address reserved, its undo is made to fail
+    let lock = break_ipam_lock(&node);
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 111, "the ADD's own error comes first: {v}");
+    let details = v["details"].as_str().unwrap();
+    assert!(details.contains("undo failed") && details.contains("lock"), "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("undoing the failed ADD"), "{stderr}");
+    // the runtime's DEL, once the store works again, leaves nothing
+    std::fs::remove_dir(&lock).unwrap();
+    Call::new("DEL", "c1", pod.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    assert!(node.reservations("testnet").is_empty());
+    assert!(node.veths().is_empty());
 }

@@ -2,9 +2,7 @@
 
 use cbrnet_tests::{Call, Netns, Node};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::io::Write;
 
 #[test]
 fn killed_mid_add_then_del_cleans_up() {
@@ -13,21 +11,9 @@ fn killed_mid_add_then_del_cleans_up() {
         let node = Node::new("crash");
         let conf = node.conf("1.1.0", "10.244.70.0/24");
         let pod = Netns::new("crash-pod");
-        let mut call = Call::new("ADD", "victim", pod.path(), "eth0");
-        call.extra_env.push(("CBRNET_TEST_STOP_AT", point));
-        let mut child = call.command(&node.ns).spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
+        let mut child =
+            Call::new("ADD", "victim", pod.path(), "eth0").start_stopped_at(&node.ns, &conf, point);
         let pid = Pid::from_raw(child.id() as i32);
-        let st = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
-        assert!(
-            matches!(st, WaitStatus::Stopped(_, Signal::SIGSTOP)),
-            "{point}: {st:?}"
-        );
 
         // Half done: the address is durable; at "veth" the pair exists too.
         assert_eq!(node.reservations("testnet").len(), 1, "{point}");

@@ -309,7 +309,10 @@ fn ip_masq_installs_one_nftables_rule() {
 fn chained_prev_result_is_kept() {
     let node = Node::new("chain");
     let mut conf = node.conf("1.1.0", "10.244.28.0/24");
-    conf["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "dummy0"}], "ips": [], "dns": {"nameservers": ["1.1.1.1"]}});
+    conf["prevResult"] = json!({
+        "cniVersion": "1.1.0", "interfaces": [{"name": "dummy0"}], "ips": [],
+        "dns": {"nameservers": ["1.1.1.1"]},
+    });
     let pod = Netns::new("chain-pod");
     let r = Call::new("ADD", "c1", pod.path(), "eth0")
         .run(&node.ns, &conf)

@@ -12,7 +12,7 @@ fn lab_of(tag: &str, nodes: usize, store: StoreKind) -> Lab {
     lab
 }
 
-/// The lab of the issue: 3 nodes, 2 pods each; every pod reaches every other pod.
+/// The reference lab: 3 nodes, 2 pods each; every pod reaches every other pod.
 fn three_nodes_every_pod_reaches_every_pod(tag: &str, kind: StoreKind) {
     let mut lab = lab_of(tag, 3, kind);
     for i in 0..3 {

@@ -7,8 +7,8 @@
 //!
 //! routed-bench [--store file|etcd|both] [--rounds 20] [--leases 5000]
 
-use cbrnet_ipam::lease::{unix_now, Lease};
-use cbrnet_ipam::store::{AnyStore, LeaseStore};
+use cbrnet_ipam::cluster::record::{unix_now, Lease};
+use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
 use cbrnet_tests::lab::{Lab, StoreKind};
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
@@ -23,27 +23,6 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Runs `f` on a thread of its own inside `ns` (setns is per thread), with a tokio runtime made
-/// there, so its sockets (store client, netlink) live in that namespace.
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsFd;
-        let file = std::fs::File::open(path).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f())
-    })
-    .join()
-    .unwrap()
 }
 
 fn lease(subnet: &str, node: String, ip: Ipv4Addr) -> Lease {
@@ -73,45 +52,43 @@ fn latency(kind: StoreKind, rounds: usize) -> Vec<Duration> {
         let i = lab.add_node();
         lab.start(i);
     }
-    let (store, ns) = (lab.store.clone(), lab.nodes[0].node.ns.name.clone());
-    in_ns(&ns, move || {
-        Box::pin(async move {
-            let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
-            let (conn, _, mut events) =
-                rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route]).unwrap();
-            tokio::spawn(conn);
-            let mut out = Vec::new();
-            for k in 0..rounds {
-                let net = Ipv4Addr::new(10, 244, 100 + k as u8, 0);
-                let l = lease(
-                    &format!("{net}/24"),
-                    format!("bench-{k}"),
-                    Ipv4Addr::new(192, 168, 50, 100 + k as u8),
-                );
-                let t0 = Instant::now();
-                s.create(&l, Duration::from_secs(3600))
-                    .await
-                    .unwrap()
-                    .expect("fresh key");
-                let wait = async {
-                    while let Some((m, _)) = events.next().await {
-                        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload {
-                            let dst = r.attributes.iter().any(|a| {
-                                matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == net)
-                            });
-                            if dst && r.header.protocol == RouteProtocol::Other(157) {
-                                return;
-                            }
+    let store = lab.store.clone();
+    lab.nodes[0].node.ns.block_on(0, || async move {
+        let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
+        let (conn, _, mut events) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route]).unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for k in 0..rounds {
+            let net = Ipv4Addr::new(10, 244, 100 + k as u8, 0);
+            let l = lease(
+                &format!("{net}/24"),
+                format!("bench-{k}"),
+                Ipv4Addr::new(192, 168, 50, 100 + k as u8),
+            );
+            let t0 = Instant::now();
+            s.create(&l, Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .expect("fresh key");
+            let wait = async {
+                while let Some((m, _)) = events.next().await {
+                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload {
+                        let dst = r.attributes.iter().any(
+                            |a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == net),
+                        );
+                        if dst && r.header.protocol == RouteProtocol::Other(157) {
+                            return;
                         }
                     }
-                };
-                tokio::time::timeout(Duration::from_secs(10), wait)
-                    .await
-                    .expect("route within 10 s");
-                out.push(t0.elapsed());
-            }
-            out
-        })
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), wait)
+                .await
+                .expect("route within 10 s");
+            out.push(t0.elapsed());
+        }
+        out
     })
 }
 
@@ -124,23 +101,21 @@ fn scale(kind: StoreKind, n: usize) -> (Duration, Duration, u64, u64) {
         .node
         .ns
         .ok(&["ip", "addr", "add", "192.168.128.1/17", "dev", "eth0"]);
-    let (store, ns) = (lab.store.clone(), lab.nodes[i].node.ns.name.clone());
+    let store = lab.store.clone();
     let t_fill = Instant::now();
-    in_ns(&ns, move || {
-        Box::pin(async move {
-            let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
-            for k in 0..n as u32 {
-                let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (k << 8));
-                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 128, 2)) + k);
-                s.create(
-                    &lease(&format!("{net}/24"), format!("bench-{k}"), ip),
-                    Duration::from_secs(3600),
-                )
-                .await
-                .unwrap()
-                .expect("fresh key");
-            }
-        })
+    lab.nodes[i].node.ns.block_on(0, || async move {
+        let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
+        for k in 0..n as u32 {
+            let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (k << 8));
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 128, 2)) + k);
+            s.create(
+                &lease(&format!("{net}/24"), format!("bench-{k}"), ip),
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap()
+            .expect("fresh key");
+        }
     });
     let fill = t_fill.elapsed();
     let t0 = Instant::now();
@@ -209,7 +184,8 @@ fn main() {
     for (name, kind) in &kinds {
         let (fill, converge, hwm, rss) = scale(*kind, n);
         println!(
-            "{name}: {n} leases -> {n} routes in {:.2} s from daemon start (store filled in {:.1} s); daemon peak RSS {:.1} MiB, RSS after {:.1} MiB",
+            "{name}: {n} leases -> {n} routes in {:.2} s from daemon start (store filled in {:.1} s); \
+             daemon peak RSS {:.1} MiB, RSS after {:.1} MiB",
             converge.as_secs_f64(),
             fill.as_secs_f64(),
             hwm as f64 / 1024.0,

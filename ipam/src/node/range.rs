@@ -1,6 +1,6 @@
 //! Which addresses of a subnet may be handed out, and in which order. Pure logic.
 
-use crate::error::IpamError;
+use super::error::IpamError;
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -184,7 +184,8 @@ mod tests {
         // addresses, each once.
         #[test]
         fn candidates_are_a_permutation_of_usable(
-            a in 0u32..=u32::MAX, prefix in 22u8..=32, s in 0u32..64, len in 0u32..2048, g in 0u32..64, last in 0u32..2048
+            a in 0u32..=u32::MAX, prefix in 22u8..=32, s in 0u32..64,
+            len in 0u32..2048, g in 0u32..64, last in 0u32..2048
         ) {
             let net: IpNetwork = format!("{}/{}", Ipv4Addr::from(a), prefix).parse().unwrap();
             let base = u32::from(match net.network() { IpAddr::V4(v) => v, _ => unreachable!() });

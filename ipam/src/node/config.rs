@@ -1,41 +1,16 @@
-//! The `ipam` section of a network config, and the node's subnet file.
+//! The `ipam` section of a network config, and the addresses a runtime asks for.
 
-use crate::error::IpamError;
-use crate::range::Range;
+use super::error::IpamError;
+use super::range::Range;
+use crate::subnet_file::{self, SubnetFile};
 use cni_spec::Route;
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_SUBNET_FILE: &str = "/run/cbrnet/subnet.json";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/cbrnet";
-
-/// The subnet file the route daemon writes for its node and the plugins read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SubnetFile {
-    pub subnet: IpNetwork,
-    pub gateway: IpAddr,
-    #[serde(rename = "clusterCIDR", default, skip_serializing_if = "Option::is_none")]
-    pub cluster_cidr: Option<IpNetwork>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-impl SubnetFile {
-    pub fn read(path: &Path) -> Result<SubnetFile, IpamError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IpamError::NoSubnet(path.to_owned()))
-            }
-            Err(e) => return Err(IpamError::io(format!("reading {}", path.display()), e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|e| IpamError::BadSubnetFile(path.to_owned(), e.to_string()))
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,7 +66,7 @@ impl IpamConf {
     pub fn subnet_file_path(&self) -> &Path {
         self.subnet_file
             .as_deref()
-            .unwrap_or(Path::new(DEFAULT_SUBNET_FILE))
+            .unwrap_or(Path::new(subnet_file::DEFAULT_PATH))
     }
 
     /// Does this config take its subnet from the subnet file?
@@ -117,7 +92,10 @@ impl IpamConf {
 
     fn range_sets(&self, file: Option<&SubnetFile>) -> Result<Vec<Vec<Range>>, IpamError> {
         if let Some(f) = file {
-            return Ok(vec![vec![Range::new(f.subnet, None, None, Some(f.gateway))?]]);
+            let r = Range::new(f.subnet, None, None, Some(f.gateway)).map_err(|e| {
+                subnet_file::SubnetFileError::Invalid(self.subnet_file_path().to_owned(), e.to_string())
+            })?;
+            return Ok(vec![vec![r]]);
         }
         if let Some(subnet) = self.subnet {
             return Ok(vec![vec![Range::new(
@@ -167,21 +145,11 @@ impl IpamConf {
         let routes = match &self.routes {
             Some(r) => r.clone(),
             // The default route of each family we hand out, via that family's gateway.
-            None => range_sets
-                .iter()
-                .map(|set| {
-                    let r = &set[0];
-                    let any: IpNetwork = if r.subnet.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
-                        .parse()
-                        .unwrap();
-                    Route::new(any, Some(r.gateway))
-                })
-                .fold(Vec::new(), |mut acc, r| {
-                    if !acc.iter().any(|x: &Route| x.dst == r.dst) {
-                        acc.push(r);
-                    }
-                    acc
-                }),
+            None => {
+                let mut routes = Vec::new();
+                cni_spec::add_default_routes(&mut routes, range_sets.iter().map(|set| set[0].gateway));
+                routes
+            }
         };
         Ok(Pools {
             range_sets,
@@ -258,7 +226,10 @@ mod tests {
     fn missing_subnet_file_is_no_subnet() {
         let c = IpamConf::from_value(&json!({"subnetFile":"/nonexistent/cbrnet/subnet.json"})).unwrap();
         c.validate().unwrap();
-        assert!(matches!(c.pools(), Err(IpamError::NoSubnet(_))));
+        assert!(matches!(
+            c.pools(),
+            Err(IpamError::SubnetFile(subnet_file::SubnetFileError::Missing(_)))
+        ));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Masquerading: pod traffic leaving the cluster CIDR is masqueraded, by an nftables table of its
-//! own (one per network for the plugin's `ipMasq`, `cbrnet_routed` for the daemon's `--ip-masq`). nftables has no rtnetlink; we drive `nft` with one atomic transaction that replaces
-//! the table, so concurrent ADDs and repeats converge on the same single rule.
+//! own (one per network for the plugin's `ipMasq`, `cbrnet_routed` for the daemon's `--ip-masq`).
+//! nftables has no rtnetlink; we drive `nft` with one atomic transaction that replaces the table,
+//! so concurrent ADDs and repeats converge on the same single rule.
 
-use crate::error::{PluginError, Result};
+use crate::error::{BridgeError, Result};
 use ipnetwork::IpNetwork;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -17,15 +18,18 @@ pub fn table_name(network: &str) -> String {
 }
 
 pub fn script(t: &str, subnet: IpNetwork, cluster: IpNetwork) -> String {
+    // Declaring the table first makes the delete succeed whether or not it existed.
     format!(
-        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} ip daddr != {cluster} masquerade\n  }}\n}}\n"
+        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    \
+         type nat hook postrouting priority srcnat; policy accept;\n    \
+         ip saddr {subnet} ip daddr != {cluster} masquerade\n  }}\n}}\n"
     )
 }
 
 /// Replaces table `table` with one rule masquerading `subnet` → outside `cluster`.
 pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
     if !subnet.is_ipv4() || !cluster.is_ipv4() {
-        return Err(PluginError::Masq("ipMasq supports IPv4 subnets only".into()));
+        return Err(BridgeError::Masq("ipMasq supports IPv4 subnets only".into()));
     }
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -33,18 +37,18 @@ pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> 
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| PluginError::Masq(format!("running nft: {e}")))?;
+        .map_err(|e| BridgeError::Masq(format!("running nft: {e}")))?;
     child
         .stdin
         .take()
-        .expect("piped")
+        .expect("nft's stdin is piped above")
         .write_all(script(table, subnet, cluster).as_bytes())
-        .map_err(|e| PluginError::Masq(format!("writing to nft: {e}")))?;
+        .map_err(|e| BridgeError::Masq(format!("writing to nft: {e}")))?;
     let out = child
         .wait_with_output()
-        .map_err(|e| PluginError::Masq(format!("running nft: {e}")))?;
+        .map_err(|e| BridgeError::Masq(format!("running nft: {e}")))?;
     if !out.status.success() {
-        return Err(PluginError::Masq(
+        return Err(BridgeError::Masq(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }

@@ -8,7 +8,7 @@
 //! owner and the round-robin marker stay consistent across concurrent plugin processes.
 //! `last_reserved_ip.<N>` (a symlink to an address) remembers where range set N left off.
 
-use crate::error::IpamError;
+use super::error::IpamError;
 use nix::fcntl::{Flock, FlockArg};
 use std::collections::HashMap;
 use std::fs::{self, File};

@@ -1,15 +1,15 @@
+//! What node-level IPAM can fail with, and the CNI code of each.
+
+use crate::subnet_file::SubnetFileError;
 use cni_spec::CniError;
-use std::path::PathBuf;
 
 /// Everything node-level IPAM can fail with; mapped to CNI codes at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("invalid ipam config: {0}")]
     Config(String),
-    #[error("this node has no pod subnet yet: {} does not exist (is cbrnet-routed running?)", .0.display())]
-    NoSubnet(PathBuf),
-    #[error("subnet file {path}: {1}", path = .0.display())]
-    BadSubnetFile(PathBuf, String),
+    #[error(transparent)]
+    SubnetFile(#[from] SubnetFileError),
     #[error("no free address left in {0}")]
     PoolFull(String),
     #[error("requested address {0} is not in any configured range")]
@@ -20,10 +20,6 @@ pub enum IpamError {
     Io(String, #[source] std::io::Error),
     #[error("no address is reserved for {0}")]
     NotReserved(String),
-    #[error("cluster CIDR {0} is full: no free /{1} subnet left")]
-    ClusterFull(String, u8),
-    #[error("lease store: {0}")]
-    Store(String),
 }
 
 impl IpamError {
@@ -41,19 +37,18 @@ impl From<IpamError> for CniError {
     fn from(e: IpamError) -> CniError {
         let code = match &e {
             IpamError::Config(_) => CniError::INVALID_CONFIG,
-            IpamError::NoSubnet(_) => CniError::TRY_AGAIN_LATER,
-            IpamError::BadSubnetFile(..) => CniError::TRY_AGAIN_LATER,
+            // The daemon has not published the subnet yet: the runtime retries.
+            IpamError::SubnetFile(SubnetFileError::Missing(_)) => CniError::TRY_AGAIN_LATER,
+            IpamError::SubnetFile(SubnetFileError::Io(..)) => CniError::IO,
+            IpamError::SubnetFile(SubnetFileError::Invalid(..)) => CniError::INVALID_CONFIG,
             IpamError::PoolFull(_) => CODE_POOL_FULL,
             IpamError::RequestedOutOfRange(_) | IpamError::RequestedInUse(..) => CODE_ADDRESS_UNAVAILABLE,
             IpamError::Io(..) => CniError::IO,
             IpamError::NotReserved(_) => CODE_NOT_RESERVED,
-            IpamError::ClusterFull(..) => CODE_POOL_FULL,
-            IpamError::Store(_) => CniError::TRY_AGAIN_LATER,
         };
-        let details = match &e {
-            IpamError::Io(_, io) => io.to_string(),
-            _ => String::new(),
-        };
+        let details = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         CniError::new(code, e.to_string()).with_details(details)
     }
 }

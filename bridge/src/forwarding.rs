@@ -1,6 +1,6 @@
 //! IP forwarding: a gateway bridge forwards between pods and the node's other links.
 
-use crate::error::{PluginError, Result};
+use crate::error::{BridgeError, Result};
 
 /// Turns forwarding on (IPv4; IPv6 too if asked), writing only what is off.
 pub fn enable(v6: bool) -> Result<()> {
@@ -10,11 +10,11 @@ pub fn enable(v6: bool) -> Result<()> {
     }
     for k in knobs {
         if std::fs::read(k)
-            .map_err(PluginError::io(format!("reading {k}")))?
+            .map_err(BridgeError::io(format!("reading {k}")))?
             .first()
             != Some(&b'1')
         {
-            std::fs::write(k, b"1").map_err(PluginError::io(format!("writing {k}")))?;
+            std::fs::write(k, b"1").map_err(BridgeError::io(format!("writing {k}")))?;
         }
     }
     Ok(())

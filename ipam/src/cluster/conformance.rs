@@ -1,7 +1,8 @@
 //! What every `LeaseStore` must do, as tests each backend runs against itself.
 
-use super::{LeaseStore, Versioned};
-use crate::lease::{acquire, live, release, renew, LeaseConfig};
+use super::lease::{acquire, live, release, renew, LeaseConfig};
+use super::record::Versioned;
+use super::store::LeaseStore;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! The standalone `cbrnet-ipam` CNI IPAM plugin: the same allocator as `cbrnet` uses in-process,
 //! for other main plugins (e.g. the reference `bridge`).
 
-use crate::allocator::{Network, Owner};
-use crate::config::{requested_ips, IpamConf};
+use super::allocator::{Network, Owner};
+use super::config::{requested_ips, IpamConf};
 use cni_spec::{env::Command, CniError, CniResult, Env, NetConfBase, Version};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,7 +21,7 @@ pub fn handle(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     version.allows(env.command)?;
     let ipam = IpamConf::from_value(&conf.ipam)?;
     ipam.validate()?;
-    crate::reservations::validate_network_name(&conf.base.name)?;
+    super::reservations::validate_network_name(&conf.base.name)?;
     let net = Network {
         conf: &ipam,
         name: &conf.base.name,

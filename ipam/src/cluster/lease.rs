@@ -4,50 +4,13 @@
 //! per subnet, so two nodes can never hold the same subnet, however many acquire at once; the
 //! logic here only proposes.
 
-use crate::error::IpamError;
-use crate::store::{LeaseStore, Versioned};
+use super::error::ClusterError;
+use super::record::{unix_now, Lease, Versioned};
+use super::store::LeaseStore;
 use ipnetwork::{IpNetwork, Ipv4Network};
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A node's subnet, as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Lease {
-    pub subnet: IpNetwork,
-    pub node_name: String,
-    #[serde(rename = "nodeIP")]
-    pub node_ip: IpAddr,
-    /// Unix seconds after which the lease is free again.
-    pub expires: u64,
-}
-
-impl Lease {
-    pub fn expired(&self, now: u64) -> bool {
-        self.expires <= now
-    }
-    /// The gateway of the subnet: its first address (on the node's bridge).
-    pub fn gateway(&self) -> IpAddr {
-        match self.subnet {
-            IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)),
-            IpNetwork::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
-        }
-    }
-}
-
-/// The store key of a subnet: `10.244.3.0-24` (a `/` cannot be in a file name).
-pub fn subnet_key(subnet: IpNetwork) -> String {
-    format!("{}-{}", subnet.network(), subnet.prefix())
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 /// How the cluster CIDR is carved.
 #[derive(Debug, Clone)]
@@ -60,19 +23,19 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    pub fn new(cluster_cidr: IpNetwork, subnet_len: u8, ttl: Duration) -> Result<LeaseConfig, IpamError> {
+    pub fn new(cluster_cidr: IpNetwork, subnet_len: u8, ttl: Duration) -> Result<LeaseConfig, ClusterError> {
         let IpNetwork::V4(cidr) = cluster_cidr else {
-            return Err(IpamError::Config("the cluster CIDR must be IPv4".into()));
+            return Err(ClusterError::Config("the cluster CIDR must be IPv4".into()));
         };
         let cidr = Ipv4Network::new(cidr.network(), cidr.prefix()).expect("valid");
         if subnet_len < cidr.prefix() || subnet_len > 30 {
-            return Err(IpamError::Config(format!(
+            return Err(ClusterError::Config(format!(
                 "subnet length /{subnet_len} must be between the cluster CIDR's /{} and /30",
                 cidr.prefix()
             )));
         }
         if ttl.as_secs() < 2 {
-            return Err(IpamError::Config("the lease TTL must be at least 2s".into()));
+            return Err(ClusterError::Config("the lease TTL must be at least 2s".into()));
         }
         Ok(LeaseConfig {
             cluster_cidr: cidr,
@@ -107,8 +70,8 @@ impl LeaseConfig {
             })
     }
 
-    fn full(&self) -> IpamError {
-        IpamError::ClusterFull(self.cluster_cidr.to_string(), self.subnet_len)
+    fn full(&self) -> ClusterError {
+        ClusterError::ClusterFull(self.cluster_cidr.to_string(), self.subnet_len)
     }
 }
 
@@ -123,7 +86,7 @@ pub async fn acquire<S: LeaseStore>(
     cfg: &LeaseConfig,
     node_name: &str,
     node_ip: IpAddr,
-) -> Result<Versioned, IpamError> {
+) -> Result<Versioned, ClusterError> {
     for _ in 0..1000 {
         let now = unix_now();
         let all = store.list().await?;
@@ -167,7 +130,7 @@ pub async fn acquire<S: LeaseStore>(
             return Ok(Versioned { lease: l, version });
         }
     }
-    Err(IpamError::Store(
+    Err(ClusterError::Store(
         "could not acquire a lease: too much contention".into(),
     ))
 }
@@ -179,7 +142,7 @@ pub async fn renew<S: LeaseStore>(
     cfg: &LeaseConfig,
     held: &Versioned,
     node_ip: IpAddr,
-) -> Result<Versioned, IpamError> {
+) -> Result<Versioned, ClusterError> {
     let l = Lease {
         node_ip,
         expires: unix_now() + cfg.ttl.as_secs(),
@@ -192,12 +155,12 @@ pub async fn renew<S: LeaseStore>(
 }
 
 /// Gives the subnet back (node decommissioned). `Ok(false)` if it was no longer ours.
-pub async fn release<S: LeaseStore>(store: &S, held: &Versioned) -> Result<bool, IpamError> {
+pub async fn release<S: LeaseStore>(store: &S, held: &Versioned) -> Result<bool, ClusterError> {
     store.delete(held.lease.subnet, held.version).await
 }
 
 /// The leases in force now.
-pub async fn live<S: LeaseStore>(store: &S) -> Result<Vec<Lease>, IpamError> {
+pub async fn live<S: LeaseStore>(store: &S) -> Result<Vec<Lease>, ClusterError> {
     let now = unix_now();
     Ok(store
         .list()
@@ -224,6 +187,9 @@ mod tests {
         let v: Vec<String> = c.subnets().map(|s| s.to_string()).collect();
         assert_eq!(v, ["10.244.10.0/24", "10.244.11.0/24", "10.244.12.0/24"]);
         assert!(LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 8, Duration::from_secs(60)).is_err());
-        assert_eq!(subnet_key("10.244.3.0/24".parse().unwrap()), "10.244.3.0-24");
+        assert_eq!(
+            crate::cluster::record::subnet_key("10.244.3.0/24".parse().unwrap()),
+            "10.244.3.0-24"
+        );
     }
 }

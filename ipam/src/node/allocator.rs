@@ -1,10 +1,10 @@
 //! Node-level allocation: picks addresses from the pools and records them in the store.
 
-use crate::config::{IpamConf, Pools};
-use crate::error::IpamError;
-use crate::range::candidates;
-pub use crate::reservations::Owner;
-use crate::reservations::Store;
+use super::config::{IpamConf, Pools};
+use super::error::IpamError;
+use super::range::candidates;
+pub use super::reservations::Owner;
+use super::reservations::Store;
 use cni_spec::Attachment;
 use cni_spec::IpConfig;
 use ipnetwork::IpNetwork;
@@ -179,10 +179,16 @@ impl Network<'_> {
         Ok((allocate(&store, &pools, owner, requested)?, pools))
     }
 
-    /// Takes back addresses an ADD reserved, when the ADD failed after all.
-    pub fn undo(&self, new: &[IpAddr]) -> Result<(), IpamError> {
-        let store = Store::open(self.conf.data_dir(), self.name)?;
-        new.iter().try_for_each(|ip| store.release(*ip))
+    /// Takes back addresses an ADD reserved, when the ADD failed after all; every address is
+    /// tried, and every failure returned.
+    pub fn undo(&self, new: &[IpAddr]) -> Vec<IpamError> {
+        if new.is_empty() {
+            return Vec::new();
+        }
+        match Store::open(self.conf.data_dir(), self.name) {
+            Ok(store) => new.iter().filter_map(|ip| store.release(*ip).err()).collect(),
+            Err(e) => vec![e],
+        }
     }
 
     /// DEL: releases what `owner` holds (nothing to do if the network has no store yet).
@@ -221,7 +227,7 @@ impl Network<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IpamConf;
+    use crate::node::config::IpamConf;
     use proptest::prelude::*;
     use serde_json::json;
     use std::collections::HashMap;
@@ -331,7 +337,8 @@ mod tests {
                         model.remove(&o);
                     }
                     Op::Gc(keep) => {
-                        let valid: HashSet<Owner> = keep.iter().map(|o| Owner::new(&format!("c{o}"), "eth0")).collect();
+                        let valid: HashSet<Owner> =
+                            keep.iter().map(|o| Owner::new(&format!("c{o}"), "eth0")).collect();
                         gc(&s, &valid).unwrap();
                         model.retain(|k, _| keep.contains(k));
                     }

@@ -6,9 +6,9 @@
 //! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed by polling the
 //! directory's mtime.
 
-use super::{LeaseStore, Versioned};
-use crate::error::IpamError;
-use crate::lease::{subnet_key, Lease};
+use super::LeaseStore;
+use crate::cluster::error::ClusterError;
+use crate::cluster::record::{subnet_key, Lease, Versioned};
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -34,18 +34,18 @@ pub struct FileStore {
 
 static TMP: AtomicU64 = AtomicU64::new(0);
 
-fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> IpamError {
+fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> ClusterError {
     let what = format!("{what} {}", p.display());
-    move |e| IpamError::io(what, e)
+    move |e| ClusterError::io(what, e)
 }
 
 impl FileStore {
-    pub fn open(dir: &Path) -> Result<FileStore, IpamError> {
+    pub fn open(dir: &Path) -> Result<FileStore, ClusterError> {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         Ok(FileStore { dir: dir.to_owned() })
     }
 
-    fn lock(&self) -> Result<Flock<File>, IpamError> {
+    fn lock(&self) -> Result<Flock<File>, ClusterError> {
         let p = self.dir.join(".lock");
         let f = File::options()
             .create(true)
@@ -54,11 +54,11 @@ impl FileStore {
             .open(&p)
             .map_err(io("opening", &p))?;
         Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| IpamError::io("locking the lease store", e.into()))
+            .map_err(|(_, e)| ClusterError::io("locking the lease store", e.into()))
     }
 
     /// Writes `rec` to a fresh temp file, durably; returns its path.
-    fn write_tmp(&self, rec: &Record) -> Result<PathBuf, IpamError> {
+    fn write_tmp(&self, rec: &Record) -> Result<PathBuf, ClusterError> {
         let n = TMP.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
@@ -68,23 +68,23 @@ impl FileStore {
         Ok(tmp)
     }
 
-    fn sync_dir(&self) -> Result<(), IpamError> {
+    fn sync_dir(&self) -> Result<(), ClusterError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing", &self.dir))
     }
 
-    fn read(&self, path: &Path) -> Result<Option<Record>, IpamError> {
+    fn read(&self, path: &Path) -> Result<Option<Record>, ClusterError> {
         match fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| IpamError::Store(format!("{}: {e}", path.display()))),
+                .map_err(|e| ClusterError::Store(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("reading", path)(e)),
         }
     }
 
-    fn list_sync(&self) -> Result<Vec<Versioned>, IpamError> {
+    fn list_sync(&self) -> Result<Vec<Versioned>, ClusterError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(io("reading", &self.dir))? {
             let e = e.map_err(io("reading", &self.dir))?;
@@ -102,7 +102,7 @@ impl FileStore {
         Ok(out)
     }
 
-    fn create_sync(&self, lease: &Lease) -> Result<Option<u64>, IpamError> {
+    fn create_sync(&self, lease: &Lease) -> Result<Option<u64>, ClusterError> {
         let tmp = self.write_tmp(&Record {
             lease: lease.clone(),
             version: 1,
@@ -120,7 +120,7 @@ impl FileStore {
         }
     }
 
-    fn update_sync(&self, lease: &Lease, version: u64) -> Result<Option<u64>, IpamError> {
+    fn update_sync(&self, lease: &Lease, version: u64) -> Result<Option<u64>, ClusterError> {
         let _lock = self.lock()?;
         let key = self.dir.join(subnet_key(lease.subnet));
         match self.read(&key)? {
@@ -136,7 +136,7 @@ impl FileStore {
         Ok(Some(version + 1))
     }
 
-    fn delete_sync(&self, subnet: IpNetwork, version: u64) -> Result<bool, IpamError> {
+    fn delete_sync(&self, subnet: IpNetwork, version: u64) -> Result<bool, ClusterError> {
         let _lock = self.lock()?;
         let key = self.dir.join(subnet_key(subnet));
         match self.read(&key)? {
@@ -151,19 +151,19 @@ impl FileStore {
 
 // The file operations are short and local; they run inline rather than on a blocking pool.
 impl LeaseStore for FileStore {
-    async fn list(&self) -> Result<Vec<Versioned>, IpamError> {
+    async fn list(&self) -> Result<Vec<Versioned>, ClusterError> {
         self.list_sync()
     }
-    async fn create(&self, lease: &Lease, _ttl: Duration) -> Result<Option<u64>, IpamError> {
+    async fn create(&self, lease: &Lease, _ttl: Duration) -> Result<Option<u64>, ClusterError> {
         self.create_sync(lease)
     }
-    async fn update(&self, lease: &Lease, version: u64, _ttl: Duration) -> Result<Option<u64>, IpamError> {
+    async fn update(&self, lease: &Lease, version: u64, _ttl: Duration) -> Result<Option<u64>, ClusterError> {
         self.update_sync(lease, version)
     }
-    async fn delete(&self, subnet: IpNetwork, version: u64) -> Result<bool, IpamError> {
+    async fn delete(&self, subnet: IpNetwork, version: u64) -> Result<bool, ClusterError> {
         self.delete_sync(subnet, version)
     }
-    async fn watch(&self) -> Result<mpsc::Receiver<()>, IpamError> {
+    async fn watch(&self) -> Result<mpsc::Receiver<()>, ClusterError> {
         // Every create, update (rename) and delete changes the directory's mtime: polling that is
         // one stat, however many leases there are. Expiry changes nothing on disk; the daemon's
         // periodic resync catches it.
@@ -190,8 +190,8 @@ impl LeaseStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::acquire;
-    use crate::store::conformance::{self, cfg};
+    use crate::cluster::conformance::{self, cfg};
+    use crate::cluster::lease::acquire;
     use std::sync::Arc;
 
     #[tokio::test]

@@ -1,0 +1,98 @@
+//! The node bridge (`cbr0`): created once, shared by every pod, carrying the gateway address.
+
+use crate::error::{errno, BridgeError, Result, EEXIST};
+use crate::netlink::{self, Nl};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::link::{InfoKind, LinkFlags};
+use rtnetlink::{LinkBridge, LinkUnspec};
+use std::net::IpAddr;
+
+/// What the bridge should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub name: String,
+    /// MTU given to a bridge we create (an existing bridge keeps its own).
+    pub mtu: u32,
+    /// MAC given to a bridge we create; see [`crate::mac::for_bridge`].
+    pub mac: [u8; 6],
+    pub promisc: bool,
+}
+
+/// The bridge as the kernel has it.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// This call created it.
+    pub created: bool,
+}
+
+/// Makes sure the bridge exists, is a bridge and is up; tolerates a concurrent ADD creating it
+/// first.
+pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<Bridge> {
+    let name = spec.name.as_str();
+    let mut created = false;
+    let link = match nl.link(name).await? {
+        Some(l) => l,
+        None => {
+            let msg = LinkBridge::new(name)
+                .mtu(spec.mtu)
+                .address(spec.mac.to_vec())
+                .promiscuous(spec.promisc)
+                .build();
+            match nl.handle.link().add(msg).execute().await {
+                Ok(()) => created = true,
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(BridgeError::Netlink(format!("creating bridge {name}"), e)),
+            }
+            nl.link(name)
+                .await?
+                .ok_or_else(|| BridgeError::NotABridge(name.into()))?
+        }
+    };
+    if netlink::kind(&link) != Some(&InfoKind::Bridge) {
+        return Err(BridgeError::NotABridge(name.into()));
+    }
+    let index = link.header.index;
+    let promisc_on = link.header.flags.contains(LinkFlags::Promisc);
+    if !created && (!netlink::is_up(&link) || (spec.promisc && !promisc_on)) {
+        let mut m = LinkUnspec::new_with_index(index).up();
+        if spec.promisc {
+            m = m.promiscuous(true);
+        }
+        nl.handle
+            .link()
+            .set(m.build())
+            .execute()
+            .await
+            .map_err(BridgeError::netlink(format!("setting {name} up")))?;
+    }
+    Ok(Bridge {
+        name: name.into(),
+        index,
+        mac: netlink::mac(&link).unwrap_or(spec.mac),
+        mtu: netlink::mtu(&link).unwrap_or(spec.mtu),
+        created,
+    })
+}
+
+/// Puts the gateway address (with the subnet's prefix) on the bridge; already there is fine.
+/// `Ok(true)` if this call added it.
+pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> Result<bool> {
+    match nl
+        .handle
+        .address()
+        .add(bridge.index, gateway, subnet.prefix())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
+        Err(e) => Err(BridgeError::Netlink(
+            format!("adding {gateway}/{} to {}", subnet.prefix(), bridge.name),
+            e,
+        )),
+    }
+}

@@ -1,0 +1,16 @@
+//! The node's bridge manager, shared by the `cbrnet` plugin (which ensures the bridge on the pod
+//! start-up path) and `cbrnet-routed` (which sets the node up and keeps it so).
+//!
+//! [`bridge`] owns the bridge itself (stable MAC, up, gateway addresses), [`forwarding`] the IP
+//! forwarding sysctls, [`masq`] the masquerade table, [`netlink`] the rtnetlink socket and link
+//! queries everything above is built on, and [`mac`] the stable MACs and names derived by hashing.
+
+pub mod bridge;
+pub mod error;
+pub mod forwarding;
+pub mod mac;
+pub mod masq;
+pub mod netlink;
+
+pub use error::{errno, BridgeError};
+pub use netlink::Nl;

@@ -1,0 +1,27 @@
+//! What cluster-level IPAM can fail with. The daemon retries [`ClusterError::Store`] and
+//! [`ClusterError::Io`] with backoff, and exits on [`ClusterError::Config`].
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Retrying cannot fix it: a malformed store spec, a bad lease configuration.
+    #[error("{0}")]
+    Config(String),
+    #[error("cluster CIDR {0} is full: no free /{1} subnet left")]
+    ClusterFull(String, u8),
+    /// The store failed or did not answer.
+    #[error("lease store: {0}")]
+    Store(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+impl ClusterError {
+    pub fn io(what: impl Into<String>, e: std::io::Error) -> Self {
+        ClusterError::Io(what.into(), e)
+    }
+
+    /// Retrying cannot fix this error.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClusterError::Config(_))
+    }
+}

@@ -1,0 +1,196 @@
+//! `etcd:URLS`: leases as keys `<prefix><subnet key>` in an etcd v3 cluster.
+//!
+//! The value is the lease's JSON and its version is the key's `mod_revision`. Create and
+//! compare-and-swap are single etcd transactions, so etcd decides every race. Each key is put with
+//! an etcd lease of the lease's TTL, so etcd itself deletes the subnet of a node that stopped
+//! renewing (the `expires` field stays what [`crate::cluster::lease`] decides on).
+//!
+//! Every call is bounded by [`TIMEOUT`]: a stuck etcd or a blackholed endpoint would otherwise
+//! stall a call forever, where the daemon needs an error it can retry.
+
+use super::LeaseStore;
+use crate::cluster::error::ClusterError;
+use crate::cluster::record::{subnet_key, Lease, Versioned};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnetwork::IpNetwork;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+/// How long any one etcd call may take.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// Backoff between attempts to re-establish a broken watch.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct EtcdStore {
+    // Boxed: a `Client` is some 3.5 kB, which would bloat every `AnyStore`.
+    client: Box<Client>,
+    prefix: String,
+}
+
+/// Runs one etcd call within [`TIMEOUT`]; every failure is a (retryable) store error.
+async fn call<T>(
+    what: &str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| ClusterError::Store(format!("etcd {what}: {e}"))),
+        Err(_) => Err(ClusterError::Store(format!(
+            "etcd {what}: no answer within {TIMEOUT:?}"
+        ))),
+    }
+}
+
+impl EtcdStore {
+    pub async fn connect(endpoints: Vec<String>, prefix: &str) -> Result<EtcdStore, ClusterError> {
+        // HTTP/2 pings notice a silently dead connection under a watch (etcd refuses pings more
+        // often than every 5 s).
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), TIMEOUT);
+        let client = match tokio::time::timeout(TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
+            Ok(Ok(c)) => c,
+            // Retrying cannot fix a malformed endpoint list.
+            Ok(Err(e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)))) => {
+                return Err(ClusterError::Config(format!("etcd endpoints {endpoints:?}: {e}")))
+            }
+            Ok(Err(e)) => return Err(ClusterError::Store(format!("etcd connect {endpoints:?}: {e}"))),
+            Err(_) => {
+                return Err(ClusterError::Store(format!(
+                    "etcd connect {endpoints:?}: timed out"
+                )))
+            }
+        };
+        // The client connects lazily: ask once, so a dead or wrong endpoint shows here.
+        call("status", client.clone().status()).await?;
+        Ok(EtcdStore {
+            client: Box::new(client),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, subnet: IpNetwork) -> String {
+        format!("{}{}", self.prefix, subnet_key(subnet))
+    }
+
+    /// Puts `lease` under a fresh etcd lease of `ttl` if `cmp` holds; the new revision, or `None`.
+    async fn put_if(&self, cmp: Compare, lease: &Lease, ttl: Duration) -> Result<Option<u64>, ClusterError> {
+        let mut c = self.client.clone();
+        let id = call("lease grant", c.lease_grant(ttl.as_secs().max(1) as i64, None))
+            .await?
+            .id();
+        let key = self.key(lease.subnet);
+        let value = serde_json::to_vec(lease).expect("serializes");
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)));
+        let txn = Txn::new().when([cmp]).and_then([put]);
+        // On an error the put may still have happened: the etcd lease is left to expire.
+        let resp = call("txn", c.txn(txn)).await?;
+        if !resp.succeeded() {
+            let _ = call("lease revoke", c.lease_revoke(id)).await;
+            return Ok(None);
+        }
+        match resp.header() {
+            Some(h) => Ok(Some(h.revision() as u64)),
+            None => Err(ClusterError::Store("etcd txn: response without a header".into())),
+        }
+    }
+}
+
+/// Opens a watch on every key under `prefix`, and waits until etcd confirms it: changes after
+/// that are sure to be reported.
+async fn open_watch(client: &Client, prefix: &str) -> Result<WatchStream, ClusterError> {
+    let mut c = client.clone();
+    let mut s = call("watch", c.watch(prefix, Some(WatchOptions::new().with_prefix()))).await?;
+    match call("watch", s.message()).await? {
+        Some(r) if r.created() && !r.canceled() => Ok(s),
+        _ => Err(ClusterError::Store("etcd watch: not created".into())),
+    }
+}
+
+impl LeaseStore for EtcdStore {
+    async fn list(&self) -> Result<Vec<Versioned>, ClusterError> {
+        let mut c = self.client.clone();
+        let resp = call(
+            "get",
+            c.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        // A value that is not a lease (written by something else) is not ours to judge.
+        let mut out: Vec<Versioned> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                Some(Versioned {
+                    lease: serde_json::from_slice(kv.value()).ok()?,
+                    version: kv.mod_revision() as u64,
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| v.lease.subnet);
+        Ok(out)
+    }
+
+    async fn create(&self, lease: &Lease, ttl: Duration) -> Result<Option<u64>, ClusterError> {
+        let absent = Compare::create_revision(self.key(lease.subnet), CompareOp::Equal, 0);
+        self.put_if(absent, lease, ttl).await
+    }
+
+    async fn update(&self, lease: &Lease, version: u64, ttl: Duration) -> Result<Option<u64>, ClusterError> {
+        let same = Compare::mod_revision(self.key(lease.subnet), CompareOp::Equal, version as i64);
+        self.put_if(same, lease, ttl).await
+    }
+
+    async fn delete(&self, subnet: IpNetwork, version: u64) -> Result<bool, ClusterError> {
+        let key = self.key(subnet);
+        let same = Compare::mod_revision(key.clone(), CompareOp::Equal, version as i64);
+        let txn = Txn::new().when([same]).and_then([TxnOp::delete(key, None)]);
+        Ok(call("txn", self.client.clone().txn(txn)).await?.succeeded())
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<()>, ClusterError> {
+        // The first watch is in place before we return, so a list made after this misses nothing.
+        let mut stream = open_watch(&self.client, &self.prefix).await?;
+        let (client, prefix) = (self.client.clone(), self.prefix.clone());
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                // Follow the stream until it ends, fails or is canceled (e.g. by a compaction).
+                loop {
+                    let msg = tokio::select! {
+                        _ = tx.closed() => return,
+                        m = stream.message() => m,
+                    };
+                    match msg {
+                        Ok(Some(r)) if !r.canceled() => {
+                            if !r.events().is_empty()
+                                && matches!(tx.try_send(()), Err(TrySendError::Closed(_)))
+                            {
+                                return;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                let mut delay = BACKOFF_MIN;
+                stream = loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    match open_watch(&client, &prefix).await {
+                        Ok(s) => break s,
+                        Err(_) => delay = (delay * 2).min(BACKOFF_MAX),
+                    }
+                };
+                // Changes while the watch was down are lost: have the consumer look again.
+                if matches!(tx.try_send(()), Err(TrySendError::Closed(_))) {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

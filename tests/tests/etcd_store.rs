@@ -1,0 +1,128 @@
+//! The etcd lease store against a real etcd (Debian's etcd-server) in a namespace of the test's:
+//! the store conformance suite, etcd's own expiry, watches, and outages.
+
+use cbrnet_ipam::cluster::conformance::{self, cfg};
+use cbrnet_ipam::cluster::lease::acquire;
+use cbrnet_ipam::cluster::record::unix_now;
+use cbrnet_ipam::cluster::store::etcd::EtcdStore;
+use cbrnet_ipam::cluster::store::LeaseStore;
+use cbrnet_ipam::cluster::{ClusterError, Lease};
+use cbrnet_tests::etcd::Etcd;
+use cbrnet_tests::Netns;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "/cbrnet/subnets/";
+
+/// A namespace of its own with etcd on its 127.0.0.1.
+fn etcd(tag: &str) -> (Netns, Etcd) {
+    let ns = Netns::new(tag);
+    let etcd = Etcd::start_in(&ns, "127.0.0.1");
+    (ns, etcd)
+}
+
+async fn connect(etcd: &Etcd, prefix: &str) -> Result<EtcdStore, ClusterError> {
+    EtcdStore::connect(vec![etcd.url()], prefix).await
+}
+
+#[test]
+fn same_node_gets_its_subnet_back_and_release_frees_it() {
+    let (ns, etcd) = etcd("ets-same");
+    ns.block_on(0, || async {
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let b = conformance::same_node_gets_its_subnet_back(&s).await;
+        // the key is the prefix + the subnet key, and its value the lease's JSON
+        let one = connect(&etcd, "/cbrnet/subnets/10.244.1.0-24").await.unwrap();
+        assert_eq!(one.list().await.unwrap(), vec![b]);
+    });
+}
+
+#[test]
+fn many_nodes_at_once_get_distinct_subnets() {
+    let (ns, etcd) = etcd("ets-many");
+    ns.block_on(4, || async {
+        conformance::many_nodes_at_once_get_distinct_subnets(Arc::new(connect(&etcd, PREFIX).await.unwrap()))
+            .await;
+    });
+}
+
+#[test]
+fn etcd_deletes_a_lease_that_is_not_renewed() {
+    let (ns, etcd) = etcd("ets-ttl");
+    ns.block_on(0, || async {
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let l = Lease {
+            subnet: "10.244.7.0/24".parse().unwrap(),
+            node_name: "gone".into(),
+            node_ip: "192.168.1.7".parse().unwrap(),
+            expires: unix_now() + 2,
+        };
+        assert!(s.create(&l, Duration::from_secs(2)).await.unwrap().is_some());
+        assert_eq!(s.create(&l, Duration::from_secs(2)).await.unwrap(), None);
+        assert_eq!(s.list().await.unwrap().len(), 1);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(s.list().await.unwrap(), vec![]);
+    });
+}
+
+#[test]
+fn watch_reports_another_clients_change() {
+    let (ns, etcd) = etcd("ets-watch");
+    ns.block_on(0, || async {
+        let (s, other) = (
+            connect(&etcd, PREFIX).await.unwrap(),
+            connect(&etcd, PREFIX).await.unwrap(),
+        );
+        let mut rx = s.watch().await.unwrap();
+        assert!(rx.try_recv().is_err(), "nothing changed yet");
+        let c = cfg("10.244.0.0/16", 24);
+        acquire(&other, &c, "b", "192.168.1.2".parse().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5s")
+            .expect("the watch is still running");
+    });
+}
+
+#[test]
+fn a_dead_etcd_is_an_error_not_a_hang() {
+    let (ns, mut etcd) = etcd("ets-dead");
+    let etcd = &mut etcd;
+    ns.block_on(0, || async move {
+        let s = connect(etcd, PREFIX).await.unwrap();
+        etcd.pause();
+        let t0 = Instant::now();
+        let e = s.list().await.unwrap_err();
+        assert!(matches!(e, ClusterError::Store(_)), "{e}");
+        let e = connect(etcd, PREFIX).await.err().unwrap();
+        assert!(matches!(e, ClusterError::Store(_)), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    });
+}
+
+#[test]
+fn watch_comes_back_after_etcd_restarts() {
+    let (ns, mut etcd) = etcd("ets-restart");
+    let etcd = &mut etcd;
+    ns.block_on(0, || async move {
+        let s = connect(etcd, PREFIX).await.unwrap();
+        let mut rx = s.watch().await.unwrap();
+        etcd.pause();
+        etcd.resume();
+        // one message for the resync, then the watch works as before
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a resync message")
+            .unwrap();
+        let c = cfg("10.244.0.0/16", 24);
+        acquire(&s, &c, "a", "192.168.1.1".parse().unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message for the change")
+            .unwrap();
+    });
+}
