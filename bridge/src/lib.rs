@@ -3,7 +3,8 @@
 //!
 //! [`bridge`] owns the bridge itself (stable MAC, up, gateway addresses), [`forwarding`] the IP
 //! forwarding sysctls, [`masq`] the masquerade table, [`netlink`] the rtnetlink socket and link
-//! queries everything above is built on, and [`mac`] the stable MACs and names derived by hashing.
+//! queries everything above is built on, [`mac`] the stable MACs derived by hashing, and [`port`]
+//! the names of the pods' ports (the host ends of their veth pairs).
 
 pub mod bridge;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod forwarding;
 pub mod mac;
 pub mod masq;
 pub mod netlink;
+pub mod port;
 
 pub use error::{errno, BridgeError};
 pub use netlink::Nl;

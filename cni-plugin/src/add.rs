@@ -3,31 +3,70 @@
 
 use crate::config::Loaded;
 use crate::error::{ErrorList, PluginError, Result};
-use crate::ipam::Ipam;
+use crate::ipam::{Ipam, Reservation};
 use crate::netns::NetNs;
 use crate::plan::{self, AddPlan};
 use crate::{pod, veth};
 use cbrnet_bridge::{bridge, forwarding, masq, Nl};
 use cni_spec::{CniResult, Env};
+use futures::FutureExt;
 use serde_json::Value;
+use std::panic::AssertUnwindSafe;
 
-/// What an ADD changed that belongs to this attachment alone, for its undo. The bridge, its
-/// addresses, forwarding and the masquerade table are shared by every pod and stay.
-#[derive(Debug, Default)]
-pub struct Done {
+/// What an ADD has done so far that its undo must take back, kept outside the steps so that the
+/// undo runs whether a step failed or panicked. The bridge, its addresses, forwarding and the
+/// masquerade table are shared by every pod and stay.
+#[derive(Default)]
+struct Done<'a> {
+    host: Option<Nl>,
+    ipam: Option<Ipam<'a>>,
+    reservation: Option<Reservation>,
     /// The host end of the veth pair this ADD created.
-    pub veth: Option<String>,
+    veth: Option<String>,
 }
 
-/// Lets the crash test stop the plugin at a named point of ADD (`CBRNET_TEST_STOP_AT`), so it can
-/// kill it there and show that DEL cleans up.
-fn stop_point(name: &str) {
+/// Lets tests stop the plugin (`CBRNET_TEST_STOP_AT`, so that it can be killed there) or make it
+/// panic (`CBRNET_TEST_PANIC_AT`) at a named point of ADD.
+fn test_point(name: &str) {
     if std::env::var_os("CBRNET_TEST_STOP_AT").is_some_and(|v| v == name) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+    if std::env::var_os("CBRNET_TEST_PANIC_AT").is_some_and(|v| v == name) {
+        panic!("injected panic at {name}");
     }
 }
 
 pub async fn add(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Value> {
+    let mut done = Done::default();
+    let out = AssertUnwindSafe(steps(l, env, stdin, &mut done))
+        .catch_unwind()
+        .await;
+    let error = match out {
+        Ok(Ok(result)) => return Ok(result),
+        Ok(Err(e)) => e,
+        Err(panic) => PluginError::Panic(crate::error::panic_message(&*panic)),
+    };
+    let mut undo = ErrorList::default();
+    if let (Some(host), Some(name)) = (&done.host, &done.veth) {
+        undo.keep(veth::delete(host, name).await);
+    }
+    if let (Some(ipam), Some(r)) = (&done.ipam, &done.reservation) {
+        ipam.undo(r, l, env, stdin, &mut undo);
+    }
+    if undo.is_empty() {
+        return Err(error);
+    }
+    for e in &undo.0 {
+        tracing::error!(container = %env.container_id, "undoing the failed ADD: {e}");
+    }
+    Err(PluginError::AddAndUndo {
+        error: Box::new(error),
+        undo,
+    })
+}
+
+/// ADD's steps, each recorded in `done` as soon as it has changed something.
+async fn steps<'a>(l: &'a Loaded, env: &Env, stdin: &[u8], done: &mut Done<'a>) -> Result<Value> {
     let prev = l
         .conf
         .base
@@ -35,47 +74,31 @@ pub async fn add(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Value> {
         .as_ref()
         .map(CniResult::from_value)
         .transpose()?;
-    let pod_ns = NetNs::open(&env.netns)?;
     let home = NetNs::current()?;
-    let ipam = Ipam::new(l, env)?;
-    let host = Nl::connect()?;
+    let pod_ns = NetNs::open_pod(&env.netns, &home)?;
+    let ipam = done.ipam.insert(Ipam::new(l, env)?);
+    let host = done.host.insert(Nl::connect()?);
 
-    let reservation = ipam.add(l, env, stdin)?;
-    stop_point("reserved");
-    let mut done = Done::default();
-    let out = match plan::plan(l, env, &reservation.granted) {
-        Ok(p) => apply(&p, &host, &pod_ns, &home, &mut done).await,
-        Err(e) => Err(e),
-    };
-    match out {
-        Ok(result) => Ok(match prev {
-            Some(prev) => plan::chain(prev, result),
-            None => result,
-        }
-        .to_value(l.version)),
-        Err(error) => {
-            let mut undo = ErrorList::default();
-            if let Some(name) = &done.veth {
-                undo.keep(veth::delete(&host, name).await);
-            }
-            ipam.undo(&reservation, l, env, stdin, &mut undo);
-            if undo.is_empty() {
-                return Err(error);
-            }
-            for e in &undo.0 {
-                tracing::error!(container = %env.container_id, "undoing the failed ADD: {e}");
-            }
-            Err(PluginError::AddAndUndo {
-                error: Box::new(error),
-                undo,
-            })
-        }
+    let reservation = done.reservation.insert(ipam.add(l, env, stdin)?);
+    test_point("reserved");
+    let p = plan::plan(l, env, &reservation.granted)?;
+    let result = apply(&p, host, &pod_ns, &home, &mut done.veth).await?;
+    Ok(match prev {
+        Some(prev) => plan::chain(prev, result),
+        None => result,
     }
+    .to_value(l.version))
 }
 
-/// Carries out the plan: bridge, veth, pod side, masquerading. Records in `done` what the undo
-/// must take back.
-async fn apply(p: &AddPlan, host: &Nl, pod_ns: &NetNs, home: &NetNs, done: &mut Done) -> Result<CniResult> {
+/// Carries out the plan: bridge, veth, pod side, masquerading. Records in `veth` the pair it made,
+/// for the undo.
+async fn apply(
+    p: &AddPlan,
+    host: &Nl,
+    pod_ns: &NetNs,
+    home: &NetNs,
+    veth_made: &mut Option<String>,
+) -> Result<CniResult> {
     let br = bridge::ensure(host, &p.bridge).await?;
     for (gw, subnet) in &p.gateways {
         bridge::ensure_address(host, &br, *gw, *subnet).await?;
@@ -85,13 +108,14 @@ async fn apply(p: &AddPlan, host: &Nl, pod_ns: &NetNs, home: &NetNs, done: &mut 
     }
     let mtu = p.veth.mtu.unwrap_or(br.mtu);
     veth::create(host, &p.veth, mtu, br.index, pod_ns.fd()).await?;
-    done.veth = Some(p.veth.host_name.clone());
-    stop_point("veth");
+    *veth_made = Some(p.veth.host_name.clone());
+    test_point("veth");
     if p.hairpin {
         veth::set_hairpin(host, &p.veth.host_name, true).await?;
     }
     let pod = pod_ns.run_in(home, Nl::connect)??;
     pod::configure(&pod, &p.veth.pod_ifname, &p.ips, &p.routes).await?;
+    test_point("pod");
     if let Some(m) = &p.masq {
         masq::ensure(&m.table, m.subnet, m.cluster)?;
     }

@@ -7,7 +7,9 @@ use crate::netns::NetNs;
 use crate::{add, pod, veth};
 use cbrnet_bridge::{mac, netlink, Nl};
 use cni_spec::{env::Command, CniError, CniResult, Env, IpConfig};
+use futures::FutureExt;
 use serde_json::Value;
+use std::panic::AssertUnwindSafe;
 
 /// Entry point for every command but VERSION (answered by the skel).
 pub fn run(env: &Env, stdin: &[u8]) -> std::result::Result<Option<Value>, CniError> {
@@ -27,14 +29,21 @@ pub fn run(env: &Env, stdin: &[u8]) -> std::result::Result<Option<Value>, CniErr
         .build()
         .map_err(|e| CniError::new(CniError::IO, format!("starting the async runtime: {e}")))?;
     let out = rt.block_on(async {
-        match env.command {
-            Command::Add => add::add(&l, env, stdin).await.map(Some),
-            Command::Del => del(&l, env, stdin).await.map(|_| None),
-            Command::Check => check(&l, env, stdin).await.map(|_| None),
-            Command::Gc => gc(&l, env, stdin).map(|_| None),
-            Command::Status => status(&l, env, stdin).map(|_| None),
-            Command::Version => Ok(Some(cni_spec::version::version_info())),
-        }
+        let cmd = async {
+            match env.command {
+                Command::Add => add::add(&l, env, stdin).await.map(Some),
+                Command::Del => del(&l, env, stdin).await.map(|_| None),
+                Command::Check => check(&l, env, stdin).await.map(|_| None),
+                Command::Gc => gc(&l, env, stdin).map(|_| None),
+                Command::Status => status(&l, env, stdin).map(|_| None),
+                Command::Version => Ok(Some(cni_spec::version::version_info())),
+            }
+        };
+        // A panic anywhere (ADD catches its own, to undo first) is a CNI error, not an abort.
+        AssertUnwindSafe(cmd)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(PluginError::Panic(crate::error::panic_message(&*p))))
     });
     out.map_err(|e| {
         tracing::error!(command = env.command.as_str(), container = %env.container_id, "{e}");
@@ -85,8 +94,8 @@ async fn check(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<()> {
         stdin,
         &ips.iter().map(|c| c.address.ip()).collect::<Vec<_>>(),
     )?;
-    let pod_ns = NetNs::open(&env.netns)?;
     let home = NetNs::current()?;
+    let pod_ns = NetNs::open_pod(&env.netns, &home)?;
     let pod_mac = mac::parse_unicast(&prev.interfaces[pod_idx].mac);
     let host = Nl::connect()?;
     let br = host

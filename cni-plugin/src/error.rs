@@ -16,8 +16,8 @@ pub enum PluginError {
     Bridge(#[from] BridgeError),
     #[error("network namespace {0} does not exist")]
     NetnsMissing(String),
-    #[error("{0} is not a network namespace")]
-    NotNetns(String),
+    #[error("CNI_NETNS {0} is not a pod's network namespace: {1}")]
+    NotNetns(String, String),
     #[error("{0}: {1}")]
     Netlink(String, #[source] rtnetlink::Error),
     #[error("interface {0} already exists in the pod namespace")]
@@ -29,6 +29,9 @@ pub enum PluginError {
     /// Several failures of one teardown, each reported.
     #[error("{0}")]
     List(ErrorList),
+    /// A bug: the plugin panicked (after the undo of what an ADD had done).
+    #[error("cbrnet panicked: {0}")]
+    Panic(String),
     /// A failed ADD whose undo failed too: the ADD's error comes first, the undo's in the details.
     #[error("{error}; undoing the ADD also failed: {undo}")]
     AddAndUndo {
@@ -45,6 +48,16 @@ pub const CODE_NOT_A_BRIDGE: u32 = 111;
 pub const CODE_IFNAME_TAKEN: u32 = 112;
 pub const CODE_CHECK_FAILED: u32 = 113;
 pub const CODE_MASQ: u32 = 114;
+/// A panic (a bug in cbrnet), caught and reported instead of aborting.
+pub const CODE_PANIC: u32 = 999;
+
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
 
 impl PluginError {
     pub fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PluginError {
@@ -111,11 +124,12 @@ impl From<PluginError> for CniError {
                 BridgeError::Io(..) => CniError::IO,
             },
             PluginError::NetnsMissing(_) => CniError::UNKNOWN_CONTAINER,
-            PluginError::NotNetns(_) => CniError::INVALID_ENV,
+            PluginError::NotNetns(..) => CniError::INVALID_ENV,
             PluginError::Netlink(..) => CODE_NETLINK,
             PluginError::IfnameTaken(_) => CODE_IFNAME_TAKEN,
             PluginError::Check(_) => CODE_CHECK_FAILED,
             PluginError::Io(..) => CniError::IO,
+            PluginError::Panic(_) => CODE_PANIC,
             PluginError::List(_) | PluginError::AddAndUndo { .. } => 0,
         };
         match e {

@@ -4,8 +4,10 @@
 use crate::config::Loaded;
 use crate::error::{ErrorList, PluginError, Result};
 use crate::plan::Granted;
+use cbrnet_bridge::port;
 use cbrnet_ipam::node::allocator::Network;
 use cbrnet_ipam::node::config::requested_ips;
+use cbrnet_ipam::node::reservations::Adding;
 use cbrnet_ipam::{IpamConf, Owner};
 use cni_spec::{env::Command, CniError, CniResult, Env};
 use serde_json::Value;
@@ -24,6 +26,8 @@ pub struct Reservation {
     pub granted: Granted,
     /// In-process: the addresses this ADD reserved (not those the attachment already held).
     new: Vec<IpAddr>,
+    /// In-process with reclaim on: marks the ADD as running until the reservation is dropped.
+    _adding: Option<Adding>,
 }
 
 impl Ipam<'_> {
@@ -44,7 +48,20 @@ impl Ipam<'_> {
     pub fn add(&self, l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Reservation> {
         match self {
             Ipam::InProcess(c) => {
-                let (a, pools) = net(c, l).add(&owner(env), &requested_ips(&l.raw, &env.args)?)?;
+                let net = net(c, l);
+                // A pod is gone when the host end of its veth pair is.
+                let is_gone =
+                    |o: &Owner| !port::exists(&port::host_veth_name(net.name, &o.container_id, &o.ifname));
+                let requested = requested_ips(&l.raw, &env.args)?;
+                let (a, pools, adding) = net.add(&owner(env), &requested, Some(&is_gone))?;
+                for r in &a.reclaimed {
+                    tracing::warn!(
+                        network = net.name,
+                        "reclaimed {} of {}: its pod is gone",
+                        r.ip,
+                        r.owner
+                    );
+                }
                 let result = CniResult {
                     ips: a.ips,
                     routes: c.routes.clone().unwrap_or_default(),
@@ -56,6 +73,7 @@ impl Ipam<'_> {
                         subnet_file: pools.subnet_file,
                     },
                     new: a.new,
+                    _adding: adding,
                 })
             }
             Ipam::Delegated(p) => {
@@ -67,6 +85,7 @@ impl Ipam<'_> {
                         subnet_file: None,
                     },
                     new: Vec::new(),
+                    _adding: None,
                 })
             }
         }
@@ -76,9 +95,7 @@ impl Ipam<'_> {
     pub fn undo(&self, r: &Reservation, l: &Loaded, env: &Env, stdin: &[u8], errors: &mut ErrorList) {
         match self {
             Ipam::InProcess(c) => {
-                for e in net(c, l).undo(&r.new) {
-                    errors.keep::<()>(Err(e.into()));
-                }
+                errors.keep(net(c, l).undo(&owner(env), &r.new).map_err(PluginError::from));
             }
             Ipam::Delegated(p) => {
                 errors.keep(exec(p, Command::Del, env, stdin));

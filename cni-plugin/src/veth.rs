@@ -3,16 +3,12 @@
 use crate::error::{PluginError, Result};
 use crate::plan::VethPlan;
 use cbrnet_bridge::error::{errno, EEXIST, ENODEV};
-use cbrnet_bridge::{mac, Nl};
+use cbrnet_bridge::Nl;
 use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 use std::os::fd::RawFd;
 
-/// The host end's name: derived from the attachment, so that DEL finds it without state and two
-/// attachments never collide (15 bytes: `veth` + 11 hex digits of a hash).
-pub fn host_name(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("veth{:011x}", mac::fnv1a(&[network, container_id, ifname]) >> 20)
-}
+pub use cbrnet_bridge::port::host_veth_name as host_name;
 
 /// Creates the pair in one request: the pod end is born in the pod namespace under its final name
 /// (no rename, no move), the host end is born attached to the bridge and up. The pod end is brought

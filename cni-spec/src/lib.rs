@@ -39,15 +39,18 @@ pub struct Attachment {
 }
 
 /// The attachments a GC request says are still valid. The spec names the key
-/// `cni.dev/valid-attachments`; early drafts (and some runtimes) say `cni.dev/attachments`.
+/// `cni.dev/valid-attachments`; early drafts (and some runtimes) say `cni.dev/attachments`. A GC
+/// without the list is refused (code 7): read as "nothing is valid", it would free every address.
 pub fn valid_attachments(conf: &Value) -> Result<Vec<Attachment>, CniError> {
     let v = conf
         .get("cni.dev/valid-attachments")
         .or_else(|| conf.get("cni.dev/attachments"));
     match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
+        None | Some(Value::Null) => Err(CniError::invalid_config(
+            "GC needs cni.dev/valid-attachments (the attachments to keep)",
+        )),
         Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| CniError::decode(format!("cni.dev/valid-attachments: {e}"))),
+            .map_err(|e| CniError::invalid_config(format!("cni.dev/valid-attachments: {e}"))),
     }
 }
 
@@ -58,4 +61,32 @@ pub fn parse_conf<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, Va
         .map_err(|e| CniError::decode(format!("network config is not JSON: {e}")))?;
     let conf = T::deserialize(&raw).map_err(|e| CniError::invalid_config(format!("network config: {e}")))?;
     Ok((conf, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn gc_needs_the_list_of_valid_attachments() {
+        assert_eq!(valid_attachments(&json!({})).unwrap_err().code, 7);
+        assert_eq!(
+            valid_attachments(&json!({"cni.dev/valid-attachments": null}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            valid_attachments(&json!({"cni.dev/valid-attachments": [{"x": 1}]}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        let v = json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]});
+        assert_eq!(valid_attachments(&v).unwrap().len(), 1);
+        assert!(valid_attachments(&json!({"cni.dev/attachments": []}))
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod duration;
 pub mod node;
 pub mod subnet_file;
 

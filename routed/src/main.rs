@@ -4,6 +4,13 @@ use cbrnet_routed::cli::{Cli, Command};
 use clap::{CommandFactory, Parser};
 
 fn main() {
+    // A panic in any task is a bug that leaves the daemon in an unknown state: exit, and let the
+    // service manager restart it (routes and lease survive a restart).
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

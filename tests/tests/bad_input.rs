@@ -85,6 +85,11 @@ fn each_bad_input_gets_its_code_and_changes_nothing() {
             7,
         ),
         case("ipMasq without clusterCIDR", with("ipMasq", json!(true)), 7),
+        case(
+            "reclaimAfter that is no duration",
+            ipam_with("reclaimAfter", json!("soon")),
+            7,
+        ),
         Case {
             netns: Some(String::new()),
             ..case("no CNI_NETNS", good.clone(), 4)
@@ -96,6 +101,18 @@ fn each_bad_input_gets_its_code_and_changes_nothing() {
         Case {
             netns: Some(not_a_netns.path().display().to_string()),
             ..case("netns path is not a namespace", good.clone(), 4)
+        },
+        Case {
+            netns: Some(format!("/proc/{}/ns/uts", std::process::id())),
+            ..case("netns path is a namespace of another kind", good.clone(), 4)
+        },
+        Case {
+            netns: Some(node.ns.path()),
+            ..case("netns is the plugin's own (the node's)", good.clone(), 4)
+        },
+        Case {
+            netns: Some("/proc/self/ns/net".into()),
+            ..case("netns is the plugin's own, by /proc/self", good.clone(), 4)
         },
         Case {
             ifname: "sixteen-bytes-xx",
@@ -152,6 +169,11 @@ fn each_bad_input_gets_its_code_and_changes_nothing() {
         assert!(
             node.reservations("testnet").is_empty(),
             "{}: left a reservation",
+            c.name
+        );
+        assert!(
+            !node.data_dir().exists(),
+            "{}: created the data directory",
             c.name
         );
     }
@@ -256,4 +278,114 @@ fn a_failed_add_whose_undo_fails_reports_both() {
         .expect_ok();
     assert!(node.reservations("testnet").is_empty());
     assert!(node.veths().is_empty());
+}
+
+/// A config that takes its subnet from `file`.
+fn from_subnet_file(node: &Node, file: &std::path::Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet",
+        "ipam": {"type": "cbrnet-ipam", "subnetFile": file, "dataDir": node.data_dir()},
+    })
+}
+
+#[test]
+fn a_bad_subnet_file_is_refused_with_its_own_message_and_changes_nothing() {
+    let node = Node::new("badsf");
+    let pod = Netns::new("badsf-pod");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let big = file("big", &" ".repeat(300 * 1024));
+    let cases: Vec<(&str, std::path::PathBuf, u64, &str)> = vec![
+        ("missing", dir.path().join("none"), 11, "does not exist"),
+        ("a FIFO (would hang a plain read)", fifo, 7, "not a regular file"),
+        ("a directory", dir.path().to_path_buf(), 7, "not a regular file"),
+        ("300 KiB", big, 7, "too large"),
+        ("not JSON", file("garbage", "{subnet"), 7, "subnet file"),
+        (
+            "gateway outside the subnet",
+            file("gw", r#"{"subnet":"10.244.40.0/24","gateway":"10.244.41.1"}"#),
+            7,
+            "gateway",
+        ),
+        (
+            "subnet outside clusterCIDR",
+            file(
+                "cidr",
+                r#"{"subnet":"10.245.40.0/24","gateway":"10.245.40.1","clusterCIDR":"10.244.0.0/16"}"#,
+            ),
+            7,
+            "clusterCIDR",
+        ),
+        (
+            "mtu out of range",
+            file(
+                "mtu",
+                r#"{"subnet":"10.244.40.0/24","gateway":"10.244.40.1","mtu":70000}"#,
+            ),
+            7,
+            "mtu",
+        ),
+    ];
+    for (name, path, code, says) in cases {
+        let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &from_subnet_file(&node, &path));
+        assert_eq!(out.code(), code, "{name}: {}", out.json);
+        let msg = out.json["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{name}: {msg:?} does not say {says:?}");
+        assert_eq!(node.ns.links(), ["lo"], "{name}: left a link");
+        assert!(!node.data_dir().exists(), "{name}: touched the data directory");
+    }
+}
+
+#[test]
+fn failures_after_the_reservation_keep_nothing() {
+    let node = Node::new("late");
+    let pod = Netns::new("late-pod");
+    let v6_only = json!({
+        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet", "ipMasq": true,
+        "clusterCIDR": "10.244.0.0/16",
+        "ipam": {"type": "cbrnet-ipam", "subnet": "fd00:44::/64", "dataDir": node.data_dir()},
+    });
+    let mut masq = node.conf("1.1.0", "10.244.44.0/24");
+    masq["ipMasq"] = json!(true);
+    masq["clusterCIDR"] = json!("10.244.0.0/16");
+    let cases: Vec<(&str, Value, Option<&str>, u64)> = vec![
+        ("ipMasq with only an IPv6 address", v6_only, None, 7),
+        ("panic after the reservation", masq.clone(), Some("reserved"), 999),
+        ("panic after the veth", masq.clone(), Some("veth"), 999),
+        ("panic after the pod side", masq, Some("pod"), 999),
+    ];
+    for (name, conf, panic_at, code) in cases {
+        let mut call = Call::new("ADD", "c1", pod.path(), "eth0");
+        if let Some(p) = panic_at {
+            call.extra_env.push(("CBRNET_TEST_PANIC_AT", p));
+        }
+        let out = call.run(&node.ns, &conf);
+        assert_eq!(out.code(), code, "{name}: {} {}", out.json, out.stderr);
+        if panic_at.is_some() {
+            assert!(
+                out.json["msg"].as_str().unwrap().contains("injected panic"),
+                "{name}"
+            );
+        }
+        assert!(
+            node.reservations("testnet").is_empty(),
+            "{name}: kept a reservation"
+        );
+        assert!(node.veths().is_empty(), "{name}: kept a veth");
+        assert_eq!(pod.links(), ["lo"], "{name}: left a link in the pod");
+        assert!(
+            !node.ns.ok(&["nft", "list", "tables"]).contains("cbrnet"),
+            "{name}: left an nftables table"
+        );
+    }
+    // and the next ADD works
+    Call::new("ADD", "c1", pod.path(), "eth0")
+        .run(&node.ns, &node.conf("1.1.0", "10.244.44.0/24"))
+        .expect_ok();
 }

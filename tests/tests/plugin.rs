@@ -139,6 +139,15 @@ fn gc_releases_what_is_not_valid() {
             .expect_ok();
     }
     assert_eq!(node.reservations("testnet").len(), 3);
+    // without the list of valid attachments, GC is refused and frees nothing
+    let out = Call::new("GC", "dummy", "dummy", "dummy").run(&node.ns, &conf);
+    assert_eq!(out.code(), 7, "{}", out.json);
+    assert_eq!(node.reservations("testnet").len(), 3);
+    // what does not belong in the network's directory goes too
+    let dir = node.data_dir().join("testnet");
+    std::os::unix::fs::symlink("not an owner", dir.join("10.244.21.200")).unwrap();
+    std::fs::write(dir.join("stray"), "x").unwrap();
+    std::fs::create_dir(dir.join("stray-dir")).unwrap();
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
     Call::new("GC", "dummy", "dummy", "dummy")
@@ -147,6 +156,12 @@ fn gc_releases_what_is_not_valid() {
     let left = node.reservations("testnet");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1, "c1 eth0");
+    for gone in ["10.244.21.200", "stray", "stray-dir"] {
+        assert!(
+            std::fs::symlink_metadata(dir.join(gone)).is_err(),
+            "{gone} is still there"
+        );
+    }
     // the older key name works too
     let mut gc = conf.clone();
     gc["cni.dev/attachments"] = json!([]);

@@ -10,7 +10,10 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/cbrnet";
+/// On tmpfs: cleared at boot, when every pod is gone too.
+pub const DEFAULT_DATA_DIR: &str = "/run/cbrnet/ipam";
+/// How long a reservation whose pod is gone is kept before reclaim may take it.
+pub const DEFAULT_RECLAIM_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +38,8 @@ pub struct IpamConf {
     ranges: Option<Vec<Vec<RangeConf>>>,
     pub routes: Option<Vec<Route>>,
     pub data_dir: Option<PathBuf>,
+    /// `"60s"`, `"5m"`...; `"0"` turns reclaim off.
+    pub reclaim_after: Option<String>,
 }
 
 /// What an ADD allocates from: one range set per address wanted (e.g. one IPv4, one IPv6), plus
@@ -69,6 +74,18 @@ impl IpamConf {
             .unwrap_or(Path::new(subnet_file::DEFAULT_PATH))
     }
 
+    /// How old a reservation of a vanished pod must be before it is reclaimed; `None`: never.
+    pub fn reclaim_after(&self) -> Result<Option<std::time::Duration>, IpamError> {
+        match &self.reclaim_after {
+            None => Ok(Some(DEFAULT_RECLAIM_AFTER)),
+            Some(s) => {
+                let d =
+                    crate::duration::parse(s).map_err(|e| IpamError::Config(format!("reclaimAfter: {e}")))?;
+                Ok((!d.is_zero()).then_some(d))
+            }
+        }
+    }
+
     /// Does this config take its subnet from the subnet file?
     pub fn uses_subnet_file(&self) -> bool {
         self.subnet.is_none() && self.ranges.is_none()
@@ -76,6 +93,7 @@ impl IpamConf {
 
     /// Checks everything that can be checked without touching the node.
     pub fn validate(&self) -> Result<(), IpamError> {
+        self.reclaim_after()?;
         if self.subnet.is_some() && self.ranges.is_some() {
             return Err(IpamError::Config("give either subnet or ranges, not both".into()));
         }

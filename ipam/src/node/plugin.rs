@@ -29,7 +29,8 @@ pub fn handle(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let owner = Owner::new(&env.container_id, &env.ifname);
     match env.command {
         Command::Add => {
-            let (a, pools) = net.add(&owner, &requested_ips(&raw, &env.args)?)?;
+            // Reclaim needs to tell a vanished pod, which only the main plugin knows how to do.
+            let (a, pools, _) = net.add(&owner, &requested_ips(&raw, &env.args)?, None)?;
             let result = CniResult {
                 ips: a.ips,
                 routes: pools.routes,
