@@ -1,9 +1,12 @@
 //! The node bridge (`cbr0`): created once, shared by every pod, carrying the gateway address.
 
-use crate::error::{errno, BridgeError, Result, EEXIST};
+use crate::error::{errno, BridgeError, Result, EADDRNOTAVAIL, EEXIST};
 use crate::netlink::{self, Nl};
+use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkFlags};
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkUnspec};
 use std::net::IpAddr;
 
@@ -92,6 +95,42 @@ pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: I
         Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
         Err(e) => Err(BridgeError::Netlink(
             format!("adding {gateway}/{} to {}", subnet.prefix(), bridge.name),
+            e,
+        )),
+    }
+}
+
+/// The IPv4 addresses on link `index`, with their prefixes.
+pub async fn ipv4_addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
+    let mut s = nl.handle.address().get().set_link_index_filter(index).execute();
+    let mut out = Vec::new();
+    while let Some(m) = s.try_next().await.map_err(BridgeError::netlink(format!(
+        "listing the addresses of link {index}"
+    )))? {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if let Ok(n) = IpNetwork::new(IpAddr::V4(*ip), m.header.prefix_len) {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `addr` (with its prefix) from link `index`; already gone is fine.
+pub async fn remove_address(nl: &Nl, index: u32, addr: IpNetwork) -> Result<()> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.index = index;
+    msg.header.prefix_len = addr.prefix();
+    msg.attributes.push(AddressAttribute::Local(addr.ip()));
+    msg.attributes.push(AddressAttribute::Address(addr.ip()));
+    match nl.handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+        Err(e) => Err(BridgeError::Netlink(
+            format!("removing {addr} from link {index}"),
             e,
         )),
     }

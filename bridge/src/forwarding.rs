@@ -2,12 +2,14 @@
 
 use crate::error::{BridgeError, Result};
 
-/// Turns forwarding on (IPv4; IPv6 too if asked), writing only what is off.
-pub fn enable(v6: bool) -> Result<()> {
+/// Turns forwarding on (IPv4; IPv6 too if asked), writing only what is off. `Ok(true)` if
+/// something was off.
+pub fn enable(v6: bool) -> Result<bool> {
     let mut knobs = vec!["/proc/sys/net/ipv4/ip_forward"];
     if v6 {
         knobs.push("/proc/sys/net/ipv6/conf/all/forwarding");
     }
+    let mut changed = false;
     for k in knobs {
         if std::fs::read(k)
             .map_err(BridgeError::io(format!("reading {k}")))?
@@ -15,7 +17,8 @@ pub fn enable(v6: bool) -> Result<()> {
             != Some(&b'1')
         {
             std::fs::write(k, b"1").map_err(BridgeError::io(format!("writing {k}")))?;
+            changed = true;
         }
     }
-    Ok(())
+    Ok(changed)
 }

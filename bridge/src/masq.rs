@@ -22,19 +22,22 @@ pub fn script(t: &str, subnet: IpNetwork, cluster: IpNetwork) -> String {
     format!(
         "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    \
          type nat hook postrouting priority srcnat; policy accept;\n    \
-         ip saddr {subnet} ip daddr != {cluster} masquerade\n  }}\n}}\n"
+         {}\n  }}\n}}\n",
+        rule(subnet, cluster)
     )
 }
 
-/// Replaces table `table` with one rule masquerading `subnet` → outside `cluster`.
-pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
-    if !subnet.is_ipv4() || !cluster.is_ipv4() {
-        return Err(BridgeError::Masq("ipMasq supports IPv4 subnets only".into()));
-    }
+/// The rule the table holds, as `nft list` prints it.
+fn rule(subnet: IpNetwork, cluster: IpNetwork) -> String {
+    format!("ip saddr {subnet} ip daddr != {cluster} masquerade")
+}
+
+/// Runs `nft` with `args` and `stdin`; its stdout.
+fn nft(args: &[&str], stdin: &str) -> Result<String> {
     let mut child = Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| BridgeError::Masq(format!("running nft: {e}")))?;
@@ -42,7 +45,7 @@ pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> 
         .stdin
         .take()
         .expect("nft's stdin is piped above")
-        .write_all(script(table, subnet, cluster).as_bytes())
+        .write_all(stdin.as_bytes())
         .map_err(|e| BridgeError::Masq(format!("writing to nft: {e}")))?;
     let out = child
         .wait_with_output()
@@ -52,7 +55,33 @@ pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> 
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Is table `table` there with exactly its one rule? (A missing table is `Ok(false)`.)
+pub fn is_in_place(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<bool> {
+    match nft(&["list", "table", "ip", table], "") {
+        Ok(listing) => {
+            let rules: Vec<&str> = listing
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.contains("masquerade"))
+                .collect();
+            Ok(rules == [rule(subnet, cluster).as_str()])
+        }
+        Err(BridgeError::Masq(m)) if m.contains("No such file") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces table `table` with one rule masquerading `subnet` → outside `cluster`.
+pub fn ensure(table: &str, subnet: IpNetwork, cluster: IpNetwork) -> Result<()> {
+    if !subnet.is_ipv4() || !cluster.is_ipv4() {
+        return Err(BridgeError::Masq(
+            "masquerading supports IPv4 subnets only".into(),
+        ));
+    }
+    nft(&["-f", "-"], &script(table, subnet, cluster)).map(|_| ())
 }
 
 #[cfg(test)]

@@ -121,9 +121,10 @@ impl SubnetFile {
     }
 
     /// Publishes the file at `path` atomically; does nothing if it already says the same.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    /// `Ok(true)` if it wrote.
+    pub fn write(&self, path: &Path) -> std::io::Result<bool> {
         if SubnetFile::read(path).ok().as_ref() == Some(self) {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -140,7 +141,7 @@ impl SubnetFile {
         if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        r
+        r.map(|()| true)
     }
 }
 
@@ -187,7 +188,8 @@ mod tests {
         let p = d.path().join("subnet.json");
         assert!(matches!(SubnetFile::read(&p), Err(SubnetFileError::Missing(_))));
         let f = file("10.244.3.0/24", "10.244.3.1", Some("10.244.0.0/16"), None);
-        f.write(&p).unwrap();
+        assert!(f.write(&p).unwrap());
+        assert!(!f.write(&p).unwrap(), "the same content is not written again");
         assert_eq!(SubnetFile::read(&p).unwrap(), f);
         // no temp file is left behind
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);

@@ -1,8 +1,13 @@
-//! The command line: flags are a contract with users and scripts.
+//! The command line: flags are a contract with users and scripts. Everything is judged before
+//! anything is opened, created or written; an error retrying cannot fix names its flag and exits
+//! with status 2.
 
+use cbrnet_ipam::cluster::lease::LeaseConfig;
+use cbrnet_ipam::cluster::record::MAX_NODE_NAME;
+use cbrnet_ipam::cluster::store::StoreSpec;
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::IpNetwork;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,9 +35,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// The lease store: file:DIR or etcd:http://HOST:PORT[,...].
-    #[arg(long)]
-    pub store: String,
+    /// The lease store: file:/DIR or etcd:http://HOST:PORT[,...].
+    #[arg(long, value_parser = parse_store)]
+    pub store: StoreSpec,
     /// Key prefix of the leases in etcd.
     #[arg(long, default_value = "/cbrnet/subnets/")]
     pub etcd_prefix: String,
@@ -66,9 +71,9 @@ pub struct RunArgs {
     /// The cluster's pod CIDR, carved into node subnets.
     #[arg(long)]
     pub cluster_cidr: IpNetwork,
-    /// The lease store: file:DIR or etcd:http://HOST:PORT[,...].
-    #[arg(long)]
-    pub store: String,
+    /// The lease store: file:/DIR or etcd:http://HOST:PORT[,...].
+    #[arg(long, value_parser = parse_store)]
+    pub store: StoreSpec,
     /// Key prefix of the leases in etcd.
     #[arg(long, default_value = "/cbrnet/subnets/")]
     pub etcd_prefix: String,
@@ -81,7 +86,7 @@ pub struct RunArgs {
     /// Last subnet that may be leased (default: the cluster CIDR's last).
     #[arg(long)]
     pub last_subnet: Option<IpNetwork>,
-    /// Lease lifetime; renewed at half-life.
+    /// Lease lifetime; renewed every third of it (at most every 5m).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// Where the node's subnet is published for cbrnet-ipam.
@@ -102,40 +107,87 @@ pub struct RunArgs {
     /// Full resync period.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// The CNI config directory: addresses of vanished pods of its cbrnet networks are reclaimed.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+}
+
+fn parse_store(s: &str) -> Result<StoreSpec, String> {
+    s.parse()
+        .map_err(|e: cbrnet_ipam::cluster::ClusterError| e.to_string())
 }
 
 /// `500ms`, `10s`, `5m`, `24h` (or plain seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 5m, 24h"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    })
+    cbrnet_ipam::duration::parse(s)
+}
+
+/// The daemon's configuration, judged.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub args: RunArgs,
+    pub node_ip: Ipv4Addr,
+    pub cluster_cidr: IpNetwork,
+    pub leases: LeaseConfig,
+}
+
+impl RunArgs {
+    /// Judges every flag; the error names the flag.
+    pub fn validate(self) -> Result<Config, String> {
+        let flag = |f: &str, m: String| format!("--{f}: {m}");
+        let name = &self.node_name;
+        if name.is_empty()
+            || name.len() > MAX_NODE_NAME
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(flag(
+                "node-name",
+                format!("{name:?} is not a node name (1-{MAX_NODE_NAME} bytes, no spaces)"),
+            ));
+        }
+        let node_ip = match self.node_ip {
+            IpAddr::V4(ip)
+                if !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()) =>
+            {
+                ip
+            }
+            ip => return Err(flag("node-ip", format!("{ip} is not a unicast IPv4 address"))),
+        };
+        let leases = LeaseConfig::new(self.cluster_cidr, self.subnet_len, self.lease_ttl)
+            .map_err(|e| flag("cluster-cidr/--subnet-len/--lease-ttl", e.to_string()))?
+            .with_range(self.first_subnet, self.last_subnet)
+            .map_err(|e| flag("first-subnet/--last-subnet", e.to_string()))?;
+        if self.resync_interval.is_zero() {
+            return Err(flag("resync-interval", "must be more than 0".into()));
+        }
+        if let Some(mtu) = self.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(flag("mtu", format!("{mtu} is out of range (68-65535)")));
+            }
+        }
+        cni_spec::env::validate_ifname(&self.bridge)
+            .map_err(|e| flag("bridge", e.msg.replace("CNI_IFNAME ", "")))?;
+        if !self.subnet_file.is_absolute() || self.subnet_file.file_name().is_none() {
+            return Err(flag(
+                "subnet-file",
+                format!("{} is not an absolute file path", self.subnet_file.display()),
+            ));
+        }
+        Ok(Config {
+            cluster_cidr: self.cluster_cidr,
+            node_ip,
+            leases,
+            args: self,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("1d").is_err());
-    }
-
-    #[test]
-    fn flags_parse() {
-        let c = Cli::try_parse_from([
+    fn run(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
             "cbrnet-routed",
             "--node-name",
             "n1",
@@ -145,17 +197,54 @@ mod tests {
             "10.244.0.0/16",
             "--store",
             "file:/tmp/x",
-            "--ip-masq",
-        ])
-        .unwrap();
-        let r = c.run.unwrap();
-        assert_eq!(r.subnet_len, 24);
-        assert!(r.ip_masq);
-        assert_eq!(r.resync_interval, Duration::from_secs(10));
+        ];
+        argv.extend_from_slice(extra);
+        let c = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        c.run.unwrap().validate()
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = run(&["--ip-masq"]).unwrap();
+        assert_eq!(c.args.subnet_len, 24);
+        assert!(c.args.ip_masq);
+        assert_eq!(c.args.resync_interval, Duration::from_secs(10));
+        assert_eq!(c.args.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         let c = Cli::try_parse_from(["cbrnet-routed", "leases", "--store", "file:/tmp/x", "--json"]).unwrap();
         assert!(matches!(
             c.command,
             Some(Command::Leases(LeasesArgs { json: true, .. }))
         ));
+    }
+
+    #[test]
+    fn each_bad_flag_is_named() {
+        for (args, names) in [
+            (&["--store", "file:relative"][..], "--store"),
+            (&["--store", "etcd:10.0.0.1:2379"][..], "--store"),
+            (&["--first-subnet", "10.245.0.0/24"][..], "--first-subnet"),
+            (
+                &["--last-subnet", "10.244.1.0/25"][..],
+                "--first-subnet/--last-subnet",
+            ),
+            (&["--subnet-len", "8"][..], "--subnet-len"),
+            (&["--resync-interval", "0"][..], "--resync-interval"),
+            (
+                &["--resync-interval", "99999999999999999999h"][..],
+                "--resync-interval",
+            ),
+            (&["--lease-ttl", "18446744073709551615h"][..], "--lease-ttl"),
+            (&["--lease-ttl", "1s"][..], "--lease-ttl"),
+            (&["--node-ip", "127.0.0.1"][..], "--node-ip"),
+            (&["--node-ip", "fd00::1"][..], "--node-ip"),
+            (&["--node-name", ""][..], "--node-name"),
+            (&["--mtu", "20"][..], "--mtu"),
+            (&["--bridge", "a-very-long-bridge"][..], "--bridge"),
+            (&["--subnet-file", "rel.json"][..], "--subnet-file"),
+            (&["--cluster-cidr", "10.244.1.0/16"][..], "--cluster-cidr"),
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(e.contains(names), "{args:?}: {e}");
+        }
     }
 }

@@ -1,28 +1,40 @@
-//! The daemon's event loop: hold the lease, set the node up, keep the routes right.
+//! The daemon's event loop: hold the lease, keep the node set up, keep the routes right.
+//!
+//! Everything is reconciled, never done once: routes on store changes, on deletions of our
+//! routes (or of a foreign route that kept one of ours out) and on every resync; the node's set-up
+//! on link and address events that touch the bridge and on every resync; the lease on its renewal
+//! timer and whenever a reconcile finds it missing, expired or changed.
 
-use crate::cli::RunArgs;
+use crate::cli::Config;
 use crate::error::{Result, RoutedError};
 use crate::metrics::{self, Metrics};
-use crate::routes;
-use cbrnet_bridge::{bridge, forwarding, mac, masq, Nl};
-use cbrnet_ipam::cluster::lease::{self, LeaseConfig};
+use crate::{instance, reclaim, routes, setup};
+use cbrnet_bridge::Nl;
+use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
+use cbrnet_ipam::cluster::record::{subnet_key, unix_now, Listing};
 use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
-use cbrnet_ipam::cluster::{ClusterError, Lease, Versioned};
-use cbrnet_ipam::SubnetFile;
+use cbrnet_ipam::cluster::{ClusterError, Versioned};
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
+use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, MissedTickBehavior};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A message that repeats while the daemon waits is logged at most this often.
+const REPEAT_LOG: Duration = Duration::from_secs(60);
 
 /// Exponential backoff between BACKOFF_MIN and BACKOFF_MAX.
 struct Backoff(Duration);
@@ -41,129 +53,281 @@ impl Backoff {
     }
 }
 
-/// Retries `f` with backoff until it succeeds; the store being down is not fatal.
-async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> T
+/// Logs a message the first time, and again only when it changes or [`REPEAT_LOG`] has passed.
+#[derive(Default)]
+struct Throttled {
+    last: Option<(String, Instant)>,
+}
+
+impl Throttled {
+    fn due(&mut self, msg: &str) -> bool {
+        let due = match &self.last {
+            Some((m, at)) => m != msg || at.elapsed() >= REPEAT_LOG,
+            None => true,
+        };
+        if due {
+            self.last = Some((msg.to_string(), Instant::now()));
+        }
+        due
+    }
+}
+
+/// Problems that persist across resyncs: each is logged once, when it first appears.
+#[derive(Default)]
+struct Reported(HashSet<String>);
+
+impl Reported {
+    /// The problems in `now` that were not there last time; `now` becomes what is known.
+    fn fresh(&mut self, now: HashSet<String>) -> Vec<String> {
+        let mut new: Vec<String> = now.difference(&self.0).cloned().collect();
+        new.sort();
+        self.0 = now;
+        new
+    }
+}
+
+/// Retries `f` with backoff until it succeeds; the store being down is not fatal, an error that
+/// retrying cannot fix is.
+async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, ClusterError>>,
 {
     let mut b = Backoff::new();
+    let mut log = Throttled::default();
     loop {
         match f().await {
             Ok(v) => {
                 metrics.store_up.store(true, Ordering::Relaxed);
-                return v;
+                return Ok(v);
             }
+            Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => {
-                metrics.store_up.store(false, Ordering::Relaxed);
+                if !matches!(e, ClusterError::NameHeld { .. }) {
+                    metrics.store_up.store(false, Ordering::Relaxed);
+                }
                 let d = b.next();
-                tracing::warn!("{what}: {e}; retrying in {d:?}");
+                let msg = format!("{what}: {e}");
+                if log.due(&msg) {
+                    if matches!(e, ClusterError::NameHeld { .. }) {
+                        tracing::error!("{msg}; retrying");
+                    } else {
+                        tracing::warn!("{msg}; retrying in {d:?}");
+                    }
+                }
                 tokio::time::sleep(d).await;
             }
         }
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+/// What the daemon holds once it runs.
+struct Node {
+    cfg: Config,
+    me: Claimant,
+    store: AnyStore,
+    held: Versioned,
+    seen: Seen,
+    nl: Nl,
+    metrics: Arc<Metrics>,
+    invalid: Reported,
+    conflicts: Reported,
+    conf_problems: Reported,
+    /// Destinations of ours that a foreign route keeps out: its deletion lets ours in.
+    blocked: HashSet<IpNetwork>,
+    bridge_index: Option<u32>,
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
-    metrics::serve(args.metrics_addr, metrics.clone())
+    metrics::serve(cfg.args.metrics_addr, metrics.clone())
         .await
-        .map_err(|e| RoutedError::Io(format!("serving metrics on {}", args.metrics_addr), e))?;
-    let mut cfg = LeaseConfig::new(args.cluster_cidr, args.subnet_len, args.lease_ttl)?;
-    let v4 = |n: Option<IpNetwork>| match n {
-        Some(IpNetwork::V4(n)) => Ok(Some(n)),
-        Some(n) => Err(RoutedError::Config(format!("{n}: subnets are IPv4"))),
-        None => Ok(None),
-    };
-    cfg.first = v4(args.first_subnet)?;
-    cfg.last = v4(args.last_subnet)?;
+        .map_err(|e| RoutedError::Io(format!("serving metrics on {}", cfg.args.metrics_addr), e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| RoutedError::Io("SIGTERM handler".into(), e))?;
-
-    let startup = async {
-        let store = retry("opening the lease store", &metrics, || {
-            AnyStore::open(&args.store, &args.etcd_prefix)
-        })
-        .await;
-        let held = retry("acquiring a lease", &metrics, || {
-            lease::acquire(&store, &cfg, &args.node_name, args.node_ip)
-        })
-        .await;
-        (store, held)
-    };
-    // SIGTERM during a long wait for the store ends the daemon too.
-    let (store, mut held) = tokio::select! {
-        r = startup => r,
+    // Starting may wait long (another daemon, the node IP, the store): SIGTERM ends it too.
+    let node = tokio::select! {
+        n = start(cfg, metrics) => n?,
         _ = sigterm.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, "lease held");
+    let (node, _lock) = node;
+    run_loop(node, &mut sigterm).await
+}
+
+async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<(Node, instance::InstanceLock)> {
+    let lock_path = instance::lock_path(&cfg.args.subnet_file);
+    let mut log = Throttled::default();
+    let lock = loop {
+        match instance::try_lock(&lock_path) {
+            Ok(Some(l)) => break l,
+            Ok(None) => {
+                let msg = format!(
+                    "another cbrnet-routed runs on this node (it holds {}); waiting for it to stop",
+                    lock_path.display()
+                );
+                if log.due(&msg) {
+                    tracing::error!("{msg}");
+                }
+            }
+            Err(e) => return Err(RoutedError::Io(format!("locking {}", lock_path.display()), e)),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
 
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
     tokio::spawn(conn);
-    setup_node(&args, &held.lease, &handle).await?;
-    metrics.ready.store(true, Ordering::Relaxed);
+    let nl = Nl { handle };
+    // As at boot: the node's address may come later (DHCP, a slow interface).
+    let mut log = Throttled::default();
+    while !node_ip_is_local(&nl.handle, cfg.node_ip).await? {
+        metrics.node_ip_present.store(false, Ordering::Relaxed);
+        let msg = format!(
+            "--node-ip {} is on no local interface; waiting for it",
+            cfg.node_ip
+        );
+        if log.due(&msg) {
+            tracing::error!("{msg}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    metrics.node_ip_present.store(true, Ordering::Relaxed);
 
-    let (mconn, _, mut events) = rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Route])
-        .map_err(|e| RoutedError::Io("netlink route events".into(), e))?;
+    let store = retry("opening the lease store", &metrics, || {
+        AnyStore::open(&cfg.args.store, &cfg.args.etcd_prefix, true)
+    })
+    .await?;
+    let me = Claimant {
+        node_name: cfg.args.node_name.clone(),
+        node_ip: IpAddr::V4(cfg.node_ip),
+        holder: instance::holder(),
+    };
+    let mut seen = Seen::default();
+    let held = {
+        let (store, leases, me, seen) = (&store, &cfg.leases, &me, &mut seen);
+        let mut b = Backoff::new();
+        let mut log = Throttled::default();
+        loop {
+            match lease::acquire(store, leases, me, seen).await {
+                Ok(v) => break v,
+                Err(e) if e.is_permanent() => return Err(e.into()),
+                Err(e) => {
+                    let msg = format!("acquiring a lease: {e}");
+                    if log.due(&msg) {
+                        tracing::error!("{msg}; retrying");
+                    }
+                    metrics
+                        .store_up
+                        .store(matches!(e, ClusterError::NameHeld { .. }), Ordering::Relaxed);
+                    tokio::time::sleep(b.next()).await;
+                }
+            }
+        }
+    };
+    metrics.store_up.store(true, Ordering::Relaxed);
+    tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, holder = %me.holder, "lease held");
+    let mut node = Node {
+        cfg,
+        me,
+        store,
+        held,
+        seen,
+        nl,
+        metrics,
+        invalid: Reported::default(),
+        conflicts: Reported::default(),
+        conf_problems: Reported::default(),
+        blocked: HashSet::new(),
+        bridge_index: None,
+    };
+    let mut b = Backoff::new();
+    while let Err(e) = node.set_up().await {
+        let d = b.next();
+        tracing::error!("setting the node up: {e}; retrying in {d:?}");
+        tokio::time::sleep(d).await;
+    }
+    node.metrics.ready.store(true, Ordering::Relaxed);
+    Ok((node, lock))
+}
+
+async fn node_ip_is_local(h: &Handle, ip: std::net::Ipv4Addr) -> Result<bool> {
+    Ok(routes::connected(h)
+        .await?
+        .iter()
+        .any(|n| n.ip() == IpAddr::V4(ip)))
+}
+
+async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> Result<()> {
+    let (mconn, _, mut events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+    ])
+    .map_err(|e| RoutedError::Io("netlink events".into(), e))?;
     tokio::spawn(mconn);
-    let mut changes = retry("watching the lease store", &metrics, || store.watch()).await;
+    let mut changes = retry("watching the lease store", &node.metrics, || node.store.watch()).await?;
 
-    let mut resync = tokio::time::interval(args.resync_interval);
-    let half_life = cfg.ttl / 2;
-    let mut renew_at = Instant::now() + half_life;
+    let mut resync = tokio::time::interval(node.cfg.args.resync_interval);
+    // After a long reconcile, one tick, not a burst of the ones missed.
+    resync.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let renew_every = node.cfg.leases.renew_every();
+    let mut renew_at = Instant::now() + renew_every;
     let mut backoff = Backoff::new();
     let mut retry_at: Option<Instant> = None;
     loop {
-        let mut dirty = false;
+        let (mut routes_dirty, mut setup_dirty, mut sweep) = (false, false, false);
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            Some(()) = changes.recv() => dirty = true,
+            Some(()) = changes.recv() => routes_dirty = true,
             Some((msg, _)) = events.next() => {
-                dirty = is_our_route_deleted(&msg.payload);
-                // coalesce a burst of events into one reconcile
+                let (r, s) = node.affected_by(&msg.payload);
+                (routes_dirty, setup_dirty) = (r, s);
+                // A burst of events is one reconcile.
                 while let Ok((m, _)) = events.try_recv() {
-                    dirty |= is_our_route_deleted(&m.payload);
+                    let (r, s) = node.affected_by(&m.payload);
+                    routes_dirty |= r;
+                    setup_dirty |= s;
                 }
             }
-            _ = resync.tick() => dirty = true,
+            _ = resync.tick() => (routes_dirty, setup_dirty, sweep) = (true, true, true),
             _ = sleep_until(renew_at.into()) => {
-                match lease::renew(&store, &cfg, &held, args.node_ip).await {
-                    Ok(new) => {
-                        if new.lease.subnet != held.lease.subnet {
-                            tracing::error!(
-                                old = %held.lease.subnet, new = %new.lease.subnet,
-                                "lease was lost; took a new subnet"
-                            );
-                            setup_node(&args, &new.lease, &handle).await?;
-                        }
-                        held = new;
-                        renew_at = Instant::now() + half_life;
-                    }
-                    Err(e) => {
-                        tracing::warn!("renewing the lease: {e}");
-                        metrics.store_up.store(false, Ordering::Relaxed);
-                        renew_at = Instant::now() + backoff.next();
-                    }
-                }
+                renew_at = Instant::now() + node.renew(&mut backoff).await;
+                setup_dirty = true;
             }
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
-                dirty = true
+                (routes_dirty, setup_dirty) = (true, true);
             }
         }
-        if dirty {
-            match reconcile(&handle, &store, &args.node_name, &metrics).await {
-                Ok(()) => {
+        if setup_dirty {
+            match node.set_up().await {
+                Ok(()) => node.metrics.ready.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!("keeping the node set up: {e}");
+                    retry_at = Some(Instant::now() + backoff.next());
+                }
+            }
+        }
+        if routes_dirty {
+            match node.reconcile().await {
+                Ok(reassert) => {
                     retry_at = None;
                     backoff.reset();
+                    if let Some(why) = reassert {
+                        tracing::warn!(subnet = %node.held.lease.subnet, "this node's lease is {why}; re-asserting it");
+                        renew_at = Instant::now();
+                    }
                 }
                 Err(e) => {
-                    metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                    node.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
                     let d = backoff.next();
                     tracing::warn!("reconcile: {e}; keeping the routes we have, retrying in {d:?}");
                     retry_at = Some(Instant::now() + d);
                 }
             }
+        }
+        if sweep {
+            node.reclaim();
         }
     }
     // Routes and lease stay: pods keep working across a restart.
@@ -171,81 +335,238 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn is_our_route_deleted(p: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
-    matches!(p, NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(m)) if routes::ours(m))
+fn route_dst(m: &netlink_packet_route::route::RouteMessage) -> Option<IpNetwork> {
+    let ip = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        _ => None,
+    })?;
+    IpNetwork::new(ip, m.header.destination_prefix_length).ok()
 }
 
-/// Publishes the subnet and makes the node ready for pods: bridge, gateway address, forwarding,
-/// masquerading.
-async fn setup_node(args: &RunArgs, l: &Lease, handle: &Handle) -> Result<()> {
-    let gw = l.gateway();
-    let nl = Nl {
-        handle: handle.clone(),
-    };
-    let spec = bridge::Spec {
-        name: args.bridge.clone(),
-        mtu: args.mtu.unwrap_or(1500),
-        mac: mac::for_bridge(Some(gw), &args.bridge),
-        promisc: false,
-    };
-    let br = bridge::ensure(&nl, &spec).await?;
-    bridge::ensure_address(&nl, &br, gw, l.subnet).await?;
-    forwarding::enable(false)?;
-    if args.ip_masq {
-        masq::ensure("cbrnet_routed", l.subnet, args.cluster_cidr)?;
-    }
-    // Last: the plugin may add pods as soon as this file exists.
-    let file = SubnetFile {
-        subnet: l.subnet,
-        gateway: gw,
-        cluster_cidr: Some(args.cluster_cidr),
-        mtu: args.mtu,
-    };
-    file.write(&args.subnet_file)
-        .map_err(|e| RoutedError::Io(format!("writing {}", args.subnet_file.display()), e))
-}
-
-/// Makes our routes match the live leases.
-pub async fn reconcile<S: LeaseStore>(h: &Handle, store: &S, me: &str, metrics: &Metrics) -> Result<()> {
-    let t = Instant::now();
-    let leases = match lease::live(store).await {
-        Ok(l) => l,
-        Err(e) => {
-            metrics.store_up.store(false, Ordering::Relaxed);
-            return Err(e.into());
+impl Node {
+    /// Does this kernel event call for a reconcile of the routes, of the node's set-up?
+    fn affected_by(&self, p: &NetlinkPayload<RouteNetlinkMessage>) -> (bool, bool) {
+        let is_bridge = |l: &LinkMessage| {
+            Some(l.header.index) == self.bridge_index
+                || l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == self.cfg.args.bridge))
+        };
+        let on_bridge = |a: &AddressMessage| Some(a.header.index) == self.bridge_index;
+        match p {
+            NetlinkPayload::InnerMessage(m) => match m {
+                RouteNetlinkMessage::DelRoute(r) => (
+                    routes::ours(r) || route_dst(r).is_some_and(|d| self.blocked.contains(&d)),
+                    false,
+                ),
+                RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => (false, is_bridge(l)),
+                // Addresses decide which peers are neighbours, and the bridge carries the gateway.
+                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                    (true, on_bridge(a))
+                }
+                _ => (false, false),
+            },
+            _ => (false, false),
         }
-    };
-    metrics.store_up.store(true, Ordering::Relaxed);
-    metrics.leases_seen.store(leases.len() as u64, Ordering::Relaxed);
-    let connected = routes::connected(h).await?;
-    let (want, skipped) = routes::want(&leases, me, &connected);
-    for s in &skipped {
-        tracing::error!(subnet = %s.lease.subnet, node = %s.lease.node_name, "not routed: {}", s.why);
     }
-    let have = routes::installed(h).await?;
-    let (add, del) = routes::plan(&want, &have);
-    for (dst, gw) in &add {
-        routes::put(h, *dst, *gw).await?;
-        tracing::info!(%dst, %gw, "route installed");
+
+    async fn set_up(&mut self) -> Result<()> {
+        let repaired = setup::reconcile(&self.nl, &self.cfg, &self.held.lease).await?;
+        if let Ok(Some(l)) = self.nl.link(&self.cfg.args.bridge).await {
+            self.bridge_index = Some(l.header.index);
+        }
+        if !repaired.is_empty() && self.metrics.ready.load(Ordering::Relaxed) {
+            for r in &repaired {
+                tracing::warn!("repaired: {r}");
+            }
+            self.metrics
+                .repairs
+                .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
-    for r in &del {
-        routes::remove(h, r).await?;
-        tracing::info!(dst = %r.dst, "route removed");
+
+    /// Renews the lease; returns when to renew next.
+    async fn renew(&mut self, backoff: &mut Backoff) -> Duration {
+        let every = self.cfg.leases.renew_every();
+        let t0 = Instant::now();
+        let r = lease::renew(
+            &self.store,
+            &self.cfg.leases,
+            &self.held,
+            &self.me,
+            &mut self.seen,
+        )
+        .await;
+        let took = t0.elapsed();
+        match r {
+            Ok(new) => {
+                self.metrics.store_up.store(true, Ordering::Relaxed);
+                if new.lease.subnet != self.held.lease.subnet {
+                    tracing::error!(
+                        old = %self.held.lease.subnet, new = %new.lease.subnet,
+                        "the lease was lost; took a new subnet"
+                    );
+                }
+                self.held = new;
+                backoff.reset();
+                // Others judge the lease by the time it was written, which this answer cannot
+                // vouch for when it came back late: look at the store again at once.
+                if took > every {
+                    tracing::warn!("renewing the lease took {took:?}; checking the store again");
+                    return Duration::ZERO;
+                }
+                every
+            }
+            Err(e) => {
+                if !matches!(e, ClusterError::NameHeld { .. }) {
+                    self.metrics.store_up.store(false, Ordering::Relaxed);
+                } else {
+                    // Another daemon took this node's name while this one was silent.
+                    self.metrics.ready.store(false, Ordering::Relaxed);
+                }
+                let d = backoff.next();
+                tracing::warn!("renewing the lease: {e}; retrying in {d:?}");
+                d
+            }
+        }
     }
-    metrics
-        .routes_installed
-        .store(want.len() as u64, Ordering::Relaxed);
-    metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-    metrics
-        .reconcile_micros
-        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-    Ok(())
+
+    /// Makes our routes match the live, valid leases; reports records and leases that cannot be
+    /// used, once each. Returns why this node's own lease must be re-asserted, if it must.
+    async fn reconcile(&mut self) -> Result<Option<&'static str>> {
+        let t = Instant::now();
+        let listing: Listing = match self.store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                self.metrics.store_up.store(false, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.metrics.store_up.store(true, Ordering::Relaxed);
+        let now = unix_now();
+        let reassert = self.own_lease_check(&listing, now);
+        let mut problems: HashSet<String> = listing
+            .invalid
+            .iter()
+            .map(|i| format!("store entry {}: {}", i.key, i.why))
+            .collect();
+        let mut live = Vec::new();
+        for v in &listing.leases {
+            match self.cfg.leases.check(&v.lease) {
+                Err(why) => {
+                    problems.insert(format!("lease {}: {why}", subnet_key(v.lease.subnet)));
+                }
+                Ok(()) if !v.lease.expired(now) => live.push(v.lease.clone()),
+                Ok(()) => {}
+            }
+        }
+        self.metrics
+            .leases_seen
+            .store(live.len() as u64, Ordering::Relaxed);
+        let local = routes::connected(&self.nl.handle).await?;
+        self.metrics.node_ip_present.store(
+            local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
+            Ordering::Relaxed,
+        );
+        let (want, skipped) = routes::want(&live, &self.cfg.args.node_name, &local);
+        for s in &skipped {
+            problems.insert(format!(
+                "lease {} of node {}: not routed: {}",
+                s.lease.subnet, s.lease.node_name, s.why
+            ));
+        }
+        self.metrics
+            .invalid_records
+            .store(problems.len() as u64, Ordering::Relaxed);
+        for p in self.invalid.fresh(problems) {
+            tracing::error!("skipped: {p}");
+        }
+
+        let installed = routes::installed(&self.nl.handle).await?;
+        let plan = routes::plan(&want, &installed);
+        for (dst, gw) in &plan.put {
+            routes::put(&self.nl.handle, *dst, *gw).await?;
+            tracing::info!(%dst, %gw, "route installed");
+        }
+        for dst in &plan.delete {
+            if let Some(h) = installed.ours.iter().find(|h| h.dst == *dst) {
+                routes::remove(&self.nl.handle, h).await?;
+                tracing::info!(%dst, "route removed");
+            }
+        }
+        self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
+        self.metrics
+            .route_conflicts
+            .store(plan.conflicts.len() as u64, Ordering::Relaxed);
+        let conflicts = plan
+            .conflicts
+            .iter()
+            .map(|(d, gw)| format!("{d} (via {gw}) is held by a route of another protocol; left alone"))
+            .collect();
+        for c in self.conflicts.fresh(conflicts) {
+            tracing::warn!("route conflict: {c}");
+        }
+        let ours = want.len() - plan.conflicts.len();
+        self.metrics
+            .routes_installed
+            .store(ours as u64, Ordering::Relaxed);
+        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .reconcile_micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(reassert)
+    }
+
+    /// Is this node's own record still what it holds? A clock that jumped, a long pause or a
+    /// hand in the store can make it look expired, vanish or change.
+    fn own_lease_check(&self, listing: &Listing, now: u64) -> Option<&'static str> {
+        let held = &self.held;
+        match listing
+            .leases
+            .iter()
+            .find(|v| v.lease.subnet == held.lease.subnet)
+        {
+            None => Some("missing from the store"),
+            Some(v) if v.lease.node_name != self.me.node_name => Some("held by another node"),
+            Some(v) if v.lease.expired(now) => Some("expired"),
+            Some(v) if v.version != held.version => Some("changed in the store"),
+            Some(_) => None,
+        }
+    }
+
+    /// Takes back the addresses of vanished pods of the CNI config directory's networks.
+    fn reclaim(&mut self) {
+        let (nets, problems) = reclaim::networks(&self.cfg.args.cni_conf_dir);
+        let mut now: HashSet<String> = problems
+            .iter()
+            .map(|(f, why)| format!("{}: {why}", f.display()))
+            .collect();
+        for net in &nets {
+            match reclaim::sweep(net) {
+                Ok(gone) => {
+                    for r in &gone {
+                        tracing::warn!(network = %net.name, "reclaimed {} of {}: its pod is gone", r.ip, r.owner);
+                    }
+                    self.metrics
+                        .reclaimed
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    now.insert(format!("{} (network {}): {e}", net.file.display(), net.name));
+                }
+            }
+        }
+        for p in self.conf_problems.fresh(now) {
+            tracing::warn!("reclaim skipped {p}");
+        }
+    }
 }
 
 /// `release`: drop this node's lease (decommission).
 pub async fn release(store: &AnyStore, node_name: &str) -> Result<bool> {
-    let all: Vec<Versioned> = store.list().await?;
-    for v in all.iter().filter(|v| v.lease.node_name == node_name) {
+    let all = store.list().await?;
+    for v in all.leases.iter().filter(|v| v.lease.node_name == node_name) {
         if lease::release(store, v).await? {
             return Ok(true);
         }

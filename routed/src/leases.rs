@@ -1,9 +1,22 @@
 //! `cbrnet-routed leases`: the cluster's leases as a table, or JSON for scripts.
 
-use cbrnet_ipam::cluster::record::{unix_now, Versioned};
+use cbrnet_ipam::cluster::record::{unix_now, Listing};
 use serde_json::json;
 
-pub fn render(leases: &[Versioned], as_json: bool) -> String {
+/// The leases as a table (or JSON), and a line per store entry that is no valid lease (for
+/// stderr: scripts read the JSON).
+pub fn render(listing: &Listing, as_json: bool) -> (String, String) {
+    let mut problems = String::new();
+    for i in &listing.invalid {
+        problems += &format!(
+            "cbrnet-routed: not a valid lease: store entry {}: {}\n",
+            i.key, i.why
+        );
+    }
+    (leases(&listing.leases, as_json), problems)
+}
+
+fn leases(leases: &[cbrnet_ipam::cluster::Versioned], as_json: bool) -> String {
     let now = unix_now();
     if as_json {
         let v: Vec<_> = leases
@@ -12,10 +25,11 @@ pub fn render(leases: &[Versioned], as_json: bool) -> String {
                 json!({
                     "subnet": v.lease.subnet, "nodeName": v.lease.node_name, "nodeIP": v.lease.node_ip,
                     "expires": v.lease.expires, "expired": v.lease.expired(now),
+                    "holder": v.lease.holder,
                 })
             })
             .collect();
-        return serde_json::to_string_pretty(&v).expect("serializes") + "\n";
+        return serde_json::Value::Array(v).to_string() + "\n";
     }
     let mut out = format!(
         "{:<20} {:<24} {:<16} {}\n",
@@ -26,7 +40,7 @@ pub fn render(leases: &[Versioned], as_json: bool) -> String {
         let left = if l.expired(now) {
             "expired".to_string()
         } else {
-            human(l.expires - now)
+            human(l.expires.saturating_sub(now))
         };
         out += &format!(
             "{:<20} {:<24} {:<16} {}\n",
@@ -50,20 +64,29 @@ fn human(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbrnet_ipam::cluster::Lease;
+    use cbrnet_ipam::cluster::record::Invalid;
+    use cbrnet_ipam::cluster::{Lease, Versioned};
 
     #[test]
-    fn table_and_json() {
-        let v = vec![Versioned {
-            lease: Lease {
-                subnet: "10.244.3.0/24".parse().unwrap(),
-                node_name: "node-a".into(),
-                node_ip: "192.168.1.2".parse().unwrap(),
-                expires: unix_now() + 7200,
-            },
-            version: 1,
-        }];
-        let t = render(&v, false);
+    fn table_json_and_invalid_entries() {
+        let listing = Listing {
+            leases: vec![Versioned {
+                lease: Lease {
+                    subnet: "10.244.3.0/24".parse().unwrap(),
+                    node_name: "node-a".into(),
+                    node_ip: "192.168.1.2".parse().unwrap(),
+                    expires: unix_now() + 7200,
+                    holder: Some("m:netns:1".into()),
+                },
+                version: 1,
+            }],
+            invalid: vec![Invalid {
+                key: "junk".into(),
+                subnet: None,
+                why: "the key names no subnet".into(),
+            }],
+        };
+        let (t, problems) = render(&listing, false);
         assert!(
             t.lines()
                 .nth(1)
@@ -72,8 +95,14 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("in 1h59m") || t.contains("in 2h00m"), "{t}");
-        let j: serde_json::Value = serde_json::from_str(&render(&v, true)).unwrap();
+        assert!(
+            problems.contains("store entry junk: the key names no subnet"),
+            "{problems}"
+        );
+        let (j, _) = render(&listing, true);
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(j[0]["nodeIP"], "192.168.1.2");
         assert_eq!(j[0]["expired"], false);
+        assert_eq!(j[0]["holder"], "m:netns:1");
     }
 }

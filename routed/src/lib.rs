@@ -1,14 +1,20 @@
 //! `cbrnet-routed`: holds this node's subnet lease, publishes the subnet for the plugin, and keeps
 //! a host-gw route to every other node's pod subnet.
 //!
-//! [`daemon`] is the event loop; [`routes`] owns the routes we install; [`metrics`] serves
-//! `/healthz` and `/metrics`; [`cli`] is the command line, [`leases`] the `leases` subcommand.
+//! [`daemon`] is the event loop; [`routes`] owns the routes we install; [`setup`] keeps the node
+//! set up (bridge, gateway, forwarding, masquerading, subnet file); [`instance`] is the daemon's
+//! identity in the store and its one-per-node lock; [`reclaim`] takes back addresses of vanished
+//! pods; [`metrics`] serves `/healthz` and `/metrics`; [`cli`] is the command line (and judges
+//! it), [`leases`] the `leases` subcommand.
 //! The node's bridge comes from `cbrnet-bridge`; leases, stores and the subnet file from
 //! `cbrnet-ipam`.
 
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod instance;
 pub mod leases;
 pub mod metrics;
+pub mod reclaim;
 pub mod routes;
+pub mod setup;

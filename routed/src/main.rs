@@ -2,13 +2,19 @@
 use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
 use cbrnet_routed::cli::{Cli, Command};
 use clap::{CommandFactory, Parser};
+use std::io::Write;
+
+/// Reports an error on stderr, which may be closed: nothing here may fail.
+fn report(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "cbrnet-routed: {msg}");
+}
 
 fn main() {
     // A panic in any task is a bug that leaves the daemon in an unknown state: exit, and let the
     // service manager restart it (routes and lease survive a restart).
-    let report = std::panic::take_hook();
+    let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
+        default_hook(info);
         std::process::exit(101);
     }));
     let cli = Cli::parse();
@@ -20,23 +26,39 @@ fn main() {
             tracing::Level::INFO
         })
         .with_ansi(false)
+        // A closed stderr must not kill the daemon: a failed log write is dropped.
+        .log_internal_errors(false)
         .init();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // Errors that retrying cannot fix: exit 2 before anything is opened, created or written.
+    let run = match (cli.command.is_none(), cli.run.map(|r| r.validate())) {
+        (true, Some(Ok(c))) => Some(c),
+        (true, Some(Err(e))) => {
+            report(&e);
+            std::process::exit(2);
+        }
+        _ => None,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&format!("starting the async runtime: {e}"));
+            std::process::exit(1);
+        }
+    };
     let res: Result<(), String> = rt.block_on(async {
-        match (cli.command, cli.run) {
+        match (cli.command, run) {
             (Some(Command::Leases(a)), _) => {
-                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix)
+                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix, false)
                     .await
                     .map_err(|e| e.to_string())?;
-                let leases = s.list().await.map_err(|e| e.to_string())?;
-                print!("{}", cbrnet_routed::leases::render(&leases, a.json));
+                let listing = s.list().await.map_err(|e| e.to_string())?;
+                let (table, problems) = cbrnet_routed::leases::render(&listing, a.json);
+                print!("{table}");
+                let _ = std::io::stderr().write_all(problems.as_bytes());
                 Ok(())
             }
             (Some(Command::Release(a)), _) => {
-                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix)
+                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix, false)
                     .await
                     .map_err(|e| e.to_string())?;
                 match cbrnet_routed::daemon::release(&s, &a.node_name)
@@ -47,15 +69,15 @@ fn main() {
                     false => Err(format!("node {} holds no lease", a.node_name)),
                 }
             }
-            (None, Some(run)) => cbrnet_routed::daemon::run(run).await.map_err(|e| e.to_string()),
+            (None, Some(cfg)) => cbrnet_routed::daemon::run(cfg).await.map_err(|e| e.to_string()),
             (None, None) => {
-                Cli::command().print_help().ok();
+                let _ = Cli::command().print_help();
                 Err("missing arguments".into())
             }
         }
     });
     if let Err(e) = res {
-        eprintln!("cbrnet-routed: {e}");
+        report(&e);
         std::process::exit(1);
     }
 }

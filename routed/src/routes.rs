@@ -9,7 +9,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// `proto 157` in `ip route`: cbrnet's routes (listed in README; unassigned in iproute2's rt_protos).
@@ -18,38 +18,50 @@ pub const ROUTE_PROTOCOL: u8 = 157;
 /// What the routes should be: subnet → gateway (the node's IP).
 pub type Want = BTreeMap<IpNetwork, IpAddr>;
 
-/// A lease we cannot route: host-gw needs the other node on one of our own L2 networks.
+/// A lease we cannot route.
 #[derive(Debug, PartialEq)]
 pub struct Skipped {
     pub lease: Lease,
     pub why: String,
 }
 
-/// Pure: the routes the live leases call for, seen from node `me` with these connected networks.
-pub fn want(leases: &[Lease], me: &str, connected: &[IpNetwork]) -> (Want, Vec<Skipped>) {
+/// Pure: the routes the live leases call for, seen from node `me` whose addresses (with their
+/// prefixes) are `local`. Host-gw needs the other node on one of our own L2 networks, at an
+/// address that is a neighbour: not our own, not a network's or broadcast address.
+pub fn want(leases: &[Lease], me: &str, local: &[IpNetwork]) -> (Want, Vec<Skipped>) {
     let mut want = Want::new();
     let mut skipped = Vec::new();
     for l in leases.iter().filter(|l| l.node_name != me) {
-        if !l.subnet.is_ipv4() || !l.node_ip.is_ipv4() {
-            skipped.push(Skipped {
+        let why = match (l.subnet, l.node_ip) {
+            (IpNetwork::V4(_), IpAddr::V4(ip)) => {
+                let on = local.iter().find(|n| n.contains(l.node_ip));
+                if local.iter().any(|n| n.ip() == l.node_ip) {
+                    Some(format!("node IP {ip} is this node's own address"))
+                } else if let Some(IpNetwork::V4(n)) = on {
+                    if n.prefix() < 31 && (ip == n.network() || ip == n.broadcast()) {
+                        Some(format!("node IP {ip} is the network or broadcast address of {n}"))
+                    } else if local
+                        .iter()
+                        .any(|n| n.contains(l.subnet.network()) && n.prefix() <= l.subnet.prefix())
+                    {
+                        Some("the subnet is one of our own networks".into())
+                    } else {
+                        None
+                    }
+                } else {
+                    Some(format!("node IP {ip} is not on a directly connected network"))
+                }
+            }
+            _ => Some("only IPv4 is routed".into()),
+        };
+        match why {
+            Some(why) => skipped.push(Skipped {
                 lease: l.clone(),
-                why: "only IPv4 is routed".into(),
-            });
-        } else if !connected.iter().any(|n| n.contains(l.node_ip)) {
-            skipped.push(Skipped {
-                lease: l.clone(),
-                why: format!("node IP {} is not on a directly connected network", l.node_ip),
-            });
-        } else if connected
-            .iter()
-            .any(|n| n.contains(l.subnet.network()) && n.prefix() <= l.subnet.prefix())
-        {
-            skipped.push(Skipped {
-                lease: l.clone(),
-                why: "the subnet is one of our own networks".into(),
-            });
-        } else {
-            want.insert(l.subnet, l.node_ip);
+                why,
+            }),
+            None => {
+                want.insert(l.subnet, l.node_ip);
+            }
         }
     }
     (want, skipped)
@@ -63,20 +75,44 @@ pub struct Have {
     pub msg: RouteMessage,
 }
 
-/// Pure: what to add (or replace) and what to delete to get from `have` to `want`.
-pub fn plan(want: &Want, have: &[Have]) -> (Vec<(IpNetwork, IpAddr)>, Vec<Have>) {
-    let add = want
-        .iter()
-        .filter(|(dst, gw)| !have.iter().any(|h| h.dst == **dst && h.gw == Some(**gw)))
-        .map(|(d, g)| (*d, *g))
-        .collect();
-    // A route whose subnet is wanted with another gateway is replaced, not deleted.
-    let del = have
+/// The main table as far as we care: our routes, and the destinations that routes of other
+/// protocols hold (never touched).
+#[derive(Debug, Clone, Default)]
+pub struct Installed {
+    pub ours: Vec<Have>,
+    pub foreign: HashSet<IpNetwork>,
+}
+
+/// What to do to get from what is installed to what is wanted.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Add or replace.
+    pub put: Vec<(IpNetwork, IpAddr)>,
+    pub delete: Vec<IpNetwork>,
+    /// Wanted, but a route of another protocol holds the destination: left alone.
+    pub conflicts: Vec<(IpNetwork, IpAddr)>,
+}
+
+/// Pure: the plan from `have` to `want`. A destination held by a foreign route is never added
+/// (an add with replace would overwrite it); one of ours already there is kept up to date.
+pub fn plan(want: &Want, have: &Installed) -> Plan {
+    let ours: HashMap<IpNetwork, Option<IpAddr>> = have.ours.iter().map(|h| (h.dst, h.gw)).collect();
+    let mut p = Plan::default();
+    for (dst, gw) in want {
+        match ours.get(dst) {
+            Some(g) if *g == Some(*gw) => {}
+            Some(_) => p.put.push((*dst, *gw)),
+            None if have.foreign.contains(dst) => p.conflicts.push((*dst, *gw)),
+            None => p.put.push((*dst, *gw)),
+        }
+    }
+    p.delete = have
+        .ours
         .iter()
         .filter(|h| !want.contains_key(&h.dst))
-        .cloned()
+        .map(|h| h.dst)
         .collect();
-    (add, del)
+    p
 }
 
 /// Our IPv4 networks: every address with its prefix.
@@ -111,33 +147,40 @@ pub fn ours(m: &RouteMessage) -> bool {
     m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && m.header.table == RouteHeader::RT_TABLE_MAIN
 }
 
-/// The routes of ours in the main table.
-pub async fn installed(h: &Handle) -> Result<Vec<Have>> {
+/// Our routes in the main table, and the IPv4 destinations that other protocols' routes there
+/// hold.
+pub async fn installed(h: &Handle) -> Result<Installed> {
     let q = RouteMessageBuilder::<Ipv4Addr>::new().build();
     let mut s = h.route().get(q).execute();
-    let mut out = Vec::new();
+    let mut out = Installed::default();
     while let Some(m) = s
         .try_next()
         .await
         .map_err(|e| RoutedError::Netlink("listing routes".into(), e))?
     {
-        if !ours(&m) {
+        if m.header.table != RouteHeader::RT_TABLE_MAIN {
             continue;
         }
         let dst = m.attributes.iter().find_map(|a| match a {
             RouteAttribute::Destination(d) => v4(d),
             _ => None,
         });
+        // A prefix length the kernel reports out of range is no route we can match.
+        let Ok(dst) = IpNetwork::new(
+            IpAddr::V4(dst.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            m.header.destination_prefix_length,
+        ) else {
+            continue;
+        };
+        if !ours(&m) {
+            out.foreign.insert(dst);
+            continue;
+        }
         let gw = m.attributes.iter().find_map(|a| match a {
             RouteAttribute::Gateway(g) => v4(g).map(IpAddr::V4),
             _ => None,
         });
-        let dst = IpNetwork::new(
-            IpAddr::V4(dst.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-            m.header.destination_prefix_length,
-        )
-        .expect("kernel prefix is valid");
-        out.push(Have { dst, gw, msg: m });
+        out.ours.push(Have { dst, gw, msg: m });
     }
     Ok(out)
 }
@@ -181,46 +224,78 @@ mod tests {
             node_name: node.into(),
             node_ip: ip.parse().unwrap(),
             expires: u64::MAX,
+            holder: None,
         }
     }
 
     #[test]
-    fn want_skips_self_and_unreachable_nodes() {
+    fn want_skips_self_and_what_is_no_neighbour() {
         let leases = [
             lease("10.244.1.0/24", "me", "192.168.1.1"),
             lease("10.244.2.0/24", "b", "192.168.1.2"),
             lease("10.244.3.0/24", "c", "172.16.0.3"),
+            lease("10.244.4.0/24", "d", "192.168.1.0"),
+            lease("10.244.5.0/24", "e", "192.168.1.255"),
+            lease("10.244.6.0/24", "f", "192.168.1.1"),
+            lease("192.168.1.0/24", "g", "192.168.1.7"),
         ];
         let (w, skipped) = want(&leases, "me", &["192.168.1.1/24".parse().unwrap()]);
         assert_eq!(w.len(), 1);
         assert_eq!(w[&"10.244.2.0/24".parse().unwrap()].to_string(), "192.168.1.2");
-        assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].why.contains("not on a directly connected network"));
+        let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
+        assert_eq!(
+            why,
+            [
+                "node IP 172.16.0.3 is not on a directly connected network",
+                "node IP 192.168.1.0 is the network or broadcast address of 192.168.1.1/24",
+                "node IP 192.168.1.255 is the network or broadcast address of 192.168.1.1/24",
+                "node IP 192.168.1.1 is this node's own address",
+                "the subnet is one of our own networks",
+            ]
+        );
     }
 
-    #[test]
-    fn plan_adds_replaces_and_deletes() {
-        let mut w = Want::new();
-        w.insert("10.244.2.0/24".parse().unwrap(), "192.168.1.2".parse().unwrap());
-        w.insert("10.244.3.0/24".parse().unwrap(), "192.168.1.3".parse().unwrap());
-        let have = |d: &str, g: &str| Have {
+    fn have(d: &str, g: &str) -> Have {
+        Have {
             dst: d.parse().unwrap(),
             gw: Some(g.parse().unwrap()),
             msg: RouteMessage::default(),
-        };
-        let (add, del) = plan(
-            &w,
-            &[
+        }
+    }
+
+    #[test]
+    fn plan_adds_replaces_deletes_and_leaves_foreign_routes_alone() {
+        let mut w = Want::new();
+        for (d, g) in [
+            ("10.244.2.0/24", "192.168.1.2"),
+            ("10.244.3.0/24", "192.168.1.3"),
+            ("10.244.5.0/24", "192.168.1.5"),
+            ("10.244.6.0/24", "192.168.1.6"),
+        ] {
+            w.insert(d.parse().unwrap(), g.parse().unwrap());
+        }
+        let installed = Installed {
+            ours: vec![
                 have("10.244.2.0/24", "192.168.1.2"),
                 have("10.244.3.0/24", "192.168.1.9"),
                 have("10.244.4.0/24", "192.168.1.4"),
+                have("10.244.6.0/24", "192.168.1.6"),
             ],
-        );
+            // 5 is held by someone else's route; so is 6, but ours was there first
+            foreign: ["10.244.5.0/24", "10.244.6.0/24"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        };
+        let p = plan(&w, &installed);
         assert_eq!(
-            add,
+            p.put,
             [("10.244.3.0/24".parse().unwrap(), "192.168.1.3".parse().unwrap())]
         );
-        assert_eq!(del.len(), 1);
-        assert_eq!(del[0].dst.to_string(), "10.244.4.0/24");
+        assert_eq!(p.delete, ["10.244.4.0/24".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(
+            p.conflicts,
+            [("10.244.5.0/24".parse().unwrap(), "192.168.1.5".parse().unwrap())]
+        );
     }
 }

@@ -286,3 +286,12 @@ impl Lab {
         (status, body)
     }
 }
+
+/// The lab's store as a client (the lab's `store` spec; call from inside a node, where the store
+/// can be reached).
+pub async fn open_store(spec: &str) -> cbrnet_ipam::cluster::store::AnyStore {
+    let spec = spec.parse().expect("the lab's store spec");
+    cbrnet_ipam::cluster::store::AnyStore::open(&spec, "/cbrnet/subnets/", false)
+        .await
+        .expect("opening the lab's store")
+}

@@ -1,8 +1,8 @@
 //! The etcd lease store against a real etcd (Debian's etcd-server) in a namespace of the test's:
 //! the store conformance suite, etcd's own expiry, watches, and outages.
 
-use cbrnet_ipam::cluster::conformance::{self, cfg};
-use cbrnet_ipam::cluster::lease::acquire;
+use cbrnet_ipam::cluster::conformance::{self, cfg, node};
+use cbrnet_ipam::cluster::lease::{acquire, Seen};
 use cbrnet_ipam::cluster::record::unix_now;
 use cbrnet_ipam::cluster::store::etcd::EtcdStore;
 use cbrnet_ipam::cluster::store::LeaseStore;
@@ -32,8 +32,8 @@ fn same_node_gets_its_subnet_back_and_release_frees_it() {
         let s = connect(&etcd, PREFIX).await.unwrap();
         let b = conformance::same_node_gets_its_subnet_back(&s).await;
         // the key is the prefix + the subnet key, and its value the lease's JSON
-        let one = connect(&etcd, "/cbrnet/subnets/10.244.1.0-24").await.unwrap();
-        assert_eq!(one.list().await.unwrap(), vec![b]);
+        let one = connect(&etcd, "/cbrnet/subnets/").await.unwrap();
+        assert_eq!(one.list().await.unwrap().leases, vec![b]);
     });
 }
 
@@ -47,6 +47,35 @@ fn many_nodes_at_once_get_distinct_subnets() {
 }
 
 #[test]
+fn expired_leases_are_free_only_after_the_grace() {
+    let (ns, etcd) = etcd("ets-grace");
+    ns.block_on(0, || async {
+        conformance::expired_leases_are_free_only_after_the_grace(&connect(&etcd, PREFIX).await.unwrap())
+            .await;
+    });
+}
+
+#[test]
+fn a_name_held_by_a_live_daemon_is_refused() {
+    let (ns, etcd) = etcd("ets-name");
+    ns.block_on(0, || async {
+        conformance::a_name_held_by_a_live_daemon_is_refused(&connect(&etcd, PREFIX).await.unwrap()).await;
+    });
+}
+
+#[test]
+fn bad_records_are_skipped_one_by_one() {
+    let (ns, etcd) = etcd("ets-bad");
+    ns.block_on(0, || async {
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let raw = connect(&etcd, PREFIX).await.unwrap();
+        let raw = &raw;
+        let put_raw = |key: String, bytes: Vec<u8>| async move { raw.put_raw(&key, bytes).await.unwrap() };
+        conformance::bad_records_are_skipped_one_by_one(&s, put_raw).await;
+    });
+}
+
+#[test]
 fn etcd_deletes_a_lease_that_is_not_renewed() {
     let (ns, etcd) = etcd("ets-ttl");
     ns.block_on(0, || async {
@@ -56,12 +85,13 @@ fn etcd_deletes_a_lease_that_is_not_renewed() {
             node_name: "gone".into(),
             node_ip: "192.168.1.7".parse().unwrap(),
             expires: unix_now() + 2,
+            holder: None,
         };
         assert!(s.create(&l, Duration::from_secs(2)).await.unwrap().is_some());
         assert_eq!(s.create(&l, Duration::from_secs(2)).await.unwrap(), None);
-        assert_eq!(s.list().await.unwrap().len(), 1);
+        assert_eq!(s.list().await.unwrap().leases.len(), 1);
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(s.list().await.unwrap(), vec![]);
+        assert_eq!(s.list().await.unwrap().leases, vec![]);
     });
 }
 
@@ -76,7 +106,7 @@ fn watch_reports_another_clients_change() {
         let mut rx = s.watch().await.unwrap();
         assert!(rx.try_recv().is_err(), "nothing changed yet");
         let c = cfg("10.244.0.0/16", 24);
-        acquire(&other, &c, "b", "192.168.1.2".parse().unwrap())
+        acquire(&other, &c, &node("b", "192.168.1.2", "hb"), &mut Seen::default())
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -117,7 +147,7 @@ fn watch_comes_back_after_etcd_restarts() {
             .expect("a resync message")
             .unwrap();
         let c = cfg("10.244.0.0/16", 24);
-        acquire(&s, &c, "a", "192.168.1.1".parse().unwrap())
+        acquire(&s, &c, &node("a", "192.168.1.1", "ha"), &mut Seen::default())
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(5), rx.recv())

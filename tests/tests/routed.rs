@@ -200,8 +200,12 @@ fn a_route_deleted_by_hand_comes_back_and_foreign_routes_are_left_alone() {
 fn a_node_off_the_underlay_is_skipped_with_an_error() {
     let mut lab = lab_of("offnet", 1, StoreKind::File);
     let i = lab.add_node();
-    // this node claims an address no other node can reach directly
+    // this node's address is one that no other node can reach directly
     lab.nodes[i].ip = "172.31.0.5".into();
+    lab.nodes[i]
+        .node
+        .ns
+        .ok(&["ip", "addr", "add", "172.31.0.5/24", "dev", "eth0"]);
     lab.start(i);
     let subnet = lab.nodes[i].subnet().unwrap();
     std::thread::sleep(Duration::from_millis(1500));

@@ -1,8 +1,11 @@
-//! What every `LeaseStore` must do, as tests each backend runs against itself.
+//! What every `LeaseStore` must do, as tests each backend runs against itself: the file store in
+//! this crate's unit tests, etcd in `tests/tests/etcd_store.rs` against a real etcd.
 
-use super::lease::{acquire, live, release, renew, LeaseConfig};
-use super::record::Versioned;
+use super::error::ClusterError;
+use super::lease::{acquire, release, renew, Claimant, LeaseConfig, Seen};
+use super::record::{subnet_key, Lease, Versioned};
 use super::store::LeaseStore;
+use ipnetwork::IpNetwork;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,22 +14,48 @@ pub fn cfg(cidr: &str, len: u8) -> LeaseConfig {
     LeaseConfig::new(cidr.parse().unwrap(), len, Duration::from_secs(60)).unwrap()
 }
 
+/// A daemon of node `name` at `ip`, running as instance `holder`.
+pub fn node(name: &str, ip: &str, holder: &str) -> Claimant {
+    Claimant {
+        node_name: name.into(),
+        node_ip: ip.parse().unwrap(),
+        holder: holder.into(),
+    }
+}
+
+async fn get<S: LeaseStore>(s: &S, c: &LeaseConfig, me: &Claimant) -> Result<Versioned, ClusterError> {
+    acquire(s, c, me, &mut Seen::default()).await
+}
+
 /// A node gets its subnet back by name with its new IP; renew bumps the version; a stale version
 /// cannot release; the right one can. Returns the other node's lease, still held.
 pub async fn same_node_gets_its_subnet_back<S: LeaseStore>(s: &S) -> Versioned {
     let c = cfg("10.244.0.0/16", 24);
-    let a = acquire(s, &c, "a", "192.168.1.1".parse().unwrap()).await.unwrap();
-    let b = acquire(s, &c, "b", "192.168.1.2".parse().unwrap()).await.unwrap();
+    let a = get(s, &c, &node("a", "192.168.1.1", "ha")).await.unwrap();
+    let b = get(s, &c, &node("b", "192.168.1.2", "hb")).await.unwrap();
     assert_ne!(a.lease.subnet, b.lease.subnet);
-    // restart with a new IP: same subnet, IP follows
-    let a2 = acquire(s, &c, "a", "192.168.1.9".parse().unwrap()).await.unwrap();
+    // restart on the same node with a new IP: same subnet, IP follows
+    let me = node("a", "192.168.1.9", "ha");
+    let a2 = get(s, &c, &me).await.unwrap();
     assert_eq!(a2.lease.subnet, a.lease.subnet);
     assert_eq!(a2.lease.node_ip.to_string(), "192.168.1.9");
-    let a3 = renew(s, &c, &a2, a2.lease.node_ip).await.unwrap();
-    assert!(a3.version > a2.version);
-    assert!(!release(s, &a2).await.unwrap(), "a stale version must not delete");
-    assert!(release(s, &a3).await.unwrap());
-    assert_eq!(live(s).await.unwrap(), vec![b.lease.clone()]);
+    let a3 = renew(s, &c, &a2, &me, &mut Seen::default()).await.unwrap();
+    assert!(a3.version != a2.version);
+    assert!(a3.lease.expires >= a2.lease.expires);
+    // a renewal from an older version (its answer was lost, say) finds the record still ours
+    let a4 = renew(s, &c, &a2, &me, &mut Seen::default()).await.unwrap();
+    assert_eq!(a4.lease.subnet, a.lease.subnet);
+    assert!(!release(s, &a3).await.unwrap(), "a stale version must not delete");
+    assert!(release(s, &a4).await.unwrap());
+    let left: Vec<Lease> = s
+        .list()
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .map(|v| v.lease)
+        .collect();
+    assert_eq!(left, vec![b.lease.clone()]);
     b
 }
 
@@ -37,8 +66,12 @@ pub async fn many_nodes_at_once_get_distinct_subnets<S: LeaseStore + 'static>(s:
         .map(|i| {
             let (s, c) = (s.clone(), c.clone());
             tokio::spawn(async move {
-                let ip = format!("192.168.0.{}", i + 1).parse().unwrap();
-                acquire(&*s, &c, &format!("n{i}"), ip).await.unwrap()
+                let me = node(
+                    &format!("n{i}"),
+                    &format!("192.168.0.{}", i + 1),
+                    &format!("h{i}"),
+                );
+                get(&*s, &c, &me).await.unwrap()
             })
         })
         .collect();
@@ -46,5 +79,140 @@ pub async fn many_nodes_at_once_get_distinct_subnets<S: LeaseStore + 'static>(s:
     for h in hs {
         assert!(subnets.insert(h.await.unwrap().lease.subnet));
     }
-    assert_eq!(live(&*s).await.unwrap().len(), 32);
+    assert_eq!(s.list().await.unwrap().leases.len(), 32);
+}
+
+/// An expired lease is taken only once it has gone unchanged for the grace period as the taker
+/// sees it; a full cluster CIDR is an error that names it.
+pub async fn expired_leases_are_free_only_after_the_grace<S: LeaseStore>(s: &S) {
+    let mut c = cfg("10.244.0.0/23", 24);
+    c.grace = Duration::from_millis(300);
+    get(s, &c, &node("a", "192.168.1.1", "ha")).await.unwrap();
+    let b = get(s, &c, &node("b", "192.168.1.2", "hb")).await.unwrap();
+    let me = node("c", "192.168.1.3", "hc");
+    let e = get(s, &c, &me).await.unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::ClusterFull(..)) && e.to_string().contains("10.244.0.0/23"),
+        "{e}"
+    );
+    // b's lease expires (or a clock says so): not taken at first sight
+    let mut old = b.lease.clone();
+    old.expires = 1;
+    s.update(&old, b.version, c.ttl).await.unwrap().unwrap();
+    let mut seen = Seen::default();
+    let e = acquire(s, &c, &me, &mut seen).await.unwrap_err();
+    assert!(e.to_string().contains("unrenewed"), "{e}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = acquire(s, &c, &me, &mut seen).await.unwrap();
+    assert_eq!(got.lease.subnet, b.lease.subnet);
+}
+
+/// A second daemon under a node name that a live daemon holds is refused; once the first has
+/// gone silent for the grace period, the second takes the subnet (with its own IP).
+pub async fn a_name_held_by_a_live_daemon_is_refused<S: LeaseStore>(s: &S) {
+    let mut c = cfg("10.244.0.0/16", 24);
+    c.grace = Duration::from_millis(300);
+    let first = node("n", "192.168.1.1", "machine-a");
+    let held = get(s, &c, &first).await.unwrap();
+    let second = node("n", "192.168.1.99", "machine-b");
+    let mut seen = Seen::default();
+    for _ in 0..3 {
+        let e = acquire(s, &c, &second, &mut seen).await.unwrap_err();
+        assert!(matches!(e, ClusterError::NameHeld { .. }), "{e}");
+        // the first keeps renewing: the second never sees it silent
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        renew(
+            s,
+            &c,
+            &get(s, &c, &first).await.unwrap(),
+            &first,
+            &mut Seen::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let now = s.list().await.unwrap().leases;
+    assert_eq!(now.len(), 1);
+    assert_eq!(
+        now[0].lease.node_ip.to_string(),
+        "192.168.1.1",
+        "the second rerouted the node"
+    );
+    // the first dies: the second, which retries, sees its last renewal, then the grace pass
+    assert!(acquire(s, &c, &second, &mut seen).await.is_err());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = acquire(s, &c, &second, &mut seen).await.unwrap();
+    assert_eq!(taken.lease.subnet, held.lease.subnet);
+    assert_eq!(taken.lease.node_ip.to_string(), "192.168.1.99");
+}
+
+/// Entries that are no valid lease are listed as invalid, one by one, and block the subnets they
+/// name; a node acquiring moves on to the next free subnet. `put_raw(key, bytes)` writes an entry
+/// under a key, bypassing every check.
+pub async fn bad_records_are_skipped_one_by_one<S, F, Fut>(s: &S, put_raw: F)
+where
+    S: LeaseStore,
+    F: Fn(String, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let c = cfg("10.244.0.0/16", 24);
+    let rec = |subnet: &str, ip: &str| Lease {
+        subnet: subnet.parse().unwrap(),
+        node_name: format!("n-{subnet}"),
+        node_ip: ip.parse().unwrap(),
+        expires: u64::MAX / 2,
+        holder: None,
+    };
+    let key = |subnet: &str| subnet_key(subnet.parse::<IpNetwork>().unwrap());
+    put_raw(key("10.244.0.0/24"), b"{not json".to_vec()).await;
+    put_raw(
+        key("10.244.1.0/24"),
+        lease_bytes(&rec("10.244.5.0/24", "192.168.1.5")),
+    )
+    .await;
+    put_raw(
+        "10.244.2.7-24".into(),
+        lease_bytes(&rec("10.244.2.0/24", "192.168.1.2")),
+    )
+    .await;
+    put_raw(
+        key("10.244.3.0/24"),
+        lease_bytes(&rec("10.244.3.0/24", "127.0.0.1")),
+    )
+    .await;
+    // valid records that this cluster does not accept: another size, outside the CIDR
+    put_raw(
+        key("10.244.6.0/23"),
+        lease_bytes(&rec("10.244.6.0/23", "192.168.1.6")),
+    )
+    .await;
+    put_raw(
+        key("10.99.0.0/24"),
+        lease_bytes(&rec("10.99.0.0/24", "192.168.1.9")),
+    )
+    .await;
+    let listing = s.list().await.unwrap();
+    let bad: Vec<&str> = listing.invalid.iter().map(|i| i.key.as_str()).collect();
+    for k in ["10.244.0.0-24", "10.244.1.0-24", "10.244.2.7-24", "10.244.3.0-24"] {
+        assert!(bad.contains(&k), "{k} is not listed as invalid: {listing:?}");
+    }
+    assert_eq!(listing.leases.len(), 2, "{listing:?}");
+    let mut got = Vec::new();
+    for i in 0..4 {
+        let me = node(
+            &format!("new{i}"),
+            &format!("192.168.2.{}", i + 1),
+            &format!("h{i}"),
+        );
+        got.push(get(s, &c, &me).await.unwrap().lease.subnet.to_string());
+    }
+    // 0, 1 and 3 are blocked by what their keys name, 6 and 7 by the /23
+    assert_eq!(
+        got,
+        ["10.244.2.0/24", "10.244.4.0/24", "10.244.5.0/24", "10.244.8.0/24"]
+    );
+}
+
+fn lease_bytes(l: &Lease) -> Vec<u8> {
+    serde_json::to_vec(l).unwrap()
 }

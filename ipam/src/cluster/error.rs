@@ -11,6 +11,17 @@ pub enum ClusterError {
     /// The store failed or did not answer.
     #[error("lease store: {0}")]
     Store(String),
+    /// Another daemon, alive, holds this node name.
+    #[error(
+        "node name {name} is held by another live cbrnet-routed (node IP {node_ip}, holder {holder:?}); \
+         refusing to take its subnet until that lease has gone unrenewed for {grace:?}"
+    )]
+    NameHeld {
+        name: String,
+        node_ip: std::net::IpAddr,
+        holder: String,
+        grace: std::time::Duration,
+    },
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
 }

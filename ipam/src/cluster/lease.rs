@@ -3,16 +3,25 @@
 //! The store decides every conflict by an atomic create-if-absent or compare-and-swap on one key
 //! per subnet, so two nodes can never hold the same subnet, however many acquire at once; the
 //! logic here only proposes.
+//!
+//! Time: a lease's `expires` is wall-clock, and clocks jump. So a record is never taken from
+//! another holder on its `expires` alone: it must also have been seen unchanged (same version)
+//! for [`LeaseConfig::grace`] of this process's monotonic time ([`Seen`]). A holder that is alive
+//! renews every [`LeaseConfig::renew_every`] (well inside the grace), which changes the version,
+//! so no clock jump anywhere can make another node take its subnet.
 
 use super::error::ClusterError;
-use super::record::{unix_now, Lease, Versioned};
+use super::record::{check_fields, subnet_key, unix_now, Lease, Listing, Versioned};
 use super::store::LeaseStore;
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How the cluster CIDR is carved.
+/// The longest interval between renewals, whatever the TTL.
+pub const MAX_RENEW_EVERY: Duration = Duration::from_secs(300);
+
+/// How the cluster CIDR is carved, and how long leases last.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     pub cluster_cidr: Ipv4Network,
@@ -20,30 +29,75 @@ pub struct LeaseConfig {
     pub first: Option<Ipv4Network>,
     pub last: Option<Ipv4Network>,
     pub ttl: Duration,
+    /// How long a record must stay unchanged, as seen here, before it may be taken from its
+    /// holder (expired, or held under our name by another daemon).
+    pub grace: Duration,
 }
 
 impl LeaseConfig {
     pub fn new(cluster_cidr: IpNetwork, subnet_len: u8, ttl: Duration) -> Result<LeaseConfig, ClusterError> {
         let IpNetwork::V4(cidr) = cluster_cidr else {
-            return Err(ClusterError::Config("the cluster CIDR must be IPv4".into()));
+            return Err(ClusterError::Config(format!(
+                "cluster CIDR {cluster_cidr} is not IPv4"
+            )));
         };
-        let cidr = Ipv4Network::new(cidr.network(), cidr.prefix()).expect("valid");
+        if cidr.ip() != cidr.network() {
+            return Err(ClusterError::Config(format!(
+                "cluster CIDR {cidr} has host bits set"
+            )));
+        }
         if subnet_len < cidr.prefix() || subnet_len > 30 {
             return Err(ClusterError::Config(format!(
                 "subnet length /{subnet_len} must be between the cluster CIDR's /{} and /30",
                 cidr.prefix()
             )));
         }
-        if ttl.as_secs() < 2 {
+        if ttl < Duration::from_secs(2) {
             return Err(ClusterError::Config("the lease TTL must be at least 2s".into()));
         }
+        let renew = (ttl / 3).min(MAX_RENEW_EVERY);
         Ok(LeaseConfig {
             cluster_cidr: cidr,
             subnet_len,
             first: None,
             last: None,
             ttl,
+            grace: ttl.min(renew * 3),
         })
+    }
+
+    /// Limits the subnets that may be leased to `first..=last`; each must be one of the subnets
+    /// the cluster CIDR is carved into.
+    pub fn with_range(
+        mut self,
+        first: Option<IpNetwork>,
+        last: Option<IpNetwork>,
+    ) -> Result<Self, ClusterError> {
+        let check = |what: &str, n: IpNetwork| -> Result<Ipv4Network, ClusterError> {
+            match n {
+                IpNetwork::V4(v4) if v4.ip() == v4.network() && self.holds(n) => Ok(v4),
+                _ => Err(ClusterError::Config(format!(
+                    "{what} {n} is not a /{} subnet of {}",
+                    self.subnet_len, self.cluster_cidr
+                ))),
+            }
+        };
+        let first = first.map(|n| check("first subnet", n)).transpose()?;
+        let last = last.map(|n| check("last subnet", n)).transpose()?;
+        (self.first, self.last) = (first, last);
+        if let (Some(f), Some(l)) = (self.first, self.last) {
+            if f.network() > l.network() {
+                return Err(ClusterError::Config(format!(
+                    "first subnet {f} is after last subnet {l}"
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// How often a held lease is renewed: a third of the TTL, at most [`MAX_RENEW_EVERY`].
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).min(MAX_RENEW_EVERY)
     }
 
     /// Every subnet a lease may take, in order.
@@ -59,15 +113,29 @@ impl LeaseConfig {
         (0..)
             .map(move |i| start + i * step)
             .take_while(move |a| *a <= end)
-            .map(move |a| IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(a as u32), len).expect("valid")))
+            .filter_map(move |a| Ipv4Network::new(Ipv4Addr::from(a as u32), len).ok())
+            .map(IpNetwork::V4)
     }
 
+    /// Is `subnet` one of the subnets the cluster CIDR is carved into (right length, inside)?
     pub fn holds(&self, subnet: IpNetwork) -> bool {
         subnet.prefix() == self.subnet_len
-            && self.cluster_cidr.contains(match subnet.network() {
-                IpAddr::V4(v) => v,
-                IpAddr::V6(_) => return false,
-            })
+            && match subnet.network() {
+                IpAddr::V4(v) => self.cluster_cidr.contains(v),
+                IpAddr::V6(_) => false,
+            }
+    }
+
+    /// Judges a lease against this cluster: valid fields, and a subnet of the cluster CIDR.
+    pub fn check(&self, l: &Lease) -> Result<(), String> {
+        check_fields(l)?;
+        if !self.holds(l.subnet) {
+            return Err(format!(
+                "subnet {} is not a /{} subnet of the cluster CIDR {}",
+                l.subnet, self.subnet_len, self.cluster_cidr
+            ));
+        }
+        Ok(())
     }
 
     fn full(&self) -> ClusterError {
@@ -79,51 +147,135 @@ fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
 
-/// Gets this node a lease: the one it held (same node name) if any, refreshed with its current IP
-/// and a new expiry; otherwise the first free subnet. Lost races are retried from a fresh list.
+/// Who asks for a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    /// This daemon instance's identity: the same for a restart on the same node, another for a
+    /// daemon elsewhere.
+    pub holder: String,
+}
+
+impl Claimant {
+    fn lease(&self, subnet: IpNetwork, cfg: &LeaseConfig) -> Lease {
+        Lease {
+            subnet,
+            node_name: self.node_name.clone(),
+            node_ip: self.node_ip,
+            expires: unix_now().saturating_add(cfg.ttl.as_secs()),
+            holder: Some(self.holder.clone()),
+        }
+    }
+}
+
+/// Records as this process has seen them: each key's version and since when (monotonic) it has
+/// had it. Kept across calls by whoever acquires.
+#[derive(Debug, Default)]
+pub struct Seen {
+    since: HashMap<String, (u64, Instant)>,
+}
+
+impl Seen {
+    /// Notes every record of `listing` as seen at `now`; forgets keys that are gone.
+    pub fn observe(&mut self, listing: &Listing, now: Instant) {
+        let mut next = HashMap::with_capacity(listing.leases.len());
+        for v in &listing.leases {
+            let key = subnet_key(v.lease.subnet);
+            let since = match self.since.get(&key) {
+                Some((version, since)) if *version == v.version => *since,
+                _ => now,
+            };
+            next.insert(key, (v.version, since));
+        }
+        self.since = next;
+    }
+
+    /// How long `v` has been unchanged, as seen here.
+    pub fn unchanged_for(&self, v: &Versioned, now: Instant) -> Duration {
+        match self.since.get(&subnet_key(v.lease.subnet)) {
+            Some((version, since)) if *version == v.version => now.saturating_duration_since(*since),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Gets `me` a lease. The one held under its node name, if the holder is this daemon (or an
+/// earlier run of it, on the same node) or has been silent for the grace period, refreshed with
+/// its current IP and a new expiry; a name held by another live daemon is refused
+/// ([`ClusterError::NameHeld`]). Otherwise the first subnet that no valid or invalid record
+/// blocks, or whose lease expired and has been silent for the grace period. Lost races are
+/// retried from a fresh list.
 pub async fn acquire<S: LeaseStore>(
     store: &S,
     cfg: &LeaseConfig,
-    node_name: &str,
-    node_ip: IpAddr,
+    me: &Claimant,
+    seen: &mut Seen,
 ) -> Result<Versioned, ClusterError> {
     for _ in 0..1000 {
-        let now = unix_now();
-        let all = store.list().await?;
-        let fresh = |subnet| Lease {
-            subnet,
-            node_name: node_name.to_string(),
-            node_ip,
-            expires: now + cfg.ttl.as_secs(),
-        };
-        if let Some(mine) = all
-            .iter()
-            .find(|v| v.lease.node_name == node_name && cfg.holds(v.lease.subnet))
-        {
-            let l = fresh(mine.lease.subnet);
+        let listing = store.list().await?;
+        let (now, t) = (unix_now(), Instant::now());
+        seen.observe(&listing, t);
+        let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
+            listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
+        if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
+            let ours = mine.lease.holder.as_deref().is_none_or(|h| h == me.holder);
+            if !ours && seen.unchanged_for(mine, t) < cfg.grace {
+                return Err(ClusterError::NameHeld {
+                    name: me.node_name.clone(),
+                    node_ip: mine.lease.node_ip,
+                    holder: mine.lease.holder.clone().unwrap_or_default(),
+                    grace: cfg.grace,
+                });
+            }
+            let l = me.lease(mine.lease.subnet, cfg);
             match store.update(&l, mine.version, cfg.ttl).await? {
                 Some(version) => return Ok(Versioned { lease: l, version }),
                 None => continue,
             }
         }
-        let live: Vec<&Lease> = all.iter().map(|v| &v.lease).filter(|l| !l.expired(now)).collect();
-        let taken: HashSet<IpNetwork> = live.iter().map(|l| l.subnet).collect();
-        // Leases of another size (a misconfigured node) still block what they overlap.
-        let odd: Vec<IpNetwork> = live
+        // Whatever is in the store blocks the subnets it overlaps: valid leases by key, records
+        // that fail the checks and entries that are no records at all by what they name.
+        let by_key: HashMap<IpNetwork, &Versioned> = valid.iter().map(|v| (v.lease.subnet, *v)).collect();
+        let blocked: Vec<IpNetwork> = bad
             .iter()
-            .map(|l| l.subnet)
-            .filter(|s| s.prefix() != cfg.subnet_len)
+            .map(|v| v.lease.subnet)
+            .chain(listing.invalid.iter().filter_map(|i| i.subnet))
             .collect();
-        let Some(free) = cfg
-            .subnets()
-            .find(|s| !taken.contains(s) && !odd.iter().any(|o| overlaps(*o, *s)))
-        else {
-            return Err(cfg.full());
+        let mut waiting = false;
+        let mut target = None;
+        for s in cfg.subnets() {
+            if blocked.iter().any(|b| overlaps(*b, s)) {
+                continue;
+            }
+            match by_key.get(&s) {
+                None => {
+                    target = Some((s, None));
+                    break;
+                }
+                Some(v) if v.lease.expired(now) => {
+                    if seen.unchanged_for(v, t) >= cfg.grace {
+                        target = Some((s, Some(v.version)));
+                        break;
+                    }
+                    waiting = true;
+                }
+                Some(_) => {}
+            }
+        }
+        let Some((subnet, old)) = target else {
+            return Err(if waiting {
+                ClusterError::Store(format!(
+                    "no free subnet yet: the expired leases must stay unrenewed for {:?} first",
+                    cfg.grace
+                ))
+            } else {
+                cfg.full()
+            });
         };
-        let l = fresh(free);
-        // An expired lease still sitting on the key is replaced by compare-and-swap.
-        let res = match all.iter().find(|v| v.lease.subnet == free) {
-            Some(old) => store.update(&l, old.version, cfg.ttl).await?,
+        let l = me.lease(subnet, cfg);
+        let res = match old {
+            Some(version) => store.update(&l, version, cfg.ttl).await?,
             None => store.create(&l, cfg.ttl).await?,
         };
         if let Some(version) = res {
@@ -135,22 +287,20 @@ pub async fn acquire<S: LeaseStore>(
     ))
 }
 
-/// Renews a held lease (with the node's current IP). If the lease was lost meanwhile (it expired
-/// and another node took it), acquires again.
+/// Renews a held lease (with the node's current IP). If the record changed meanwhile (it was
+/// written by someone else, or by a renewal of ours whose answer was lost), acquires again, which
+/// gets the same subnet back if the record is still ours.
 pub async fn renew<S: LeaseStore>(
     store: &S,
     cfg: &LeaseConfig,
     held: &Versioned,
-    node_ip: IpAddr,
+    me: &Claimant,
+    seen: &mut Seen,
 ) -> Result<Versioned, ClusterError> {
-    let l = Lease {
-        node_ip,
-        expires: unix_now() + cfg.ttl.as_secs(),
-        ..held.lease.clone()
-    };
+    let l = me.lease(held.lease.subnet, cfg);
     match store.update(&l, held.version, cfg.ttl).await? {
         Some(version) => Ok(Versioned { lease: l, version }),
-        None => acquire(store, cfg, &held.lease.node_name, node_ip).await,
+        None => acquire(store, cfg, me, seen).await,
     }
 }
 
@@ -159,15 +309,16 @@ pub async fn release<S: LeaseStore>(store: &S, held: &Versioned) -> Result<bool,
     store.delete(held.lease.subnet, held.version).await
 }
 
-/// The leases in force now.
-pub async fn live<S: LeaseStore>(store: &S) -> Result<Vec<Lease>, ClusterError> {
+/// The valid leases in force now.
+pub async fn live<S: LeaseStore>(store: &S, cfg: &LeaseConfig) -> Result<Vec<Lease>, ClusterError> {
     let now = unix_now();
     Ok(store
         .list()
         .await?
+        .leases
         .into_iter()
         .map(|v| v.lease)
-        .filter(|l| !l.expired(now))
+        .filter(|l| !l.expired(now) && cfg.check(l).is_ok())
         .collect())
 }
 
@@ -175,21 +326,88 @@ pub async fn live<S: LeaseStore>(store: &S) -> Result<Vec<Lease>, ClusterError> 
 mod tests {
     use super::*;
 
+    fn cfg() -> LeaseConfig {
+        LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 24, Duration::from_secs(60)).unwrap()
+    }
+
     #[test]
     fn carves_in_order_within_bounds() {
-        let mut c = LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 24, Duration::from_secs(60)).unwrap();
+        let c = cfg();
         let v: Vec<_> = c.subnets().collect();
         assert_eq!(v.len(), 256);
         assert_eq!(v[0].to_string(), "10.244.0.0/24");
         assert_eq!(v[255].to_string(), "10.244.255.0/24");
-        c.first = Some("10.244.10.0/24".parse().unwrap());
-        c.last = Some("10.244.12.0/24".parse().unwrap());
+        let c = c
+            .with_range(
+                Some("10.244.10.0/24".parse().unwrap()),
+                Some("10.244.12.0/24".parse().unwrap()),
+            )
+            .unwrap();
         let v: Vec<String> = c.subnets().map(|s| s.to_string()).collect();
         assert_eq!(v, ["10.244.10.0/24", "10.244.11.0/24", "10.244.12.0/24"]);
-        assert!(LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 8, Duration::from_secs(60)).is_err());
+        assert_eq!(subnet_key("10.244.3.0/24".parse().unwrap()), "10.244.3.0-24");
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let ttl = Duration::from_secs(60);
+        assert!(LeaseConfig::new(net("10.244.0.0/16"), 8, ttl).is_err());
+        assert!(LeaseConfig::new(net("10.244.0.0/16"), 31, ttl).is_err());
+        assert!(LeaseConfig::new(net("10.244.1.0/16"), 24, ttl).is_err());
+        assert!(LeaseConfig::new(net("fd00::/64"), 80, ttl).is_err());
+        assert!(LeaseConfig::new(net("10.244.0.0/16"), 24, Duration::from_secs(1)).is_err());
+        for (first, last) in [
+            (Some("10.245.0.0/24"), None),
+            (Some("10.244.1.0/25"), None),
+            (None, Some("10.244.1.7/24")),
+            (Some("10.244.9.0/24"), Some("10.244.1.0/24")),
+        ] {
+            let r = cfg().with_range(first.map(net), last.map(net));
+            assert!(matches!(r, Err(ClusterError::Config(_))), "{first:?} {last:?}");
+        }
+    }
+
+    #[test]
+    fn renewal_is_well_inside_the_ttl_and_the_grace() {
+        for (ttl, renew, grace) in [(3, 1, 3), (60, 20, 60), (86400, 300, 900)] {
+            let c = LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 24, Duration::from_secs(ttl)).unwrap();
+            assert_eq!(c.renew_every(), Duration::from_secs(renew), "ttl {ttl}");
+            assert_eq!(c.grace, Duration::from_secs(grace), "ttl {ttl}");
+        }
+    }
+
+    #[test]
+    fn seen_counts_from_the_last_change() {
+        let v = |version| Versioned {
+            lease: Lease {
+                subnet: "10.244.1.0/24".parse().unwrap(),
+                node_name: "a".into(),
+                node_ip: "192.168.1.1".parse().unwrap(),
+                expires: 0,
+                holder: None,
+            },
+            version,
+        };
+        let listing = |version| Listing {
+            leases: vec![v(version)],
+            invalid: vec![],
+        };
+        let mut s = Seen::default();
+        let t0 = Instant::now();
+        s.observe(&listing(1), t0);
+        let t1 = t0 + Duration::from_secs(5);
+        s.observe(&listing(1), t1);
+        assert_eq!(s.unchanged_for(&v(1), t1), Duration::from_secs(5));
+        s.observe(&listing(2), t1);
         assert_eq!(
-            crate::cluster::record::subnet_key("10.244.3.0/24".parse().unwrap()),
-            "10.244.3.0-24"
+            s.unchanged_for(&v(2), t1 + Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            s.unchanged_for(&v(1), t1),
+            Duration::ZERO,
+            "an old version is no evidence"
         );
     }
 }

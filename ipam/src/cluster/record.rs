@@ -1,6 +1,9 @@
-//! A lease as the store keeps it: one record per subnet, under the subnet's key.
+//! A lease as the store keeps it: one record per subnet, under the subnet's key. Every record read
+//! from a store is hostile until [`parse`] (and, against the cluster's configuration,
+//! [`crate::cluster::lease::LeaseConfig::check`]) has judged it; one that fails is reported as
+//! [`Invalid`] and never stops the handling of the others.
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +18,10 @@ pub struct Lease {
     pub node_ip: IpAddr,
     /// Unix seconds after which the lease is free again.
     pub expires: u64,
+    /// Which daemon instance holds it (see `holder` in `cbrnet-routed`): a daemon started under a
+    /// node name that another, live one holds must not take that node's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 impl Lease {
@@ -35,6 +42,15 @@ pub fn subnet_key(subnet: IpNetwork) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix())
 }
 
+/// The subnet a key names, if it is a key we would have written (IPv4, canonical).
+pub fn parse_key(key: &str) -> Option<IpNetwork> {
+    let (ip, len) = key.split_once('-')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let net = IpNetwork::V4(Ipv4Network::new(ip, len).ok()?);
+    (subnet_key(net) == key && net.network() == net.ip()).then_some(net)
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -47,4 +63,153 @@ pub fn unix_now() -> u64 {
 pub struct Versioned {
     pub lease: Lease,
     pub version: u64,
+}
+
+/// A store entry that is not a valid lease record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The entry's key (file name, or etcd key without the prefix).
+    pub key: String,
+    /// The subnet its key names, if it names one: that subnet stays blocked for new leases.
+    pub subnet: Option<IpNetwork>,
+    pub why: String,
+}
+
+/// Everything a store holds: the records that parse as leases, and the entries that do not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub leases: Vec<Versioned>,
+    pub invalid: Vec<Invalid>,
+}
+
+/// The longest node name a record may carry (a DNS name's limit).
+pub const MAX_NODE_NAME: usize = 253;
+
+/// Parses the lease JSON found under `key`: the record must be a lease, name the subnet its key
+/// names, and carry a node name and IP that can be routed to.
+pub fn parse(key: &str, bytes: &[u8]) -> Result<Lease, Invalid> {
+    let subnet = parse_key(key);
+    let bad = |why: String| Invalid {
+        key: key.to_string(),
+        subnet,
+        why,
+    };
+    let Some(key_subnet) = subnet else {
+        return Err(bad("the key names no subnet".into()));
+    };
+    let lease: Lease = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a lease: {e}")))?;
+    if lease.subnet != key_subnet {
+        return Err(bad(format!(
+            "the record names {} under the key of {key_subnet}",
+            lease.subnet
+        )));
+    }
+    check_fields(&lease).map_err(bad)?;
+    Ok(lease)
+}
+
+/// What a lease must be, whatever the cluster's configuration: a canonical IPv4 subnet, a node
+/// name, and a node IP that is a plain unicast address.
+pub fn check_fields(l: &Lease) -> Result<(), String> {
+    if l.subnet.network() != l.subnet.ip() {
+        return Err(format!("subnet {} has host bits set", l.subnet));
+    }
+    if !l.subnet.is_ipv4() {
+        return Err(format!("subnet {} is not IPv4", l.subnet));
+    }
+    if l.node_name.is_empty()
+        || l.node_name.len() > MAX_NODE_NAME
+        || l.node_name.chars().any(char::is_control)
+    {
+        return Err(format!("node name {:?} is not a name", l.node_name));
+    }
+    match l.node_ip {
+        IpAddr::V4(ip)
+            if !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()) =>
+        {
+            Ok(())
+        }
+        ip => Err(format!("node IP {ip} is not a unicast IPv4 address")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lease() -> Lease {
+        Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            node_name: "n1".into(),
+            node_ip: "192.168.1.2".parse().unwrap(),
+            expires: 100,
+            holder: Some("m:1".into()),
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_odd_ones_are_refused() {
+        let n: IpNetwork = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(parse_key(&subnet_key(n)), Some(n));
+        for bad in [
+            "10.244.3.1-24",
+            "10.244.3.0-33",
+            "10.244.3.0",
+            "010.244.3.0-24",
+            "x-24",
+            "fd00::-64",
+            ".tmp-1-2",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_are_judged_one_by_one() {
+        let ok = serde_json::to_vec(&lease()).unwrap();
+        assert_eq!(parse("10.244.3.0-24", &ok).unwrap(), lease());
+        let why = |key: &str, l: serde_json::Value| parse(key, l.to_string().as_bytes()).unwrap_err().why;
+        let mut l = serde_json::to_value(lease()).unwrap();
+        assert!(why("10.244.4.0-24", l.clone()).contains("under the key of"));
+        l["nodeIP"] = "127.0.0.1".into();
+        assert!(why("10.244.3.0-24", l.clone()).contains("not a unicast"));
+        l["nodeIP"] = "192.168.1.2".into();
+        l["nodeName"] = "".into();
+        assert!(why("10.244.3.0-24", l.clone()).contains("not a name"));
+        assert!(parse("10.244.3.0-24", b"{")
+            .unwrap_err()
+            .why
+            .contains("not a lease"));
+        let e = parse("junk", &ok).unwrap_err();
+        assert_eq!(e.subnet, None);
+        // a record from before `holder` existed still parses
+        let old = br#"{"subnet":"10.244.3.0/24","nodeName":"n1","nodeIP":"192.168.1.2","expires":5}"#;
+        assert_eq!(parse("10.244.3.0-24", old).unwrap().holder, None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        // Arbitrary bytes under an arbitrary key never panic the parser.
+        #[test]
+        fn parse_never_panics(key in ".{0,24}", bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&key, &bytes);
+        }
+
+        // What parses round-trips through the store's encoding.
+        #[test]
+        fn valid_records_round_trip(
+            a in any::<u32>(), len in 8u8..=30, ip in any::<u32>(), expires in any::<u64>(),
+            name in "[a-z0-9.-]{1,40}", holder in proptest::option::of("[a-z0-9:/]{1,40}"),
+        ) {
+            let subnet = IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(a), len).unwrap());
+            let subnet = IpNetwork::new(subnet.network(), len).unwrap();
+            let l = Lease { subnet, node_name: name, node_ip: IpAddr::V4(Ipv4Addr::from(ip)), expires, holder };
+            let key = subnet_key(subnet);
+            match parse(&key, &serde_json::to_vec(&l).unwrap()) {
+                Ok(back) => prop_assert_eq!(back, l),
+                Err(e) => prop_assert!(check_fields(&l).is_err(), "{}", e.why),
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! routed-bench [--store file|etcd|both] [--rounds 20] [--leases 5000]
 
 use cbrnet_ipam::cluster::record::{unix_now, Lease};
-use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
+use cbrnet_ipam::cluster::store::LeaseStore;
 use cbrnet_tests::lab::{Lab, StoreKind};
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
@@ -31,6 +31,7 @@ fn lease(subnet: &str, node: String, ip: Ipv4Addr) -> Lease {
         node_name: node,
         node_ip: IpAddr::V4(ip),
         expires: unix_now() + 3600,
+        holder: None,
     }
 }
 
@@ -54,7 +55,7 @@ fn latency(kind: StoreKind, rounds: usize) -> Vec<Duration> {
     }
     let store = lab.store.clone();
     lab.nodes[0].node.ns.block_on(0, || async move {
-        let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
+        let s = cbrnet_tests::lab::open_store(&store).await;
         let (conn, _, mut events) =
             rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route]).unwrap();
         tokio::spawn(conn);
@@ -104,7 +105,7 @@ fn scale(kind: StoreKind, n: usize) -> (Duration, Duration, u64, u64) {
     let store = lab.store.clone();
     let t_fill = Instant::now();
     lab.nodes[i].node.ns.block_on(0, || async move {
-        let s = AnyStore::open(&store, "/cbrnet/subnets/").await.unwrap();
+        let s = cbrnet_tests::lab::open_store(&store).await;
         for k in 0..n as u32 {
             let net = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + (k << 8));
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 128, 2)) + k);

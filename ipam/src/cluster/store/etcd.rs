@@ -10,7 +10,7 @@
 
 use super::LeaseStore;
 use crate::cluster::error::ClusterError;
-use crate::cluster::record::{subnet_key, Lease, Versioned};
+use crate::cluster::record::{self, subnet_key, Lease, Listing, Versioned};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
@@ -72,6 +72,16 @@ impl EtcdStore {
         })
     }
 
+    /// Writes `value` under `<prefix><key>` as is, bypassing every check: for tests that need a
+    /// store holding what no daemon would write.
+    #[cfg(any(test, feature = "conformance"))]
+    pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<(), ClusterError> {
+        let key = format!("{}{key}", self.prefix);
+        call("put", self.client.clone().put(key, value, None))
+            .await
+            .map(|_| ())
+    }
+
     fn key(&self, subnet: IpNetwork) -> String {
         format!("{}{}", self.prefix, subnet_key(subnet))
     }
@@ -83,7 +93,8 @@ impl EtcdStore {
             .await?
             .id();
         let key = self.key(lease.subnet);
-        let value = serde_json::to_vec(lease).expect("serializes");
+        let value =
+            serde_json::to_vec(lease).map_err(|e| ClusterError::Store(format!("encoding a lease: {e}")))?;
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)));
         let txn = Txn::new().when([cmp]).and_then([put]);
         // On an error the put may still have happened: the etcd lease is left to expire.
@@ -111,25 +122,26 @@ async fn open_watch(client: &Client, prefix: &str) -> Result<WatchStream, Cluste
 }
 
 impl LeaseStore for EtcdStore {
-    async fn list(&self) -> Result<Vec<Versioned>, ClusterError> {
+    async fn list(&self) -> Result<Listing, ClusterError> {
         let mut c = self.client.clone();
         let resp = call(
             "get",
             c.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
         )
         .await?;
-        // A value that is not a lease (written by something else) is not ours to judge.
-        let mut out: Vec<Versioned> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                Some(Versioned {
-                    lease: serde_json::from_slice(kv.value()).ok()?,
+        let mut out = Listing::default();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let key = key.strip_prefix(self.prefix.as_str()).unwrap_or(&key);
+            match record::parse(key, kv.value()) {
+                Ok(lease) => out.leases.push(Versioned {
+                    lease,
                     version: kv.mod_revision() as u64,
-                })
-            })
-            .collect();
-        out.sort_by_key(|v| v.lease.subnet);
+                }),
+                Err(invalid) => out.invalid.push(invalid),
+            }
+        }
+        out.leases.sort_by_key(|v| v.lease.subnet);
         Ok(out)
     }
 

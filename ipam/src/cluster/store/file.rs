@@ -5,22 +5,34 @@
 //! and two creators cannot both win. Update and delete compare the version under an exclusive
 //! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed by polling the
 //! directory's mtime.
+//!
+//! The directory is shared, so everything in it is judged: entries that are not regular files
+//! (symlinks are never followed, directories never entered), that are not named like a key, or
+//! whose content is not a lease of that key are listed as invalid; temp files that a crashed
+//! writer left behind are removed once they are old.
 
 use super::LeaseStore;
 use crate::cluster::error::ClusterError;
-use crate::cluster::record::{subnet_key, Lease, Versioned};
+use crate::cluster::record::{self, subnet_key, Invalid, Lease, Listing, Versioned};
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// How often the watcher looks at the directory.
 pub const POLL: Duration = Duration::from_millis(100);
+/// A temp file older than this belongs to a writer that died: writes take milliseconds.
+pub const STALE_TMP: Duration = Duration::from_secs(60);
+/// A record is a few hundred bytes; a larger file is not one.
+const MAX_RECORD: u64 = 64 * 1024;
+const LOCK: &str = ".lock";
+const TMP_PREFIX: &str = ".tmp-";
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -39,18 +51,44 @@ fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> ClusterError {
     move |e| ClusterError::io(what, e)
 }
 
+/// Opens an existing file for reading without following a symlink.
+fn open_nofollow(p: &Path) -> std::io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(p)
+}
+
 impl FileStore {
+    /// Opens the store, creating its directory if needed.
     pub fn open(dir: &Path) -> Result<FileStore, ClusterError> {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        Ok(FileStore { dir: dir.to_owned() })
+        FileStore::open_existing(dir)
+    }
+
+    /// Opens a store that exists; never creates one.
+    pub fn open_existing(dir: &Path) -> Result<FileStore, ClusterError> {
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(FileStore { dir: dir.to_owned() }),
+            Ok(_) => Err(ClusterError::Config(format!(
+                "lease store {} is not a directory",
+                dir.display()
+            ))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(ClusterError::Config(format!(
+                "there is no lease store at {}",
+                dir.display()
+            ))),
+            Err(e) => Err(io("opening", dir)(e)),
+        }
     }
 
     fn lock(&self) -> Result<Flock<File>, ClusterError> {
-        let p = self.dir.join(".lock");
+        let p = self.dir.join(LOCK);
         let f = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&p)
             .map_err(io("opening", &p))?;
         Flock::lock(f, FlockArg::LockExclusive)
@@ -60,11 +98,22 @@ impl FileStore {
     /// Writes `rec` to a fresh temp file, durably; returns its path.
     fn write_tmp(&self, rec: &Record) -> Result<PathBuf, ClusterError> {
         let n = TMP.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".tmp-{}-{n}", std::process::id()));
-        let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&serde_json::to_vec(rec).expect("serializes"))
-            .map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let bytes =
+            serde_json::to_vec(rec).map_err(|e| ClusterError::Store(format!("encoding a lease: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = File::options()
+                .write(true)
+                .create_new(true)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io("writing", &tmp)(e)
+        })?;
         Ok(tmp)
     }
 
@@ -74,32 +123,101 @@ impl FileStore {
             .map_err(io("syncing", &self.dir))
     }
 
-    fn read(&self, path: &Path) -> Result<Option<Record>, ClusterError> {
-        match fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| ClusterError::Store(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("reading", path)(e)),
+    /// The record under `key`: `Ok(None)` if there is none, `Err(why)` if the entry is no record.
+    fn read(&self, key: &str) -> Result<Option<Versioned>, Result<Invalid, ClusterError>> {
+        let path = self.dir.join(key);
+        let invalid = |why: String| {
+            Err(Ok(Invalid {
+                key: key.to_string(),
+                subnet: record::parse_key(key),
+                why,
+            }))
+        };
+        if record::parse_key(key).is_none() {
+            return invalid("the key names no subnet".into());
+        }
+        let f = match open_nofollow(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return invalid("a symlink".into()),
+            Err(e) => return Err(Err(io("reading", &path)(e))),
+        };
+        let meta = f.metadata().map_err(|e| Err(io("reading", &path)(e)))?;
+        if !meta.is_file() {
+            return invalid("not a regular file".into());
+        }
+        let mut bytes = Vec::new();
+        f.take(MAX_RECORD + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Err(io("reading", &path)(e)))?;
+        if bytes.len() as u64 > MAX_RECORD {
+            return invalid("too large for a record".into());
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            lease: serde_json::Value,
+            version: u64,
+        }
+        let raw: Raw = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return invalid(format!("not a record: {e}")),
+        };
+        match record::parse(key, raw.lease.to_string().as_bytes()) {
+            Ok(lease) => Ok(Some(Versioned {
+                lease,
+                version: raw.version,
+            })),
+            Err(i) => Err(Ok(i)),
         }
     }
 
-    fn list_sync(&self) -> Result<Vec<Versioned>, ClusterError> {
-        let mut out = Vec::new();
+    /// The current version of `key`, for a compare-and-swap: `None` if there is no valid record.
+    fn version_of(&self, key: &str) -> Result<Option<u64>, ClusterError> {
+        match self.read(key) {
+            Ok(v) => Ok(v.map(|v| v.version)),
+            Err(Ok(_)) => Ok(None),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    fn list_sync(&self) -> Result<Listing, ClusterError> {
+        let mut out = Listing::default();
         for e in fs::read_dir(&self.dir).map_err(io("reading", &self.dir))? {
             let e = e.map_err(io("reading", &self.dir))?;
-            if e.file_name().to_string_lossy().starts_with('.') {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == LOCK {
                 continue;
             }
-            if let Some(r) = self.read(&e.path())? {
-                out.push(Versioned {
-                    lease: r.lease,
-                    version: r.version,
-                });
+            if name.starts_with(TMP_PREFIX) {
+                self.remove_if_stale(&e.path());
+                continue;
+            }
+            match self.read(&name) {
+                Ok(Some(v)) => out.leases.push(v),
+                Ok(None) => {}
+                Err(Ok(invalid)) => out.invalid.push(invalid),
+                Err(Err(e)) => out.invalid.push(Invalid {
+                    key: name.clone(),
+                    subnet: record::parse_key(&name),
+                    why: e.to_string(),
+                }),
             }
         }
-        out.sort_by_key(|v| v.lease.subnet);
+        out.leases.sort_by_key(|v| v.lease.subnet);
+        out.invalid.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// Removes a temp file that no writer can still be using.
+    fn remove_if_stale(&self, p: &Path) {
+        let old = fs::symlink_metadata(p).and_then(|m| m.modified()).is_ok_and(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .is_ok_and(|age| age > STALE_TMP)
+        });
+        if old {
+            let _ = fs::remove_file(p);
+        }
     }
 
     fn create_sync(&self, lease: &Lease) -> Result<Option<u64>, ClusterError> {
@@ -122,28 +240,32 @@ impl FileStore {
 
     fn update_sync(&self, lease: &Lease, version: u64) -> Result<Option<u64>, ClusterError> {
         let _lock = self.lock()?;
-        let key = self.dir.join(subnet_key(lease.subnet));
-        match self.read(&key)? {
-            Some(cur) if cur.version == version => {}
-            _ => return Ok(None),
+        let key = subnet_key(lease.subnet);
+        if self.version_of(&key)? != Some(version) {
+            return Ok(None);
         }
+        let next = version.wrapping_add(1);
         let tmp = self.write_tmp(&Record {
             lease: lease.clone(),
-            version: version + 1,
+            version: next,
         })?;
-        fs::rename(&tmp, &key).map_err(io("replacing", &key))?;
+        let path = self.dir.join(&key);
+        fs::rename(&tmp, &path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io("replacing", &path)(e)
+        })?;
         self.sync_dir()?;
-        Ok(Some(version + 1))
+        Ok(Some(next))
     }
 
     fn delete_sync(&self, subnet: IpNetwork, version: u64) -> Result<bool, ClusterError> {
         let _lock = self.lock()?;
-        let key = self.dir.join(subnet_key(subnet));
-        match self.read(&key)? {
-            Some(cur) if cur.version == version => {}
-            _ => return Ok(false),
+        let key = subnet_key(subnet);
+        if self.version_of(&key)? != Some(version) {
+            return Ok(false);
         }
-        fs::remove_file(&key).map_err(io("deleting", &key))?;
+        let path = self.dir.join(&key);
+        fs::remove_file(&path).map_err(io("deleting", &path))?;
         self.sync_dir()?;
         Ok(true)
     }
@@ -151,7 +273,7 @@ impl FileStore {
 
 // The file operations are short and local; they run inline rather than on a blocking pool.
 impl LeaseStore for FileStore {
-    async fn list(&self) -> Result<Vec<Versioned>, ClusterError> {
+    async fn list(&self) -> Result<Listing, ClusterError> {
         self.list_sync()
     }
     async fn create(&self, lease: &Lease, _ttl: Duration) -> Result<Option<u64>, ClusterError> {
@@ -190,8 +312,8 @@ impl LeaseStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::conformance::{self, cfg};
-    use crate::cluster::lease::acquire;
+    use crate::cluster::conformance;
+    use std::os::unix::fs::symlink;
     use std::sync::Arc;
 
     #[tokio::test]
@@ -201,28 +323,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_leases_are_free_and_a_full_cidr_is_named() {
+    async fn expired_leases_are_free_only_after_the_grace() {
         let d = tempfile::tempdir().unwrap();
-        let s = FileStore::open(d.path()).unwrap();
-        let c = cfg("10.244.0.0/23", 24);
-        acquire(&s, &c, "a", "192.168.1.1".parse().unwrap())
-            .await
-            .unwrap();
-        let b = acquire(&s, &c, "b", "192.168.1.2".parse().unwrap())
-            .await
-            .unwrap();
-        let e = acquire(&s, &c, "c", "192.168.1.3".parse().unwrap())
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("10.244.0.0/23"), "{e}");
-        // b's lease expires: c takes its subnet
-        let mut old = b.lease.clone();
-        old.expires = 1;
-        s.update(&old, b.version, c.ttl).await.unwrap().unwrap();
-        let got = acquire(&s, &c, "c", "192.168.1.3".parse().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(got.lease.subnet, b.lease.subnet);
+        conformance::expired_leases_are_free_only_after_the_grace(&FileStore::open(d.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn a_name_held_by_a_live_daemon_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        conformance::a_name_held_by_a_live_daemon_is_refused(&FileStore::open(d.path()).unwrap()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,5 +339,87 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         conformance::many_nodes_at_once_get_distinct_subnets(Arc::new(FileStore::open(d.path()).unwrap()))
             .await;
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_skipped_one_by_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        // a record as the file store writes it, or the bytes as they are when they are no JSON
+        let put_raw = |key: String, bytes: Vec<u8>| {
+            let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(lease) => serde_json::json!({"lease": lease, "version": 1})
+                    .to_string()
+                    .into_bytes(),
+                Err(_) => bytes,
+            };
+            fs::write(d.path().join(key), body).unwrap();
+            async {}
+        };
+        conformance::bad_records_are_skipped_one_by_one(&s, put_raw).await;
+    }
+
+    #[tokio::test]
+    async fn strays_symlinks_and_old_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::write(outside.path(), "secret").unwrap();
+        symlink(outside.path(), d.path().join("10.244.9.0-24")).unwrap();
+        fs::create_dir(d.path().join("10.244.8.0-24")).unwrap();
+        fs::write(d.path().join("README"), "hello").unwrap();
+        let old_tmp = d.path().join(".tmp-99999-0");
+        let new_tmp = d.path().join(".tmp-99999-1");
+        fs::write(&old_tmp, "half").unwrap();
+        fs::write(&new_tmp, "half").unwrap();
+        let long_ago = nix::sys::time::TimeSpec::new(1_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &old_tmp,
+            &long_ago,
+            &long_ago,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let l = s.list().await.unwrap();
+        let why: Vec<(&str, &str)> = l
+            .invalid
+            .iter()
+            .map(|i| (i.key.as_str(), i.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                ("10.244.8.0-24", "not a regular file"),
+                ("10.244.9.0-24", "a symlink"),
+                ("README", "the key names no subnet"),
+            ]
+        );
+        assert!(l.leases.is_empty());
+        assert!(!old_tmp.exists(), "a crashed writer's temp file stays");
+        assert!(new_tmp.exists(), "a temp file that may be in use was removed");
+        assert_eq!(fs::read_to_string(outside.path()).unwrap(), "secret");
+        // the symlinked key can be neither updated nor deleted through the link
+        let lease = Lease {
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            node_name: "x".into(),
+            node_ip: "192.168.1.1".parse().unwrap(),
+            expires: 1,
+            holder: None,
+        };
+        assert_eq!(s.update(&lease, 1, Duration::from_secs(60)).await.unwrap(), None);
+        assert!(!s.delete(lease.subnet, 1).await.unwrap());
+        assert_eq!(fs::read_to_string(outside.path()).unwrap(), "secret");
+    }
+
+    #[test]
+    fn a_store_that_does_not_exist_is_not_created_by_readers() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("none");
+        assert!(matches!(
+            FileStore::open_existing(&missing),
+            Err(ClusterError::Config(_))
+        ));
+        assert!(!missing.exists());
     }
 }

@@ -9,15 +9,18 @@ pub mod etcd;
 pub mod file;
 
 use super::error::ClusterError;
-use super::record::{Lease, Versioned};
+use super::record::{Lease, Listing};
 use ipnetwork::IpNetwork;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub trait LeaseStore: Send + Sync {
-    /// Every lease in the store (a backend without expiry of its own includes expired ones).
-    fn list(&self) -> impl Future<Output = Result<Vec<Versioned>, ClusterError>> + Send;
+    /// Every record in the store (a backend without expiry of its own includes expired ones),
+    /// sorted by subnet, and every entry that is no valid record. One bad entry never fails the
+    /// listing.
+    fn list(&self) -> impl Future<Output = Result<Listing, ClusterError>> + Send;
     /// Creates the lease's key if it does not exist. `None`: it exists (somebody was first).
     fn create(
         &self,
@@ -47,28 +50,70 @@ pub enum AnyStore {
     Etcd(etcd::EtcdStore),
 }
 
-impl AnyStore {
-    /// `file:DIR` or `etcd:http://HOST:PORT[,http://...]` (etcd keys go under `etcd_prefix`).
-    pub async fn open(spec: &str, etcd_prefix: &str) -> Result<AnyStore, ClusterError> {
+/// A store as named on the command line, judged before anything is opened or created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `file:DIR` (an absolute path).
+    File(PathBuf),
+    /// `etcd:http://HOST:PORT[,https://HOST:PORT...]`.
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = ClusterError;
+
+    fn from_str(spec: &str) -> Result<StoreSpec, ClusterError> {
+        let bad = |why: &str| {
+            ClusterError::Config(format!(
+                "store {spec:?}: {why} (expected file:/DIR or etcd:http://HOST:PORT[,...])"
+            ))
+        };
         if let Some(dir) = spec.strip_prefix("file:") {
-            return Ok(AnyStore::File(file::FileStore::open(dir.as_ref())?));
+            if !dir.starts_with('/') || dir.contains('\0') {
+                return Err(bad("the directory must be an absolute path"));
+            }
+            return Ok(StoreSpec::File(PathBuf::from(dir)));
         }
         if let Some(urls) = spec.strip_prefix("etcd:") {
-            let eps: Vec<String> = urls
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            return Ok(AnyStore::Etcd(etcd::EtcdStore::connect(eps, etcd_prefix).await?));
+            let eps: Vec<String> = urls.split(',').map(str::to_owned).collect();
+            for ep in &eps {
+                let rest = ep
+                    .strip_prefix("http://")
+                    .or_else(|| ep.strip_prefix("https://"))
+                    .ok_or_else(|| bad(&format!("endpoint {ep:?} is not http:// or https://")))?;
+                let (host, port) = rest
+                    .trim_end_matches('/')
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad(&format!("endpoint {ep:?} has no port")))?;
+                if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(bad(&format!("endpoint {ep:?} is not HOST:PORT")));
+                }
+            }
+            return Ok(StoreSpec::Etcd(eps));
         }
-        Err(ClusterError::Config(format!(
-            "store {spec:?}: expected file:DIR or etcd:http://HOST:PORT[,...]"
-        )))
+        Err(bad("unknown kind"))
+    }
+}
+
+impl AnyStore {
+    /// Opens the store (etcd keys go under `etcd_prefix`). With `create` false, a file store's
+    /// directory must already exist: a command that only reads never creates a store.
+    pub async fn open(spec: &StoreSpec, etcd_prefix: &str, create: bool) -> Result<AnyStore, ClusterError> {
+        match spec {
+            StoreSpec::File(dir) => Ok(AnyStore::File(if create {
+                file::FileStore::open(dir)?
+            } else {
+                file::FileStore::open_existing(dir)?
+            })),
+            StoreSpec::Etcd(eps) => Ok(AnyStore::Etcd(
+                etcd::EtcdStore::connect(eps.clone(), etcd_prefix).await?,
+            )),
+        }
     }
 }
 
 impl LeaseStore for AnyStore {
-    async fn list(&self) -> Result<Vec<Versioned>, ClusterError> {
+    async fn list(&self) -> Result<Listing, ClusterError> {
         match self {
             AnyStore::File(s) => s.list().await,
             AnyStore::Etcd(s) => s.list().await,
@@ -96,6 +141,52 @@ impl LeaseStore for AnyStore {
         match self {
             AnyStore::File(s) => s.watch().await,
             AnyStore::Etcd(s) => s.watch().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn store_specs_are_judged_before_use() {
+        assert_eq!(
+            "file:/var/lib/x".parse::<StoreSpec>().unwrap(),
+            StoreSpec::File("/var/lib/x".into())
+        );
+        assert_eq!(
+            "etcd:http://10.0.0.1:2379,https://e2:2379"
+                .parse::<StoreSpec>()
+                .unwrap(),
+            StoreSpec::Etcd(vec!["http://10.0.0.1:2379".into(), "https://e2:2379".into()])
+        );
+        for bad in [
+            "",
+            "file:",
+            "file:relative",
+            "etcd:",
+            "etcd:10.0.0.1:2379",
+            "etcd:http://h",
+            "etcd:http://h:0",
+            "etcd:http://h:99999",
+            "etcd:http://:2379",
+            "etcd:http://h:2379,",
+            "consul:x",
+            "/dir",
+        ] {
+            assert!(
+                matches!(bad.parse::<StoreSpec>(), Err(ClusterError::Config(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn spec_parsing_never_panics(s in ".{0,40}") {
+            let _ = s.parse::<StoreSpec>();
         }
     }
 }

@@ -1,0 +1,127 @@
+//! Background reclaim: addresses held by pods that vanished without DEL (a reboot, a runtime that
+//! never calls DEL or GC) are taken back for every `cbrnet` network of the CNI config directory,
+//! with the network's own `ipam.reclaimAfter`. The rules are the plugin's (see
+//! `cbrnet_ipam::node::allocator::reclaim`): an ADD that is still running is never touched.
+
+use cbrnet_bridge::port;
+use cbrnet_ipam::node::allocator::Network;
+use cbrnet_ipam::node::reservations::{validate_network_name, Owner, Reserved};
+use cbrnet_ipam::IpamConf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One `cbrnet` network with in-process `cbrnet-ipam`, as a config file declares it.
+#[derive(Debug)]
+pub struct CbrnetNetwork {
+    pub file: PathBuf,
+    pub name: String,
+    pub ipam: IpamConf,
+}
+
+/// The `cbrnet` networks of the config files in `dir` (`*.conf`, `*.conflist`, `*.json`); one
+/// problem per file that could not be read as a config. A missing directory has none.
+pub fn networks(dir: &Path) -> (Vec<CbrnetNetwork>, Vec<(PathBuf, String)>) {
+    let mut nets = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return (nets, problems);
+    };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "conf" || e == "conflist" || e == "json")
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        match read(&f) {
+            Ok(found) => nets.extend(found),
+            Err(why) => problems.push((f, why)),
+        }
+    }
+    (nets, problems)
+}
+
+fn read(f: &Path) -> Result<Vec<CbrnetNetwork>, String> {
+    let meta = std::fs::metadata(f).map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.len() > 1024 * 1024 {
+        return Err("not a regular file of at most 1 MiB".into());
+    }
+    let bytes = std::fs::read(f).map_err(|e| e.to_string())?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let name = doc.get("name").and_then(Value::as_str).ok_or("no network name")?;
+    // A conflist lists its plugins; a plain conf is one plugin.
+    let plugins: Vec<&Value> = match doc.get("plugins") {
+        Some(Value::Array(p)) => p.iter().collect(),
+        Some(_) => return Err("plugins is not a list".into()),
+        None => vec![&doc],
+    };
+    let mut out = Vec::new();
+    for p in plugins {
+        let is_cbrnet = p.get("type").and_then(Value::as_str) == Some("cbrnet");
+        let ipam = p.get("ipam").cloned().unwrap_or(Value::Null);
+        if !is_cbrnet || ipam.get("type").and_then(Value::as_str) != Some("cbrnet-ipam") {
+            continue;
+        }
+        validate_network_name(name).map_err(|e| e.to_string())?;
+        let ipam = IpamConf::from_value(&ipam).map_err(|e| e.to_string())?;
+        ipam.validate().map_err(|e| e.to_string())?;
+        out.push(CbrnetNetwork {
+            file: f.to_owned(),
+            name: name.to_string(),
+            ipam,
+        });
+    }
+    Ok(out)
+}
+
+/// Reclaims the addresses of vanished pods of `net`: those whose host veth is gone from this
+/// network namespace (the daemon runs where the plugin puts the host ends).
+pub fn sweep(net: &CbrnetNetwork) -> Result<Vec<Reserved>, String> {
+    let n = Network {
+        conf: &net.ipam,
+        name: &net.name,
+    };
+    let is_gone = |o: &Owner| !port::exists(&port::host_veth_name(&net.name, &o.container_id, &o.ifname));
+    n.reclaim(&is_gone).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cbrnet_networks_and_names_bad_files() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |name: &str, body: &str| std::fs::write(d.path().join(name), body).unwrap();
+        w(
+            "10-cbrnet.conflist",
+            r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"cbrnet","ipam":{"type":"cbrnet-ipam"}},{"type":"portmap"}]}"#,
+        );
+        w(
+            "20-other.conf",
+            r#"{"cniVersion":"1.0.0","name":"x","type":"bridge","ipam":{"type":"host-local"}}"#,
+        );
+        w(
+            "30-single.conf",
+            r#"{"cniVersion":"1.0.0","name":"one","type":"cbrnet","ipam":{"type":"cbrnet-ipam","subnet":"10.1.0.0/24"}}"#,
+        );
+        w("40-bad.json", "{");
+        w(
+            "50-escape.conf",
+            r#"{"name":"../etc","type":"cbrnet","ipam":{"type":"cbrnet-ipam"}}"#,
+        );
+        w("README.md", "not a config");
+        let (nets, problems) = networks(d.path());
+        let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["pods", "one"]);
+        let bad: Vec<String> = problems
+            .iter()
+            .map(|(f, _)| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(bad, ["40-bad.json", "50-escape.conf"]);
+        assert!(networks(&d.path().join("missing")).0.is_empty());
+    }
+}
