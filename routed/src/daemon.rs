@@ -139,23 +139,30 @@ struct Node {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| RoutedError::Io("SIGTERM handler".into(), e))?;
+    // Starting may wait long (another daemon, the node IP, the store): SIGTERM ends it too.
+    let lock = tokio::select! {
+        l = lock(&cfg) => l?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
     let metrics = Arc::new(Metrics::default());
     metrics::serve(cfg.args.metrics_addr, metrics.clone())
         .await
         .map_err(|e| RoutedError::Io(format!("serving metrics on {}", cfg.args.metrics_addr), e))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| RoutedError::Io("SIGTERM handler".into(), e))?;
-    // Starting may wait long (another daemon, the node IP, the store): SIGTERM ends it too.
     let node = tokio::select! {
         n = start(cfg, metrics) => n?,
         _ = sigterm.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    let (node, _lock) = node;
-    run_loop(node, &mut sigterm).await
+    let out = run_loop(node, &mut sigterm).await;
+    drop(lock);
+    out
 }
 
-async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<(Node, instance::InstanceLock)> {
+/// Waits until this is the only daemon of its node (it holds the lock next to the subnet file).
+async fn lock(cfg: &Config) -> Result<instance::InstanceLock> {
     let lock_path = instance::lock_path(&cfg.args.subnet_file);
     let mut log = Throttled::default();
     let lock = loop {
@@ -174,7 +181,10 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<(Node, instance::In
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    Ok(lock)
+}
 
+async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
     tokio::spawn(conn);
     let nl = Nl { handle };
@@ -247,7 +257,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<(Node, instance::In
         tokio::time::sleep(d).await;
     }
     node.metrics.ready.store(true, Ordering::Relaxed);
-    Ok((node, lock))
+    Ok(node)
 }
 
 async fn node_ip_is_local(h: &Handle, ip: std::net::Ipv4Addr) -> Result<bool> {

@@ -127,7 +127,43 @@ impl Lab {
 
     /// Starts node `i`'s daemon and waits until it has published its subnet.
     pub fn start(&mut self, i: usize) {
+        self.spawn(i);
+        let n = &self.nodes[i];
+        let t = Instant::now();
+        while n.subnet().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "node {i} published no subnet:\n{}",
+                n.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The network config of the lab's pods on node `i` (in-process IPAM from the node's subnet
+    /// file; addresses of vanished pods reclaimed after 2 s).
+    pub fn pod_conf(&self, i: usize) -> serde_json::Value {
+        let n = &self.nodes[i].node;
+        json!({
+            "cniVersion": "1.1.0", "name": "labnet", "type": "cbrnet",
+            "ipam": {
+                "type": "cbrnet-ipam", "subnetFile": n.subnet_file(), "dataDir": n.data_dir(),
+                "reclaimAfter": "2s",
+            },
+        })
+    }
+
+    /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
+    /// network) without waiting for it.
+    pub fn spawn(&mut self, i: usize) {
         let (store, cidr) = (self.store.clone(), self.cluster_cidr.clone());
+        let conf_dir = self.nodes[i].node.dir.path().join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let conflist = json!({
+            "cniVersion": "1.1.0", "name": "labnet",
+            "plugins": [{"type": "cbrnet", "ipam": self.pod_conf(i)["ipam"]}],
+        });
+        std::fs::write(conf_dir.join("10-labnet.conflist"), conflist.to_string()).unwrap();
         let n = &mut self.nodes[i];
         let log = std::fs::File::options()
             .create(true)
@@ -147,6 +183,8 @@ impl Lab {
         ])
         .arg("--subnet-file")
         .arg(n.node.subnet_file())
+        .arg("--cni-conf-dir")
+        .arg(&conf_dir)
         .args(["--resync-interval", "1s"])
         .args(&n.flags)
         .stdin(Stdio::null())
@@ -156,15 +194,6 @@ impl Lab {
         let child = cmd.spawn().expect("starting cbrnet-routed");
         crate::register_daemon(child.id());
         n.daemon = Some(child);
-        let t = Instant::now();
-        while n.subnet().is_none() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "node {i} published no subnet:\n{}",
-                n.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// SIGTERM, as an init system stops it; waits for the exit.
@@ -186,13 +215,10 @@ impl Lab {
 
     /// Adds a pod on node `i` through the `cbrnet` binary (IPAM from the subnet file).
     pub fn add_pod(&mut self, i: usize) -> String {
+        let conf = self.pod_conf(i);
         let n = &mut self.nodes[i];
         let id = format!("{}-pod{}", n.name, n.pods.len());
         let pod = Netns::new(&format!("{}-p", self.tag));
-        let conf = json!({
-            "cniVersion": "1.1.0", "name": "labnet", "type": "cbrnet",
-            "ipam": {"type": "cbrnet-ipam", "subnetFile": n.node.subnet_file(), "dataDir": n.node.data_dir()},
-        });
         let r = Call::new("ADD", &id, pod.path(), "eth0")
             .run(&n.node.ns, &conf)
             .expect_ok();
@@ -294,4 +320,57 @@ pub async fn open_store(spec: &str) -> cbrnet_ipam::cluster::store::AnyStore {
     cbrnet_ipam::cluster::store::AnyStore::open(&spec, "/cbrnet/subnets/", false)
         .await
         .expect("opening the lab's store")
+}
+
+impl Lab {
+    /// Writes `bytes` under store key `key`, bypassing every check, as a broken or hostile writer
+    /// would (file store: a record file, or the bytes as they are when they are no JSON).
+    pub fn put_raw(&self, key: &str, bytes: &[u8]) {
+        match &self.etcd {
+            None => {
+                let body = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                    Ok(lease) => json!({"lease": lease, "version": 1}).to_string().into_bytes(),
+                    Err(_) => bytes.to_vec(),
+                };
+                std::fs::write(self.store_dir().join(key), body).unwrap();
+            }
+            Some(e) => {
+                let url = e.url();
+                self.nodes[0].node.ns.block_on(0, || async {
+                    let s =
+                        cbrnet_ipam::cluster::store::etcd::EtcdStore::connect(vec![url], "/cbrnet/subnets/")
+                            .await
+                            .unwrap();
+                    s.put_raw(key, bytes.to_vec()).await.unwrap();
+                });
+            }
+        }
+    }
+
+    /// The file store's directory.
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(self.store.strip_prefix("file:").expect("a file store"))
+    }
+
+    /// Node `i`'s metric `name`, from /metrics.
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        let (_, body) = self.http_get(i, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// Waits up to `limit` for `cond`; whether it came true.
+    pub fn wait_for(&self, limit: Duration, mut cond: impl FnMut(&Lab) -> bool) -> bool {
+        let t = Instant::now();
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if t.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -1,0 +1,509 @@
+//! The route daemon under faults, on a namespace lab: bad records, foreign routes, drift of the
+//! node's set-up, clocks, a second daemon under a live node's name, bad flags, a closed stderr,
+//! vanished pods. Each case asserts that the other nodes keep converging and that the fault is
+//! repaired or refused.
+
+use cbrnet_tests::lab::{Lab, StoreKind};
+use cbrnet_tests::{bin, Netns};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn lab_of(tag: &str, nodes: usize, store: StoreKind) -> Lab {
+    let mut lab = Lab::new(tag, store);
+    for _ in 0..nodes {
+        let i = lab.add_node();
+        lab.start(i);
+    }
+    lab
+}
+
+fn lease(subnet: &str, node: &str, ip: &str) -> Vec<u8> {
+    json!({"subnet": subnet, "nodeName": node, "nodeIP": ip, "expires": 4_000_000_000u64})
+        .to_string()
+        .into_bytes()
+}
+
+fn all_converge(lab: &Lab) {
+    for i in 0..lab.nodes.len() {
+        assert!(
+            lab.wait_for(Duration::from_secs(5), |l| l.routes_complete(i)),
+            "node {i} does not converge: {}\n{}",
+            lab.nodes[i].route_table(),
+            lab.nodes[i].log()
+        );
+    }
+}
+
+/// Every kind of bad record at once; the cluster goes on as if they were not there.
+fn bad_records_never_stop_the_others(tag: &str, kind: StoreKind) {
+    let mut lab = lab_of(tag, 2, kind);
+    let node0_ip = lab.nodes[0].ip.clone();
+    lab.put_raw("10.244.200.0-24", b"{ this is not json");
+    // a record under the key of another subnet: it names node 0's subnet, to steal its route
+    let stolen = lab.nodes[0].subnet().unwrap();
+    lab.put_raw("10.244.201.0-24", &lease(&stolen, "thief", "192.168.50.77"));
+    lab.put_raw(
+        "10.244.202.7-24",
+        &lease("10.244.202.0/24", "hostbits", "192.168.50.78"),
+    );
+    lab.put_raw("10.99.0.0-24", &lease("10.99.0.0/24", "outside", "192.168.50.79"));
+    lab.put_raw(
+        "10.244.204.0-24",
+        &lease("10.244.204.0/24", "net", "192.168.50.0"),
+    );
+    lab.put_raw(
+        "10.244.205.0-24",
+        &lease("10.244.205.0/24", "bcast", "192.168.50.255"),
+    );
+    lab.put_raw("10.244.206.0-24", &lease("10.244.206.0/24", "loop", "127.0.0.1"));
+    lab.put_raw("10.244.207.0-24", &lease("10.244.207.0/24", "ghost", &node0_ip));
+    lab.put_raw(
+        "10.244.208.0-23",
+        &lease("10.244.208.0/23", "wide", "192.168.50.80"),
+    );
+    let mut expected = 9;
+    if kind == StoreKind::File {
+        let dir = lab.store_dir();
+        std::fs::write(dir.join("README"), "stray").unwrap();
+        std::fs::create_dir(dir.join("10.244.210.0-24")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("10.244.211.0-24")).unwrap();
+        expected += 3;
+    }
+    // a node that joins now gets a subnet at once, and not one of the blocked ones
+    let i = lab.add_node();
+    lab.start(i);
+    all_converge(&lab);
+    std::thread::sleep(Duration::from_millis(2500)); // a few resyncs
+                                                     // (to the other nodes, the lease at node 0's address is a second subnet of node 0's)
+    for n in 0..3 {
+        let table = lab.nodes[n].route_table();
+        let want = if n == 0 { 2 } else { 3 };
+        assert_eq!(
+            table.lines().count(),
+            want,
+            "node {n} routes a bad record: {table}"
+        );
+        assert!(
+            !table.contains("192.168.50.77"),
+            "node {n} rerouted a stolen subnet: {table}"
+        );
+    }
+    assert_eq!(lab.metric(0, "cbrnet_lease_records_invalid"), expected as f64);
+    let log = lab.nodes[0].log();
+    for key in [
+        "10.244.200.0-24",
+        "10.244.201.0-24",
+        "10.99.0.0-24",
+        "10.244.206.0-24",
+    ] {
+        assert_eq!(
+            log.matches(&format!("skipped: store entry {key}")).count()
+                + log.matches(&format!("skipped: lease {key}")).count(),
+            1,
+            "{key} not logged exactly once:\n{log}"
+        );
+    }
+    assert_eq!(log.matches("node IP 192.168.50.255").count(), 1, "{log}");
+    assert!(log.contains("this node's own address"), "{log}");
+}
+
+#[test]
+fn bad_records_never_stop_the_others_file() {
+    bad_records_never_stop_the_others("badrec", StoreKind::File);
+}
+
+#[test]
+fn bad_records_never_stop_the_others_etcd() {
+    bad_records_never_stop_the_others("badrece", StoreKind::Etcd);
+}
+
+#[test]
+fn a_foreign_route_on_a_peers_prefix_is_left_alone_until_it_goes() {
+    let mut lab = lab_of("foreign", 1, StoreKind::File);
+    // node 1 will get the next subnet; someone has a route there already
+    let next = "10.244.1.0/24";
+    lab.nodes[0].node.ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        next,
+        "via",
+        "192.168.50.99",
+        "proto",
+        "static",
+    ]);
+    let i = lab.add_node();
+    lab.start(i);
+    assert_eq!(lab.nodes[i].subnet().unwrap(), next);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = lab.nodes[0].node.ns.ok(&["ip", "route", "show", next]);
+    assert!(
+        r.contains("via 192.168.50.99") && r.contains("proto static"),
+        "{r}"
+    );
+    assert_eq!(lab.metric(0, "cbrnet_route_conflicts"), 1.0);
+    assert_eq!(lab.nodes[0].log().matches("route conflict").count(), 1);
+    // it goes: ours comes in at once
+    lab.nodes[0].node.ns.ok(&["ip", "route", "del", next]);
+    let took = lab.wait_routes(0, Duration::from_millis(900), |t| {
+        t.contains(&format!("{next} via 192.168.50.11"))
+    });
+    assert!(took.is_some(), "{}", lab.nodes[0].route_table());
+}
+
+#[test]
+fn drift_of_the_node_set_up_is_repaired() {
+    let mut lab = Lab::new("drift", StoreKind::File);
+    lab.add_node();
+    lab.add_node();
+    lab.nodes[0].flags = vec!["--ip-masq".into()];
+    lab.start(0);
+    lab.start(1);
+    let ns = &lab.nodes[0].node.ns;
+    let subnet = lab.nodes[0].subnet().unwrap();
+    let gw = subnet.replace(".0/24", ".1/24");
+    let has_gw = |l: &Lab| {
+        l.nodes[0]
+            .node
+            .ns
+            .run(&["ip", "-4", "addr", "show", "dev", "cbr0"])
+            .stdout
+            .windows(gw.len())
+            .any(|w| w == gw.as_bytes())
+    };
+    // events: well under a second
+    ns.ok(&["ip", "link", "del", "cbr0"]);
+    assert!(
+        lab.wait_for(Duration::from_millis(900), has_gw),
+        "bridge not back"
+    );
+    ns.ok(&["ip", "addr", "flush", "dev", "cbr0"]);
+    assert!(
+        lab.wait_for(Duration::from_millis(900), has_gw),
+        "gateway not back"
+    );
+    ns.ok(&["ip", "addr", "add", "10.244.99.1/24", "dev", "cbr0"]);
+    let stale_gone = |l: &Lab| {
+        !l.nodes[0]
+            .node
+            .ns
+            .ok(&["ip", "-4", "addr", "show", "dev", "cbr0"])
+            .contains("10.244.99.1")
+    };
+    assert!(
+        lab.wait_for(Duration::from_millis(900), stale_gone),
+        "stale gateway stays"
+    );
+    // the resync catches the rest
+    std::fs::remove_file(lab.nodes[0].node.subnet_file()).unwrap();
+    ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    ns.ok(&["nft", "delete", "table", "ip", "cbrnet_routed"]);
+    let repaired = |l: &Lab| {
+        let ns = &l.nodes[0].node.ns;
+        l.nodes[0].subnet().is_some()
+            && ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim() == "1"
+            && ns
+                .run(&["nft", "list", "table", "ip", "cbrnet_routed"])
+                .status
+                .success()
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(3), repaired),
+        "{}",
+        lab.nodes[0].log()
+    );
+    // (counted once the repair is done, just after what it repaired shows)
+    let counted = |l: &Lab| l.metric(0, "cbrnet_node_repairs_total") >= 6.0;
+    assert!(
+        lab.wait_for(Duration::from_secs(2), counted),
+        "{}",
+        lab.nodes[0].log()
+    );
+    // node 1 never noticed
+    assert!(lab.routes_complete(1));
+}
+
+#[test]
+fn a_node_reasserts_its_own_lease_and_nobody_takes_it_meanwhile() {
+    let mut lab = lab_of("clock", 2, StoreKind::File);
+    let subnet = lab.nodes[1].subnet().unwrap();
+    let key = subnet.replace('/', "-");
+    // its record looks expired (a clock jumped somewhere), then a node joins
+    lab.put_raw(
+        &key,
+        &json!({"subnet": subnet, "nodeName": "node-1", "nodeIP": "192.168.50.11", "expires": 1})
+            .to_string()
+            .into_bytes(),
+    );
+    let i = lab.add_node();
+    lab.start(i);
+    assert_ne!(
+        lab.nodes[i].subnet().unwrap(),
+        subnet,
+        "the newcomer took a live node's subnet"
+    );
+    let renewed = |l: &Lab| {
+        l.leases()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["nodeName"] == "node-1" && x["expired"] == false && x["subnet"] == subnet.as_str())
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(3), renewed),
+        "{}",
+        lab.nodes[1].log()
+    );
+    // its record vanishes: back within a resync
+    std::fs::remove_file(lab.store_dir().join(&key)).unwrap();
+    assert!(
+        lab.wait_for(Duration::from_secs(3), renewed),
+        "{}",
+        lab.nodes[1].log()
+    );
+    assert!(lab.nodes[1].log().contains("re-asserting"));
+    all_converge(&lab);
+}
+
+fn one_node_name_one_daemon(tag: &str, kind: StoreKind) {
+    let mut lab = Lab::new(tag, kind);
+    for _ in 0..3 {
+        lab.add_node();
+    }
+    lab.nodes[0].flags = vec!["--lease-ttl".into(), "3s".into()];
+    lab.start(0);
+    lab.start(1);
+    let subnet = lab.nodes[0].subnet().unwrap();
+    let via_0 = format!("{subnet} via {}", lab.nodes[0].ip);
+    assert!(lab
+        .wait_routes(1, Duration::from_secs(2), |t| t.contains(&via_0))
+        .is_some());
+    // another machine starts a daemon under node 0's name
+    lab.nodes[2].name = "node-0".into();
+    lab.nodes[2].flags = vec!["--lease-ttl".into(), "3s".into()];
+    lab.spawn(2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.nodes[2].subnet().is_none(), "the impostor set up a subnet");
+    assert!(
+        lab.nodes[2].log().contains("held by another live cbrnet-routed"),
+        "{}",
+        lab.nodes[2].log()
+    );
+    assert!(lab.nodes[1].route_table().contains(&via_0), "node 0 was rerouted");
+    // node 0's daemon dies: after the grace the other daemon takes the name, and the routes move
+    let mut d = lab.nodes[0].daemon.take().unwrap();
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let via_2 = format!("{subnet} via {}", lab.nodes[2].ip);
+    let took = lab.wait_routes(1, Duration::from_secs(12), |t| t.contains(&via_2));
+    assert!(
+        took.is_some(),
+        "{}\n{}",
+        lab.nodes[1].route_table(),
+        lab.nodes[2].log()
+    );
+    assert_eq!(lab.nodes[2].subnet().unwrap(), subnet);
+}
+
+#[test]
+fn one_node_name_one_daemon_file() {
+    one_node_name_one_daemon("onename", StoreKind::File);
+}
+
+#[test]
+fn one_node_name_one_daemon_etcd() {
+    one_node_name_one_daemon("onenamee", StoreKind::Etcd);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_node_waits_for_the_first() {
+    let mut lab = lab_of("twice", 1, StoreKind::File);
+    let first = lab.nodes[0].daemon.take().unwrap();
+    lab.spawn(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = lab.nodes[0].log();
+    assert!(log.contains("another cbrnet-routed runs on this node"), "{log}");
+    // the first stops: the second takes over the node, with the same subnet
+    let before = lab.nodes[0].subnet().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut first = first;
+    first.wait().unwrap();
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[0]
+        .log()
+        .matches("lease held")
+        .count()
+        == 2));
+    assert_eq!(lab.nodes[0].subnet().unwrap(), before);
+}
+
+/// Runs `cbrnet-routed ARGS` in `ns` to its end; (exit code, stderr).
+fn routed(ns: &Netns, args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(bin("cbrnet-routed"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    ns.enter(&mut cmd);
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn errors_that_retrying_cannot_fix_exit_2_and_write_nothing() {
+    let ns = Netns::new("badflags");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let subnet_file = dir.path().join("run").join("subnet.json");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "192.168.50.10",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--subnet-file",
+            subnet_file.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .into();
+        if !extra.contains(&"--store") {
+            v.extend(["--store".to_string(), format!("file:{}", store.display())]);
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    for (extra, flag) in [
+        (&["--store", "file:relative/dir"][..], "--store"),
+        (&["--store", "etcd:10.0.0.1:2379"][..], "--store"),
+        (&["--store", "zookeeper:x"][..], "--store"),
+        (&["--first-subnet", "10.245.0.0/24"][..], "--first-subnet"),
+        (&["--last-subnet", "10.244.0.0/25"][..], "--last-subnet"),
+        (&["--resync-interval", "0"][..], "--resync-interval"),
+        (
+            &["--resync-interval", "99999999999999999999h"][..],
+            "--resync-interval",
+        ),
+        (&["--lease-ttl", "9999999999999999999h"][..], "--lease-ttl"),
+        (&["--subnet-len", "33"][..], "--subnet-len"),
+        (&["--node-ip", "127.0.0.1"][..], "--node-ip"),
+    ] {
+        let args = base(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = routed(&ns, &args);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(
+            err.contains(flag),
+            "{extra:?}: the error does not name {flag}: {err}"
+        );
+        assert!(
+            !store.exists() && !subnet_file.exists(),
+            "{extra:?} wrote something"
+        );
+    }
+    // reading commands never create a store
+    for cmd in [&["leases"][..], &["release", "--node-name", "n1"][..]] {
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend(["--store".into(), format!("file:{}", store.display())]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = routed(&ns, &args);
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(err.contains("no lease store"), "{err}");
+        assert!(!store.exists(), "{cmd:?} created the store");
+    }
+}
+
+#[test]
+fn a_missing_node_ip_is_reported_until_it_appears() {
+    let mut lab = Lab::new("noip", StoreKind::File);
+    let i = lab.add_node();
+    lab.nodes[i].ip = "192.168.50.200".into();
+    lab.spawn(i);
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[i]
+        .log()
+        .contains("on no local interface")));
+    let (status, body) = lab.http_get(i, "/healthz");
+    assert_eq!(status, 503);
+    assert!(body.contains("--node-ip"), "{body}");
+    assert!(lab.nodes[i].subnet().is_none());
+    lab.nodes[i]
+        .node
+        .ns
+        .ok(&["ip", "addr", "add", "192.168.50.200/24", "dev", "eth0"]);
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[i].subnet().is_some()));
+    assert!(lab.wait_for(Duration::from_secs(3), |l| l.http_get(i, "/healthz").0 == 200));
+}
+
+#[test]
+fn a_closed_stderr_never_kills_the_daemon() {
+    let lab = Lab::new("nostderr", StoreKind::File);
+    let mut lab = lab;
+    let i = lab.add_node();
+    let n = &lab.nodes[i];
+    let mut cmd = Command::new(bin("cbrnet-routed"));
+    cmd.args([
+        "--node-name",
+        &n.name,
+        "--node-ip",
+        &n.ip,
+        "--cluster-cidr",
+        "10.244.0.0/16",
+    ])
+    .args(["--store", &lab.store, "--resync-interval", "200ms"])
+    .arg("--subnet-file")
+    .arg(n.node.subnet_file())
+    .arg("--cni-conf-dir")
+    .arg(n.node.dir.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    n.node.ns.enter(&mut cmd);
+    // SAFETY: close(2) is async-signal-safe; the child has no other use for fd 2.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::libc::close(2);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    cbrnet_tests::register_daemon(child.id());
+    lab.nodes[i].daemon = Some(child);
+    assert!(lab.wait_for(Duration::from_secs(10), |l| l.nodes[i].subnet().is_some()));
+    // it keeps logging (routes, resyncs) into the void, and lives on
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.nodes[i]
+            .daemon
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the daemon died"
+    );
+    assert_eq!(lab.http_get(i, "/healthz").0, 200);
+}
+
+#[test]
+fn the_daemon_reclaims_addresses_of_pods_that_vanished() {
+    let mut lab = lab_of("bgreclaim", 1, StoreKind::File);
+    lab.add_pod(0);
+    lab.add_pod(0);
+    // one pod's namespace goes away without DEL (its runtime never calls DEL)
+    let (gone, _, _) = lab.nodes[0].pods.remove(0);
+    drop(gone);
+    let reserved = |l: &Lab| l.nodes[0].node.reservations("labnet").len();
+    assert!(
+        lab.wait_for(Duration::from_secs(8), |l| reserved(l) == 1),
+        "{}",
+        lab.nodes[0].log()
+    );
+    let counted = |l: &Lab| l.metric(0, "cbrnet_addresses_reclaimed_total") == 1.0;
+    assert!(lab.wait_for(Duration::from_secs(2), counted));
+    assert!(lab.nodes[0].log().contains("its pod is gone"));
+}
