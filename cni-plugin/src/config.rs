@@ -161,4 +161,63 @@ mod tests {
         let ok = load(&conf(json!({"runtimeConfig": {"mac": "0a:58:0a:f4:01:05"}}))).unwrap();
         assert_eq!(ok.pod_mac, Some([0x0a, 0x58, 0x0a, 0xf4, 1, 5]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A JSON value of any shape, a few levels deep.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "[a-z0-9./:-]{0,20}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const KEYS: [&str; 14] = [
+            "cniVersion",
+            "name",
+            "type",
+            "bridge",
+            "mtu",
+            "hairpinMode",
+            "promiscMode",
+            "isGateway",
+            "isDefaultGateway",
+            "ipMasq",
+            "clusterCIDR",
+            "ipam",
+            "dns",
+            "runtimeConfig",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            // Any bytes: a config or a CNI error, never a panic.
+            #[test]
+            fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = load(&bytes);
+            }
+
+            // A valid config with any of its keys replaced by any JSON: a config or an error
+            // with a code, never a panic.
+            #[test]
+            fn any_value_under_any_key_never_panics(key in 0usize..KEYS.len(), v in any_json()) {
+                let mut c: Value = serde_json::from_slice(&conf(json!({}))).unwrap();
+                c[KEYS[key]] = v;
+                if let Err(e) = load(c.to_string().as_bytes()) {
+                    prop_assert!(cni_spec::CniError::from(e).code != 0);
+                }
+            }
+        }
+    }
 }

@@ -222,4 +222,107 @@ mod tests {
         let old = r.to_value(Version::V0_4_0);
         assert_eq!(CniResult::from_value(&old).unwrap().ips, r.ips);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn net() -> impl Strategy<Value = IpNetwork> {
+            prop_oneof![
+                (any::<u32>(), 0u8..=32)
+                    .prop_map(|(a, p)| IpNetwork::new(Ipv4Addr::from(a).into(), p).unwrap()),
+                (any::<u128>(), 0u8..=128)
+                    .prop_map(|(a, p)| IpNetwork::new(Ipv6Addr::from(a).into(), p).unwrap()),
+            ]
+        }
+
+        fn ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+                any::<u128>().prop_map(|a| IpAddr::V6(a.into()))
+            ]
+        }
+
+        fn result() -> impl Strategy<Value = CniResult> {
+            let iface = (
+                "[a-z0-9]{1,15}",
+                proptest::option::of(68u32..65535),
+                "[a-z0-9/]{0,20}",
+            )
+                .prop_map(|(name, mtu, sandbox)| Interface {
+                    name,
+                    mtu,
+                    sandbox,
+                    ..Default::default()
+                });
+            let ipc = (net(), proptest::option::of(ip()), proptest::option::of(0usize..4)).prop_map(
+                |(address, gateway, interface)| IpConfig {
+                    address,
+                    gateway,
+                    interface,
+                },
+            );
+            let route = (
+                net(),
+                proptest::option::of(ip()),
+                proptest::option::of(any::<u32>()),
+            )
+                .prop_map(|(dst, gw, priority)| Route {
+                    priority,
+                    ..Route::new(dst, gw)
+                });
+            let dns = proptest::collection::vec("[0-9.]{1,15}", 0..3).prop_map(|nameservers| Dns {
+                nameservers,
+                ..Default::default()
+            });
+            (
+                proptest::collection::vec(iface, 0..4),
+                proptest::collection::vec(ipc, 0..4),
+                proptest::collection::vec(route, 0..4),
+                dns,
+            )
+                .prop_map(|(interfaces, ips, routes, dns)| CniResult {
+                    interfaces,
+                    ips,
+                    routes,
+                    dns,
+                })
+        }
+
+        /// What survives writing in `v`: older versions lose the 1.1.0 fields.
+        fn as_in(r: &CniResult, v: Version) -> CniResult {
+            let mut r = r.clone();
+            if !v.has_1_1_fields() {
+                for i in &mut r.interfaces {
+                    i.mtu = None;
+                }
+                for rt in &mut r.routes {
+                    rt.priority = None;
+                }
+            }
+            r
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            // Every result round-trips through every version's format, less what that version
+            // cannot say.
+            #[test]
+            fn round_trips_in_every_version(r in result()) {
+                for v in Version::ALL {
+                    let back = CniResult::from_value(&r.to_value(v)).unwrap();
+                    prop_assert_eq!(back, as_in(&r, v));
+                }
+            }
+
+            // A result from another plugin is hostile: any JSON is parsed or refused, never a
+            // panic.
+            #[test]
+            fn parsing_any_json_never_panics(s in "[\\[\\]{}:,\"a-z0-9. ]{0,80}") {
+                if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                    let _ = CniResult::from_value(&v);
+                }
+            }
+        }
+    }
 }

@@ -369,7 +369,15 @@ impl Node {
                     routes::ours(r) || route_dst(r).is_some_and(|d| self.blocked.contains(&d)),
                     false,
                 ),
-                RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => (false, is_bridge(l)),
+                // A link that comes back up (a flap) has lost its routes; pods' veths come and go
+                // by the hundred and change nothing for the routes.
+                RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                    let pod_port = l
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with("veth")));
+                    (!pod_port && !is_bridge(l), is_bridge(l))
+                }
                 // Addresses decide which peers are neighbours, and the bridge carries the gateway.
                 RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
                     (true, on_bridge(a))

@@ -507,3 +507,20 @@ fn the_daemon_reclaims_addresses_of_pods_that_vanished() {
     assert!(lab.wait_for(Duration::from_secs(2), counted));
     assert!(lab.nodes[0].log().contains("its pod is gone"));
 }
+
+#[test]
+fn routes_come_back_when_the_interface_flaps() {
+    let lab = lab_of("flap", 2, StoreKind::File);
+    assert!(lab.wait_for(Duration::from_secs(2), |l| l.routes_complete(0)));
+    let ns = &lab.nodes[0].node.ns;
+    ns.ok(&["ip", "link", "set", "eth0", "down"]);
+    // the kernel drops the routes through a link that goes down
+    assert!(lab.wait_for(Duration::from_secs(2), |l| l.nodes[0].route_table().is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    assert!(
+        lab.wait_for(Duration::from_millis(900), |l| l.routes_complete(0)),
+        "not back within 1 s of the link coming up: {}",
+        lab.nodes[0].route_table()
+    );
+}
