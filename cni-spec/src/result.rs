@@ -127,27 +127,37 @@ impl CniResult {
             .map_err(|e| crate::CniError::decode(format!("cannot decode CNI result: {e}")))
     }
 
-    /// The result as `version` spells it, with `cniVersion` set.
+    /// The result as `version` spells it, with `cniVersion` set. Empty lists are left out, never
+    /// written as `null`.
     pub fn to_value(&self, version: Version) -> Value {
-        let mut v = serde_json::to_value(self).expect("result serializes");
+        let mut v =
+            serde_json::to_value(self).expect("a CniResult always serializes: plain structs, string keys");
+        let mut each = |key: &str, f: &mut dyn FnMut(usize, &mut serde_json::Map<String, Value>)| {
+            if let Some(list) = v.get_mut(key).and_then(Value::as_array_mut) {
+                for (i, item) in list.iter_mut().enumerate() {
+                    if let Some(o) = item.as_object_mut() {
+                        f(i, o);
+                    }
+                }
+            }
+        };
         if !version.has_1_1_fields() {
-            for iface in v["interfaces"].as_array_mut().into_iter().flatten() {
-                let o = iface.as_object_mut().expect("object");
+            each("interfaces", &mut |_, o| {
                 for k in ["mtu", "socketPath", "pciID"] {
                     o.remove(k);
                 }
-            }
-            for route in v["routes"].as_array_mut().into_iter().flatten() {
-                let o = route.as_object_mut().expect("object");
+            });
+            each("routes", &mut |_, o| {
                 for k in ["mtu", "advmss", "priority", "table", "scope"] {
                     o.remove(k);
                 }
-            }
+            });
         }
         if version.ip_has_version_field() {
-            for (ip, cfg) in v["ips"].as_array_mut().into_iter().flatten().zip(&self.ips) {
-                ip["version"] = if cfg.address.is_ipv4() { "4" } else { "6" }.into();
-            }
+            each("ips", &mut |i, o| {
+                let family = self.ips.get(i).is_some_and(|c| c.address.is_ipv4());
+                o.insert("version".into(), if family { "4" } else { "6" }.into());
+            });
         }
         v["cniVersion"] = version.as_str().into();
         v
@@ -209,6 +219,14 @@ mod tests {
         assert!(v["interfaces"][0].get("mtu").is_none());
         assert!(v["routes"][0].get("priority").is_none());
         assert!(v.get("dns").is_none());
+    }
+
+    #[test]
+    fn an_empty_result_has_no_null_lists() {
+        for version in Version::ALL {
+            let v = CniResult::default().to_value(version);
+            assert_eq!(v, serde_json::json!({"cniVersion": version.as_str()}));
+        }
     }
 
     #[test]
