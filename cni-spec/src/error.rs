@@ -50,7 +50,7 @@ impl CniError {
 
     /// The JSON document for stdout. `cniVersion` is the config's version when we got that far.
     pub fn to_json(&self, cni_version: &str) -> String {
-        let mut v = serde_json::to_value(self).expect("error serializes");
+        let mut v = serde_json::to_value(self).expect("a CniError always serializes: a number and strings");
         v["cniVersion"] = cni_version.into();
         v.to_string()
     }
