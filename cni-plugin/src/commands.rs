@@ -15,8 +15,8 @@ use std::panic::AssertUnwindSafe;
 pub fn run(env: &Env, stdin: &[u8]) -> std::result::Result<Option<Value>, CniError> {
     let l = config::load(stdin)?;
     l.version.allows(env.command)?;
-    crate::logging::init(l.conf.log_file.as_deref());
-    tracing::debug!(
+    crate::logging::init(l.conf.log_file.as_deref(), l.log_level);
+    tracing::info!(
         command = env.command.as_str(),
         container = %env.container_id,
         ifname = %env.ifname,

@@ -49,6 +49,9 @@ pub struct NetConf {
     pub dns: Option<Dns>,
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// What goes to `logFile`: error, warn, info (default), debug, trace.
+    #[serde(default)]
+    pub log_level: Option<String>,
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
 }
@@ -62,6 +65,7 @@ pub struct Loaded {
     /// The `ipam` section, parsed and validated, when it is served in-process.
     pub in_process_ipam: Option<cbrnet_ipam::IpamConf>,
     pub pod_mac: Option<[u8; 6]>,
+    pub log_level: tracing::level_filters::LevelFilter,
 }
 
 pub fn load(stdin: &[u8]) -> Result<Loaded> {
@@ -103,7 +107,13 @@ pub fn load(stdin: &[u8]) -> Result<Loaded> {
         ),
         None => None,
     };
+    let log_level = match &conf.log_level {
+        None => tracing::level_filters::LevelFilter::INFO,
+        Some(l) => crate::logging::parse_level(l)
+            .ok_or_else(|| invalid(format!("logLevel {l:?} is not error, warn, info, debug or trace")))?,
+    };
     Ok(Loaded {
+        log_level,
         conf,
         raw,
         version,

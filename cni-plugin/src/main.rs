@@ -1,4 +1,8 @@
 //! `cbrnet`: the CNI plugin binary.
 fn main() {
-    cni_spec::skel::run(cbrnet::commands::run)
+    let about = cni_spec::skel::About {
+        name: "cbrnet",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    cni_spec::skel::run(&about, cbrnet::commands::run)
 }

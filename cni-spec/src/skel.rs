@@ -5,9 +5,37 @@ use crate::{env::Command, version::version_info, CniError, Env};
 use serde_json::Value;
 use std::io::{Read, Write};
 
+/// Who the plugin is, for a person who runs it by hand.
+pub struct About {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+impl About {
+    /// What the reference plugins print: the name and version, and the CNI versions spoken.
+    pub fn text(&self) -> String {
+        format!(
+            "CNI {} plugin v{}\nCNI protocol versions supported: {}\n",
+            self.name,
+            self.version,
+            crate::Version::ALL.map(|v| v.as_str()).join(", ")
+        )
+    }
+}
+
 /// Runs one invocation. `handler` returns the JSON to print (if any) for every command but
-/// VERSION, which is answered here. Never returns.
-pub fn run(handler: impl FnOnce(&Env, &[u8]) -> Result<Option<Value>, CniError>) -> ! {
+/// VERSION, which is answered here. Run by hand (`--version`, or no `CNI_COMMAND`), it says who
+/// it is and exits 0, as the reference plugins do. Never returns.
+pub fn run(about: &About, handler: impl FnOnce(&Env, &[u8]) -> Result<Option<Value>, CniError>) -> ! {
+    if std::env::args_os().skip(1).any(|a| a == "--version" || a == "-V") {
+        print!("{}", about.text());
+        let _ = std::io::stdout().flush();
+        std::process::exit(0);
+    }
+    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        let _ = std::io::stderr().write_all(about.text().as_bytes());
+        std::process::exit(0);
+    }
     let mut stdin = Vec::new();
     let outcome = Env::from_process().and_then(|env| {
         if env.command == Command::Version {

@@ -31,6 +31,22 @@ pub enum Command {
     Leases(LeasesArgs),
     /// Give this node's lease back (decommissioning the node).
     Release(ReleaseArgs),
+    /// Install the CNI plugins and the network config (for package scripts and init containers).
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InstallCniArgs {
+    /// Where the runtime looks for CNI plugins.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Where the runtime looks for network configs.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// Where `cbrnet` and `cbrnet-ipam` are taken from (default: next to this program, then
+    /// /usr/lib/cni).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -63,52 +79,52 @@ pub struct ReleaseArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// This node's name: a restarted node gets its subnet back by name.
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_NODE_NAME")]
     pub node_name: String,
     /// This node's address on the network it shares with the other nodes.
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_NODE_IP")]
     pub node_ip: IpAddr,
     /// The cluster's pod CIDR, carved into node subnets.
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_CLUSTER_CIDR")]
     pub cluster_cidr: IpNetwork,
     /// The lease store: file:/DIR or etcd:http://HOST:PORT[,...].
-    #[arg(long, value_parser = parse_store)]
+    #[arg(long, env = "CBRNET_STORE", value_parser = parse_store)]
     pub store: StoreSpec,
     /// Key prefix of the leases in etcd.
-    #[arg(long, default_value = "/cbrnet/subnets/")]
+    #[arg(long, env = "CBRNET_ETCD_PREFIX", default_value = "/cbrnet/subnets/")]
     pub etcd_prefix: String,
     /// Prefix length of each node's subnet.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, env = "CBRNET_SUBNET_LEN", default_value_t = 24)]
     pub subnet_len: u8,
     /// First subnet that may be leased (default: the cluster CIDR's first).
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_FIRST_SUBNET")]
     pub first_subnet: Option<IpNetwork>,
     /// Last subnet that may be leased (default: the cluster CIDR's last).
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_LAST_SUBNET")]
     pub last_subnet: Option<IpNetwork>,
     /// Lease lifetime; renewed every third of it (at most every 5m).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "CBRNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// Where the node's subnet is published for cbrnet-ipam.
-    #[arg(long, default_value = "/run/cbrnet/subnet.json")]
+    #[arg(long, env = "CBRNET_SUBNET_FILE", default_value = "/run/cbrnet/subnet.json")]
     pub subnet_file: PathBuf,
     /// The node bridge that carries the gateway address.
-    #[arg(long, default_value = "cbr0")]
+    #[arg(long, env = "CBRNET_BRIDGE", default_value = "cbr0")]
     pub bridge: String,
     /// MTU published in the subnet file (and used if the bridge is created here).
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_MTU")]
     pub mtu: Option<u32>,
     /// Masquerade pod traffic leaving the cluster CIDR (nftables table cbrnet_routed).
-    #[arg(long)]
+    #[arg(long, env = "CBRNET_IP_MASQ")]
     pub ip_masq: bool,
     /// Where /healthz and /metrics are served.
-    #[arg(long, default_value = "127.0.0.1:9473")]
+    #[arg(long, env = "CBRNET_METRICS_ADDR", default_value = "127.0.0.1:9473")]
     pub metrics_addr: SocketAddr,
     /// Full resync period.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CBRNET_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,
     /// The CNI config directory: addresses of vanished pods of its cbrnet networks are reclaimed.
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "CBRNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
 }
 

@@ -7,7 +7,7 @@
 
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, ErrorKind, Metrics};
 use crate::{instance, reclaim, routes, setup};
 use cbrnet_bridge::Nl;
 use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
@@ -25,7 +25,6 @@ use rtnetlink::{Handle, MulticastGroup};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -98,13 +97,13 @@ where
     loop {
         match f().await {
             Ok(v) => {
-                metrics.store_up.store(true, Ordering::Relaxed);
+                metrics.store_up.set(i64::from(true));
                 return Ok(v);
             }
             Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => {
                 if !matches!(e, ClusterError::NameHeld { .. }) {
-                    metrics.store_up.store(false, Ordering::Relaxed);
+                    metrics.store_up.set(i64::from(false));
                 }
                 let d = b.next();
                 let msg = format!("{what}: {e}");
@@ -156,9 +155,23 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    // The node's subnet is published: units ordered after this one may start pods now.
+    let status = format!("holding {} for {}", node.held.lease.subnet, node.me.node_name);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
     let out = run_loop(node, &mut sigterm).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
     drop(lock);
     out
+}
+
+/// Tells systemd (`Type=notify`) how the daemon is doing; without systemd, nothing.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("telling systemd: {e}");
+    }
 }
 
 /// Waits until this is the only daemon of its node (it holds the lock next to the subnet file).
@@ -191,7 +204,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     // As at boot: the node's address may come later (DHCP, a slow interface).
     let mut log = Throttled::default();
     while !node_ip_is_local(&nl.handle, cfg.node_ip).await? {
-        metrics.node_ip_present.store(false, Ordering::Relaxed);
+        metrics.node_ip_present.set(i64::from(false));
         let msg = format!(
             "--node-ip {} is on no local interface; waiting for it",
             cfg.node_ip
@@ -201,7 +214,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    metrics.node_ip_present.store(true, Ordering::Relaxed);
+    metrics.node_ip_present.set(i64::from(true));
 
     let store = retry("opening the lease store", &metrics, || {
         AnyStore::open(&cfg.args.store, &cfg.args.etcd_prefix, true)
@@ -228,13 +241,13 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
                     }
                     metrics
                         .store_up
-                        .store(matches!(e, ClusterError::NameHeld { .. }), Ordering::Relaxed);
+                        .set(i64::from(matches!(e, ClusterError::NameHeld { .. })));
                     tokio::time::sleep(b.next()).await;
                 }
             }
         }
     };
-    metrics.store_up.store(true, Ordering::Relaxed);
+    metrics.store_up.set(i64::from(true));
     tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, holder = %me.holder, "lease held");
     let mut node = Node {
         cfg,
@@ -256,7 +269,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         tracing::error!("setting the node up: {e}; retrying in {d:?}");
         tokio::time::sleep(d).await;
     }
-    node.metrics.ready.store(true, Ordering::Relaxed);
+    node.metrics.set_ready(true);
     Ok(node)
 }
 
@@ -311,7 +324,7 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
         }
         if setup_dirty {
             match node.set_up().await {
-                Ok(()) => node.metrics.ready.store(true, Ordering::Relaxed),
+                Ok(()) => node.metrics.set_ready(true),
                 Err(e) => {
                     tracing::error!("keeping the node set up: {e}");
                     retry_at = Some(Instant::now() + backoff.next());
@@ -329,7 +342,8 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                     }
                 }
                 Err(e) => {
-                    node.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                    node.metrics.reconcile_errors.inc();
+                    node.metrics.error(ErrorKind::Routes);
                     let d = backoff.next();
                     tracing::warn!("reconcile: {e}; keeping the routes we have, retrying in {d:?}");
                     retry_at = Some(Instant::now() + d);
@@ -393,13 +407,11 @@ impl Node {
         if let Ok(Some(l)) = self.nl.link(&self.cfg.args.bridge).await {
             self.bridge_index = Some(l.header.index);
         }
-        if !repaired.is_empty() && self.metrics.ready.load(Ordering::Relaxed) {
+        if !repaired.is_empty() && self.metrics.is_ready() {
             for r in &repaired {
                 tracing::warn!("repaired: {r}");
             }
-            self.metrics
-                .repairs
-                .fetch_add(repaired.len() as u64, Ordering::Relaxed);
+            self.metrics.repairs.inc_by(repaired.len() as u64);
         }
         Ok(())
     }
@@ -419,7 +431,7 @@ impl Node {
         let took = t0.elapsed();
         match r {
             Ok(new) => {
-                self.metrics.store_up.store(true, Ordering::Relaxed);
+                self.metrics.store_up.set(i64::from(true));
                 if new.lease.subnet != self.held.lease.subnet {
                     tracing::error!(
                         old = %self.held.lease.subnet, new = %new.lease.subnet,
@@ -438,10 +450,10 @@ impl Node {
             }
             Err(e) => {
                 if !matches!(e, ClusterError::NameHeld { .. }) {
-                    self.metrics.store_up.store(false, Ordering::Relaxed);
+                    self.metrics.store_up.set(i64::from(false));
                 } else {
                     // Another daemon took this node's name while this one was silent.
-                    self.metrics.ready.store(false, Ordering::Relaxed);
+                    self.metrics.set_ready(false);
                 }
                 let d = backoff.next();
                 tracing::warn!("renewing the lease: {e}; retrying in {d:?}");
@@ -457,11 +469,11 @@ impl Node {
         let listing: Listing = match self.store.list().await {
             Ok(l) => l,
             Err(e) => {
-                self.metrics.store_up.store(false, Ordering::Relaxed);
+                self.metrics.store_up.set(i64::from(false));
                 return Err(e.into());
             }
         };
-        self.metrics.store_up.store(true, Ordering::Relaxed);
+        self.metrics.store_up.set(i64::from(true));
         let now = unix_now();
         let reassert = self.own_lease_check(&listing, now);
         let mut problems: HashSet<String> = listing
@@ -479,14 +491,11 @@ impl Node {
                 Ok(()) => {}
             }
         }
-        self.metrics
-            .leases_seen
-            .store(live.len() as u64, Ordering::Relaxed);
+        self.metrics.leases.set(live.len() as i64);
         let local = routes::connected(&self.nl.handle).await?;
-        self.metrics.node_ip_present.store(
+        self.metrics.node_ip_present.set(i64::from(
             local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
-            Ordering::Relaxed,
-        );
+        ));
         let (want, skipped) = routes::want(&live, &self.cfg.args.node_name, &local);
         for s in &skipped {
             problems.insert(format!(
@@ -494,9 +503,7 @@ impl Node {
                 s.lease.subnet, s.lease.node_name, s.why
             ));
         }
-        self.metrics
-            .invalid_records
-            .store(problems.len() as u64, Ordering::Relaxed);
+        self.metrics.invalid_records.set(problems.len() as i64);
         for p in self.invalid.fresh(problems) {
             tracing::error!("skipped: {p}");
         }
@@ -514,9 +521,7 @@ impl Node {
             }
         }
         self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
-        self.metrics
-            .route_conflicts
-            .store(plan.conflicts.len() as u64, Ordering::Relaxed);
+        self.metrics.route_conflicts.set(plan.conflicts.len() as i64);
         let conflicts = plan
             .conflicts
             .iter()
@@ -526,13 +531,8 @@ impl Node {
             tracing::warn!("route conflict: {c}");
         }
         let ours = want.len() - plan.conflicts.len();
-        self.metrics
-            .routes_installed
-            .store(ours as u64, Ordering::Relaxed);
-        self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .reconcile_micros
-            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.routes_installed.set(ours as i64);
+        self.metrics.reconcile_duration.observe(t.elapsed().as_secs_f64());
         Ok(reassert)
     }
 
@@ -566,9 +566,7 @@ impl Node {
                     for r in &gone {
                         tracing::warn!(network = %net.name, "reclaimed {} of {}: its pod is gone", r.ip, r.owner);
                     }
-                    self.metrics
-                        .reclaimed
-                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                    self.metrics.reclaimed.inc_by(gone.len() as u64);
                 }
                 Err(e) => {
                     now.insert(format!("{} (network {}): {e}", net.file.display(), net.name));

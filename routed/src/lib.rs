@@ -5,13 +5,14 @@
 //! set up (bridge, gateway, forwarding, masquerading, subnet file); [`instance`] is the daemon's
 //! identity in the store and its one-per-node lock; [`reclaim`] takes back addresses of vanished
 //! pods; [`metrics`] serves `/healthz` and `/metrics`; [`cli`] is the command line (and judges
-//! it), [`leases`] the `leases` subcommand.
+//! it), [`leases`] the `leases` subcommand, [`install`] the `install-cni` subcommand.
 //! The node's bridge comes from `cbrnet-bridge`; leases, stores and the subnet file from
 //! `cbrnet-ipam`.
 
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod install;
 pub mod instance;
 pub mod leases;
 pub mod metrics;

@@ -18,13 +18,23 @@ fn main() {
         std::process::exit(101);
     }));
     let cli = Cli::parse();
+    // CBRNET_LOG=error|warn|info|debug|trace (default info); CBRNET_DEBUG=1 is debug.
+    let level = match std::env::var("CBRNET_LOG")
+        .ok()
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("error") => tracing::Level::ERROR,
+        Some("warn") => tracing::Level::WARN,
+        Some("debug") => tracing::Level::DEBUG,
+        Some("trace") => tracing::Level::TRACE,
+        _ if std::env::var_os("CBRNET_DEBUG").is_some() => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(if std::env::var_os("CBRNET_DEBUG").is_some() {
-            tracing::Level::DEBUG
-        } else {
-            tracing::Level::INFO
-        })
+        .with_max_level(level)
         .with_ansi(false)
         // A closed stderr must not kill the daemon: a failed log write is dropped.
         .log_internal_errors(false)
@@ -68,6 +78,12 @@ fn main() {
                     true => Ok(()),
                     false => Err(format!("node {} holds no lease", a.node_name)),
                 }
+            }
+            (Some(Command::InstallCni(a)), _) => {
+                for f in cbrnet_routed::install::install_cni(&a)? {
+                    println!("installed {}", f.display());
+                }
+                Ok(())
             }
             (None, Some(cfg)) => cbrnet_routed::daemon::run(cfg).await.map_err(|e| e.to_string()),
             (None, None) => {

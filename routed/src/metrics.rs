@@ -1,49 +1,158 @@
-//! `/healthz` and Prometheus `/metrics`, over a small HTTP/1.0 responder: two fixed paths do not
-//! justify an HTTP framework in a node daemon.
+//! `/healthz` and Prometheus `/metrics`, served by axum; the metrics kept and encoded by
+//! prometheus-client (OpenMetrics text).
 
-use std::fmt::Write as _;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
-#[derive(Default)]
-pub struct Metrics {
-    pub leases_seen: AtomicU64,
-    pub routes_installed: AtomicU64,
-    pub reconciles: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-    /// Sum of reconcile durations, in microseconds.
-    pub reconcile_micros: AtomicU64,
-    pub store_up: AtomicBool,
-    /// A lease is held and the node is set up.
-    pub ready: AtomicBool,
-    /// `--node-ip` is on a local interface.
-    pub node_ip_present: AtomicBool,
-    /// Store entries that are no valid lease, and leases that cannot be routed, now.
-    pub invalid_records: AtomicU64,
-    /// Peers' subnets that a route of another protocol already covers, now.
-    pub route_conflicts: AtomicU64,
-    /// Drift of the node's set-up put back (bridge, address, forwarding, masquerading, file).
-    pub repairs: AtomicU64,
-    /// Addresses of vanished pods reclaimed.
-    pub reclaimed: AtomicU64,
+/// What failed, for `cbrnet_errors_total{kind}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ErrorKind {
+    /// The lease store did not answer or refused.
+    Store,
+    /// A route reconcile failed (netlink).
+    Routes,
+    /// Setting the node up failed (bridge, address, forwarding, masquerading, subnet file).
+    Setup,
+    /// Renewing the lease failed.
+    Renew,
+    /// Reclaiming addresses of vanished pods failed for a network.
+    Reclaim,
 }
 
-fn get(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: ErrorKind,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Live valid leases in the store, this node's included.
+    pub leases: Gauge,
+    pub routes_installed: Gauge,
+    pub reconcile_duration: Histogram,
+    pub reconcile_errors: Counter,
+    pub errors: Family<KindLabel, Counter>,
+    pub store_up: Gauge,
+    pub invalid_records: Gauge,
+    pub route_conflicts: Gauge,
+    pub repairs: Counter,
+    pub reclaimed: Counter,
+    pub node_ip_present: Gauge,
+    /// A lease is held and the node is set up.
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            leases: Gauge::default(),
+            routes_installed: Gauge::default(),
+            // 100 µs to ~1.6 s: a reconcile of a few to thousands of leases.
+            reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+            reconcile_errors: Counter::default(),
+            errors: Family::default(),
+            store_up: Gauge::default(),
+            invalid_records: Gauge::default(),
+            route_conflicts: Gauge::default(),
+            repairs: Counter::default(),
+            reclaimed: Counter::default(),
+            node_ip_present: Gauge::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "cbrnet_leases",
+            "Live valid leases seen in the store, this node's included",
+            m.leases.clone(),
+        );
+        registry.register(
+            "cbrnet_routes_installed",
+            "Host-gw routes of ours in the kernel",
+            m.routes_installed.clone(),
+        );
+        registry.register(
+            "cbrnet_reconcile_duration_seconds",
+            "Time a route reconcile took",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "cbrnet_reconcile_errors",
+            "Route reconciles that failed",
+            m.reconcile_errors.clone(),
+        );
+        registry.register("cbrnet_errors", "Failures, by what failed", m.errors.clone());
+        registry.register(
+            "cbrnet_store_up",
+            "1 if the lease store answered the last request",
+            m.store_up.clone(),
+        );
+        registry.register(
+            "cbrnet_lease_records_invalid",
+            "Store entries that are no valid lease, and leases that cannot be routed",
+            m.invalid_records.clone(),
+        );
+        registry.register(
+            "cbrnet_route_conflicts",
+            "Peer subnets left alone because a route of another protocol holds them",
+            m.route_conflicts.clone(),
+        );
+        registry.register(
+            "cbrnet_node_repairs",
+            "Drifts of the node's set-up that were put back",
+            m.repairs.clone(),
+        );
+        registry.register(
+            "cbrnet_addresses_reclaimed",
+            "Pod addresses reclaimed from pods that vanished without DEL",
+            m.reclaimed.clone(),
+        );
+        registry.register(
+            "cbrnet_node_ip_present",
+            "1 if --node-ip is on a local interface",
+            m.node_ip_present.clone(),
+        );
+        registry.register(
+            "cbrnet_build",
+            "The running cbrnet-routed",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// Why the node is not healthy, if it is not.
     pub fn unhealthy(&self) -> Option<&'static str> {
-        if !self.node_ip_present.load(Ordering::Relaxed) {
+        if self.node_ip_present.get() == 0 {
             Some("--node-ip is on no local interface")
-        } else if !self.ready.load(Ordering::Relaxed) {
+        } else if !self.is_ready() {
             Some("no lease yet, or the node is not set up")
-        } else if !self.store_up.load(Ordering::Relaxed) {
+        } else if self.store_up.get() == 0 {
             Some("the lease store does not answer")
         } else {
             None
@@ -52,130 +161,72 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut m = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
-        };
-        let b = |a: &AtomicBool| u8::from(a.load(Ordering::Relaxed)).to_string();
-        m(
-            "cbrnet_leases",
-            "gauge",
-            "Live valid leases seen in the store, this node's included.",
-            get(&self.leases_seen).to_string(),
-        );
-        m(
-            "cbrnet_routes_installed",
-            "gauge",
-            "Host-gw routes of ours in the kernel.",
-            get(&self.routes_installed).to_string(),
-        );
-        m(
-            "cbrnet_reconcile_duration_seconds_sum",
-            "counter",
-            "Total time spent reconciling routes.",
-            format!("{:.6}", get(&self.reconcile_micros) as f64 / 1e6),
-        );
-        m(
-            "cbrnet_reconcile_duration_seconds_count",
-            "counter",
-            "Reconciles run.",
-            get(&self.reconciles).to_string(),
-        );
-        m(
-            "cbrnet_reconcile_errors_total",
-            "counter",
-            "Reconciles that failed.",
-            get(&self.reconcile_errors).to_string(),
-        );
-        m(
-            "cbrnet_store_up",
-            "gauge",
-            "1 if the lease store answered the last request.",
-            b(&self.store_up),
-        );
-        m(
-            "cbrnet_lease_records_invalid",
-            "gauge",
-            "Store entries that are no valid lease, and leases that cannot be routed.",
-            get(&self.invalid_records).to_string(),
-        );
-        m(
-            "cbrnet_route_conflicts",
-            "gauge",
-            "Peer subnets left alone because a route of another protocol covers them.",
-            get(&self.route_conflicts).to_string(),
-        );
-        m(
-            "cbrnet_node_repairs_total",
-            "counter",
-            "Drifts of the node's set-up that were put back.",
-            get(&self.repairs).to_string(),
-        );
-        m(
-            "cbrnet_addresses_reclaimed_total",
-            "counter",
-            "Pod addresses reclaimed from pods that vanished without DEL.",
-            get(&self.reclaimed).to_string(),
-        );
-        m(
-            "cbrnet_node_ip_present",
-            "gauge",
-            "1 if --node-ip is on a local interface.",
-            b(&self.node_ip_present),
-        );
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
     }
 }
 
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+async fn healthz(m: Arc<Metrics>) -> impl IntoResponse {
+    match m.unhealthy() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+    }
+}
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+async fn metrics(m: Arc<Metrics>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+/// Binds `addr` and serves `/healthz` and `/metrics` on it from now on.
+pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (h, g) = (m.clone(), m);
+    let app = Router::new()
+        .route("/healthz", get(move || healthz(h.clone())))
+        .route("/metrics", get(move || metrics(g.clone())));
     tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut sock = BufReader::new(sock);
-                // The request line, then headers up to the blank line: a request may arrive in
-                // any number of segments.
-                let mut request = String::new();
-                let read = async {
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        let n = sock.read_line(&mut line).await?;
-                        if n == 0 || line == "\r\n" || line == "\n" || request.len() > 8192 {
-                            return Ok::<_, std::io::Error>(());
-                        }
-                        if request.is_empty() {
-                            request = line.clone();
-                        }
-                    }
-                };
-                if !matches!(tokio::time::timeout(READ_TIMEOUT, read).await, Ok(Ok(()))) {
-                    return;
-                }
-                let path = request.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = match path {
-                    "/healthz" => match metrics.unhealthy() {
-                        None => ("200 OK", "ok\n".to_string()),
-                        Some(why) => ("503 Service Unavailable", format!("unhealthy: {why}\n")),
-                    },
-                    "/metrics" => ("200 OK", metrics.render()),
-                    _ => ("404 Not Found", "not found\n".into()),
-                };
-                let resp = format!(
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.get_mut().write_all(resp.as_bytes()).await;
-            });
+        // Serving only ends if the listener fails, which leaves nothing to do but report it.
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("serving /healthz and /metrics stopped: {e}");
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_health() {
+        let m = Metrics::default();
+        m.leases.set(3);
+        m.repairs.inc();
+        m.error(ErrorKind::Store);
+        m.reconcile_duration.observe(0.002);
+        let s = m.render();
+        for line in [
+            "cbrnet_leases 3",
+            "cbrnet_node_repairs_total 1",
+            "cbrnet_errors_total{kind=\"Store\"} 1",
+            "cbrnet_reconcile_duration_seconds_count 1",
+            "cbrnet_build_info{version=\"",
+            "# EOF",
+        ] {
+            assert!(s.contains(line), "{line} not in:\n{s}");
+        }
+        assert_eq!(m.unhealthy(), Some("--node-ip is on no local interface"));
+        m.node_ip_present.set(1);
+        m.set_ready(true);
+        assert_eq!(m.unhealthy(), Some("the lease store does not answer"));
+        m.store_up.set(1);
+        assert_eq!(m.unhealthy(), None);
+    }
 }

@@ -18,6 +18,8 @@ pub struct LabNode {
     pub pods: Vec<(Netns, String, String)>,
     /// Extra daemon flags (e.g. a short lease TTL).
     pub flags: Vec<String>,
+    /// Extra environment of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl LabNode {
@@ -121,6 +123,7 @@ impl Lab {
             daemon: None,
             pods: Vec::new(),
             flags: Vec::new(),
+            env: Vec::new(),
         });
         i
     }
@@ -187,6 +190,7 @@ impl Lab {
         .arg(&conf_dir)
         .args(["--resync-interval", "1s"])
         .args(&n.flags)
+        .envs(n.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

@@ -364,3 +364,68 @@ fn not_a_gateway_promisc_bridge_and_log_file() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("ADD") && logged.contains("c1"), "{logged}");
 }
+
+#[test]
+fn stderr_stays_quiet_and_the_log_file_gets_the_configured_level() {
+    let node = Node::new("logs");
+    let mut conf = node.conf("1.0.0", "10.244.28.0/24");
+    let log = node.dir.path().join("cbrnet.log");
+    conf["logFile"] = json!(log);
+    let pod = Netns::new("logs-pod");
+    // a successful ADD writes nothing on stderr, which `ctr` would show on the user's terminal
+    let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert!(out.ok, "{}", out.json);
+    assert_eq!(out.stderr, "", "stderr is not quiet");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("command=\"ADD\"") && logged.contains("c1"),
+        "{logged}"
+    );
+    assert!(logged.starts_with("20"), "no timestamp: {logged}");
+    assert!(
+        !logged.contains("DEBUG"),
+        "debug lines at the default level: {logged}"
+    );
+    // a failed ADD is in the log file too, and on stderr as an error
+    let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert_eq!(out.code(), 112);
+    assert!(out.stderr.contains("ERROR"), "{}", out.stderr);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("ERROR"));
+    // more, when asked for
+    conf["logLevel"] = json!("debug");
+    let mut call = Call::new("DEL", "c1", pod.path(), "eth0");
+    call.extra_env.push(("CBRNET_LOG", "debug"));
+    let out = call.run(&node.ns, &conf);
+    assert!(out.ok && out.stderr.contains("DEBUG"), "{}", out.stderr);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("DEBUG"));
+}
+
+#[test]
+fn run_by_hand_it_names_itself_and_the_versions_it_speaks() {
+    for name in ["cbrnet", "cbrnet-ipam"] {
+        let want = format!(
+            "CNI {name} plugin v{}\nCNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        let out = std::process::Command::new(cbrnet_tests::bin(name))
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            want,
+            "{name}: no CNI_COMMAND"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{name} printed on stdout without a command"
+        );
+        let out = std::process::Command::new(cbrnet_tests::bin(name))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{name} --version");
+    }
+}

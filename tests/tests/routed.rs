@@ -238,9 +238,10 @@ fn healthz_metrics_and_ip_masq() {
     assert!(m.contains("cbrnet_store_up 1\n"), "{m}");
     assert!(m.contains("cbrnet_reconcile_errors_total 0\n"), "{m}");
     assert!(
-        m.contains("# TYPE cbrnet_reconcile_duration_seconds_count counter"),
+        m.contains("# TYPE cbrnet_reconcile_duration_seconds histogram"),
         "{m}"
     );
+    assert!(m.contains("cbrnet_build_info{version=\""), "{m}");
     assert_eq!(lab.http_get(0, "/nope").0, 404);
     let subnet = lab.nodes[0].subnet().unwrap();
     let nft = lab.nodes[0]
@@ -292,4 +293,25 @@ fn etcd_outage_keeps_routes_then_resyncs() {
         lab.nodes[0].log()
     );
     assert_eq!(lab.http_get(0, "/healthz").0, 200);
+}
+
+#[test]
+fn systemd_hears_ready_once_the_subnet_is_published_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let mut lab = Lab::new("notify", StoreKind::File);
+    let i = lab.add_node();
+    let sock_path = lab.nodes[i].node.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    lab.nodes[i].env = vec![("NOTIFY_SOCKET".into(), sock_path.display().to_string())];
+    lab.spawn(i);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains("STATUS=holding 10.244."), "{msg}");
+    assert!(lab.nodes[i].subnet().is_some(), "READY before the subnet file");
+    lab.stop(i);
+    let n = sock.recv(&mut buf).expect("STOPPING on SIGTERM");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }

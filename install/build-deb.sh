@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds the Debian package cbrnet_<version>_<arch>.deb into target/debian/ (needs cargo-deb:
+# `cargo install cargo-deb`). The release build is shared with everything else in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-deb >/dev/null || { echo "build-deb.sh: cargo-deb is missing: cargo install cargo-deb" >&2; exit 1; }
+cargo build --release --workspace --bins
+cargo deb -p cbrnet-routed --no-build "$@"
