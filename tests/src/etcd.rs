@@ -22,11 +22,20 @@ impl Etcd {
         let mut e = Etcd {
             host: host.into(),
             ns_path: ns.path(),
-            dir: tempfile::tempdir().unwrap(),
+            dir: crate::temp_dir(),
             child: None,
         };
         e.resume();
         e
+    }
+
+    /// The server's process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn url(&self) -> String {

@@ -72,7 +72,7 @@ impl Lab {
         let underlay = Netns::new(&format!("{tag}-ul"));
         underlay.ok(&["ip", "link", "add", "ul0", "type", "bridge"]);
         underlay.ok(&["ip", "link", "set", "ul0", "up"]);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::temp_dir();
         let (store, etcd) = match kind {
             StoreKind::File => (format!("file:{}", dir.path().join("leases").display()), None),
             StoreKind::Etcd => {
@@ -376,5 +376,35 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Lab {
+    /// Everything this lab made, for `cbrnet-lab down` to remove once this process is gone:
+    /// namespaces, processes, directories; and its nodes, for `cbrnet-lab status`.
+    pub fn state(&self) -> serde_json::Value {
+        let mut namespaces = vec![self.underlay.name.clone()];
+        let mut pids: Vec<u32> = self.etcd.iter().filter_map(|e| e.pid()).collect();
+        let mut dirs = vec![self.dir.path().display().to_string()];
+        dirs.extend(self.etcd.iter().map(|e| e.dir().display().to_string()));
+        let mut nodes = Vec::new();
+        for n in &self.nodes {
+            namespaces.push(n.node.ns.name.clone());
+            namespaces.extend(n.pods.iter().map(|(p, _, _)| p.name.clone()));
+            pids.extend(n.daemon.as_ref().map(Child::id));
+            dirs.push(n.node.dir.path().display().to_string());
+            nodes.push(json!({
+                "name": n.name, "ip": n.ip, "netns": n.node.ns.name,
+                "subnetFile": n.node.subnet_file(), "log": n.node.dir.path().join("routed.log"),
+                "pods": n.pods.iter().map(|(p, id, ip)| json!({"id": id, "ip": ip, "netns": p.name})).collect::<Vec<_>>(),
+            }));
+        }
+        json!({"store": self.store, "namespaces": namespaces, "pids": pids, "dirs": dirs, "nodes": nodes})
+    }
+
+    /// Leaves the lab running after this process ends (`cbrnet-lab up`): its guards are
+    /// forgotten, and `cbrnet-lab down` removes it by its [`Lab::state`].
+    pub fn keep(self) {
+        std::mem::forget(self);
     }
 }

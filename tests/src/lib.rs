@@ -171,21 +171,35 @@ fn sh(args: &[&str]) {
 }
 
 static DAEMONS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Remembers a daemon child (cbrnet-routed, etcd) so that `remove_my_namespaces` can kill it
-/// when a binary built with `panic = "abort"` panics; tests rely on their guards' drops.
+/// A temporary directory that [`tear_down`] removes too.
+pub fn temp_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("creating a temporary directory");
+    DIRS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(d.path().to_owned());
+    d
+}
+
+/// Remembers a daemon child (cbrnet-routed, etcd) so that [`tear_down`] can kill it when the
+/// guards' drops cannot run (a signal); tests rely on their guards.
 pub fn register_daemon(pid: u32) {
     DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 
-/// Kills the registered daemons and deletes every namespace this process made. For binaries built
-/// with `panic = "abort"`, where the guards' drops do not run: call it from a panic hook.
-pub fn remove_my_namespaces() {
+/// Kills the registered daemons, deletes every namespace this process made (`cbt-*-<pid>-*`) and
+/// its temporary directories. For a process that is about to end without running its guards'
+/// drops.
+pub fn tear_down() {
     for pid in DAEMONS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    for d in DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = std::fs::remove_dir_all(d);
     }
     let mark = format!("-{}-", std::process::id());
     for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
@@ -193,6 +207,66 @@ pub fn remove_my_namespaces() {
         if name.starts_with("cbt-") && name.contains(&mark) {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, tears down what this process made (see [`tear_down`]) and exits
+/// with 128 + the signal: for programs that hold a lab while someone may press Ctrl-C.
+pub fn tear_down_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("signal {sig}: tearing the lab down");
+            tear_down();
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
+/// A plugin stopped at a test point: resumed or killed by the test, or killed when the test ends.
+pub struct Stopped(Option<std::process::Child>);
+
+impl Stopped {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.as_ref().map_or(0, |c| c.id() as i32))
+    }
+
+    /// Lets it go on (SIGCONT) and waits for its end.
+    pub fn resume(mut self) -> Output {
+        let child = self.0.take().expect("a stopped plugin is resumed once");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        child.wait_with_output().expect("waiting for the plugin")
+    }
+
+    /// Kills it (SIGKILL) and waits; how it ended.
+    pub fn kill(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("a stopped plugin is killed once");
+        let _ = child.kill();
+        child.wait().expect("waiting for the plugin")
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process that is killed (and reaped) when this guard goes, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -278,9 +352,9 @@ impl<'a> Call<'a> {
     }
 
     /// Starts the plugin in `node`'s namespace with `conf` on stdin and `CBRNET_TEST_STOP_AT` set to
-    /// `point`, and waits until it has stopped itself there (SIGSTOP). The caller continues or
-    /// kills it.
-    pub fn start_stopped_at(&mut self, node: &Netns, conf: &Value, point: &'a str) -> std::process::Child {
+    /// `point`, and waits until it has stopped itself there (SIGSTOP). The caller resumes or kills
+    /// it; if the test ends first, it is killed.
+    pub fn start_stopped_at(&mut self, node: &Netns, conf: &Value, point: &'a str) -> Stopped {
         use nix::sys::signal::Signal;
         use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
         use std::io::Write;
@@ -294,11 +368,12 @@ impl<'a> Call<'a> {
             .expect("writing the config");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let st = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waitpid");
+        let stopped = Stopped(Some(child));
         assert!(
             matches!(st, WaitStatus::Stopped(_, Signal::SIGSTOP)),
             "the plugin did not stop at {point}: {st:?}"
         );
-        child
+        stopped
     }
 
     /// Runs the plugin in `node`'s namespace with `conf` on stdin.
@@ -337,7 +412,7 @@ impl Node {
     pub fn new(tag: &str) -> Node {
         Node {
             ns: Netns::new(tag),
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: temp_dir(),
         }
     }
 

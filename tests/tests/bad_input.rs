@@ -250,20 +250,15 @@ fn del_goes_on_past_a_failed_release_and_reports_it() {
 
 #[test]
 fn a_failed_add_whose_undo_fails_reports_both() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-
     let node = Node::new("undofail");
     // the ADD will fail at the bridge: cbr0 exists and is not one
     node.ns.add_veth("cbr0", "undofail-peer");
     let conf = node.conf("1.1.0", "10.244.34.0/24");
     let pod = Netns::new("undofail-pod");
     let child = Call::new("ADD", "c1", pod.path(), "eth0").start_stopped_at(&node.ns, &conf, "reserved");
-    let pid = Pid::from_raw(child.id() as i32);
     // while it is stopped with the address reserved, its undo is made to fail
     let lock = break_ipam_lock(&node);
-    kill(pid, Signal::SIGCONT).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.resume();
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], 111, "the ADD's own error comes first: {v}");

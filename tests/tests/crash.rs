@@ -1,8 +1,7 @@
 //! `cbrnet` killed in the middle of ADD: DEL then cleans up everything it had done.
 
 use cbrnet_tests::{Call, Netns, Node};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 #[test]
 fn killed_mid_add_then_del_cleans_up() {
@@ -11,9 +10,7 @@ fn killed_mid_add_then_del_cleans_up() {
         let node = Node::new("crash");
         let conf = node.conf("1.1.0", "10.244.70.0/24");
         let pod = Netns::new("crash-pod");
-        let mut child =
-            Call::new("ADD", "victim", pod.path(), "eth0").start_stopped_at(&node.ns, &conf, point);
-        let pid = Pid::from_raw(child.id() as i32);
+        let child = Call::new("ADD", "victim", pod.path(), "eth0").start_stopped_at(&node.ns, &conf, point);
 
         // Half done: the address is durable; at "veth" the pair exists too.
         assert_eq!(node.reservations("testnet").len(), 1, "{point}");
@@ -21,8 +18,7 @@ fn killed_mid_add_then_del_cleans_up() {
             assert_eq!(node.veths().len(), 1);
             assert!(pod.links().contains(&"eth0".to_string()));
         }
-        kill(pid, Signal::SIGKILL).unwrap();
-        let status = child.wait().unwrap();
+        let status = child.kill();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(Signal::SIGKILL as i32)

@@ -95,12 +95,7 @@ fn an_add_in_progress_is_never_reclaimed() {
         out.json
     );
     assert!(node.reservations("testnet").iter().any(|(_, o)| o == "slow eth0"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.resume();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(slow_pod.links().contains(&"eth0".to_string()));
 }

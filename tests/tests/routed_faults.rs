@@ -319,7 +319,7 @@ fn one_node_name_one_daemon_etcd() {
 #[test]
 fn a_second_daemon_on_the_same_node_waits_for_the_first() {
     let mut lab = lab_of("twice", 1, StoreKind::File);
-    let first = lab.nodes[0].daemon.take().unwrap();
+    let mut first = cbrnet_tests::KillOnDrop(lab.nodes[0].daemon.take().unwrap());
     lab.spawn(0);
     std::thread::sleep(Duration::from_millis(1500));
     let log = lab.nodes[0].log();
@@ -327,12 +327,11 @@ fn a_second_daemon_on_the_same_node_waits_for_the_first() {
     // the first stops: the second takes over the node, with the same subnet
     let before = lab.nodes[0].subnet().unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::unistd::Pid::from_raw(first.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let mut first = first;
-    first.wait().unwrap();
+    first.0.wait().unwrap();
     assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[0]
         .log()
         .matches("lease held")

@@ -1,59 +1,116 @@
 //! `cbrnet-lab`: a whole cluster on this machine. Nodes are network namespaces on an underlay
 //! bridge, each running `cbrnet-routed` on the embedded file store (or a real etcd), with pods
-//! added through the `cbrnet` binary; every pod pings every other pod. Everything it makes is
-//! removed when it ends.
-//!
-//! cbrnet-lab [--nodes 3] [--pods 2] [--store file|etcd] [--hold]
+//! added through the `cbrnet` binary; every pod pings every other pod. `run` (the default)
+//! removes everything when it ends, whether it passes, fails or is interrupted; `up` leaves the lab
+//! running for `status` and `down`.
 
 use cbrnet_tests::lab::{Lab, StoreKind};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: bad value {v:?}")))
-        .unwrap_or(default)
+/// Where `up` records what it made, for `status` and `down`.
+const STATE: &str = "/run/cbrnet-lab/state.json";
+
+#[derive(Parser)]
+#[command(
+    name = "cbrnet-lab",
+    version,
+    about = "A cbrnet cluster on this machine, in network namespaces: nodes running cbrnet-routed, \
+             pods added through the cbrnet CNI plugin, every pod pinging every other. Needs root; \
+             touches nothing outside the namespaces it creates.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab, check it, print it, tear it down (the default).
+    Run(RunArgs),
+    /// Build the lab and leave it running (see `status`, `down`).
+    Up(Shape),
+    /// Show the running lab: nodes, subnets, routes, leases and their expiry.
+    Status,
+    /// Remove the running lab.
+    Down,
+}
+
+#[derive(Args, Clone)]
+struct Shape {
+    /// Nodes (network namespaces running cbrnet-routed).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    nodes: u16,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=100))]
+    pods: u16,
+    /// Where the leases live: the embedded file store, or a real etcd inside the lab.
+    #[arg(long, value_enum, default_value_t = Store::File)]
+    store: Store,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    shape: Shape,
+    /// Keep the lab up until Enter (or Ctrl-C), then tear it down.
+    #[arg(long)]
+    hold: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Store {
+    File,
+    Etcd,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("cbrnet-lab: {msg}");
+    std::process::exit(1);
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("cbrnet-lab [--nodes 3] [--pods 2] [--store file|etcd] [--hold]");
-        return;
+    let cli = Cli::parse();
+    if !nix::unistd::geteuid().is_root() {
+        fail("the lab creates network namespaces: run it as root");
     }
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        hook(info);
-        cbrnet_tests::remove_my_namespaces();
-    }));
-    let nodes: usize = arg(&args, "--nodes", 3);
-    let pods: usize = arg(&args, "--pods", 2);
-    let kind = match arg(&args, "--store", "file".to_string()).as_str() {
-        "file" => StoreKind::File,
-        "etcd" => StoreKind::Etcd,
-        other => panic!("--store {other}: file or etcd"),
-    };
+    match cli.command {
+        None => run(&cli.run),
+        Some(Cmd::Run(a)) => run(&a),
+        Some(Cmd::Up(shape)) => up(&shape),
+        Some(Cmd::Status) => status(),
+        Some(Cmd::Down) => down(),
+    }
+}
 
+/// Builds the lab; a failure or a signal tears down what was made so far.
+fn build(shape: &Shape) -> Lab {
+    if let Err(e) = cbrnet_tests::tear_down_on_signals() {
+        fail(&format!("handling signals: {e}"));
+    }
+    // A panic unwinds through the lab's guards, which remove what they made.
+    let kind = match shape.store {
+        Store::File => StoreKind::File,
+        Store::Etcd => StoreKind::Etcd,
+    };
     let mut lab = Lab::new("lab", kind);
     println!("store: {}", lab.store);
-    for _ in 0..nodes {
+    for _ in 0..shape.nodes {
         let i = lab.add_node();
         lab.start(i);
-        println!(
-            "{:<8} ip {:<14} subnet {}",
-            lab.nodes[i].name,
-            lab.nodes[i].ip,
-            lab.nodes[i].subnet().unwrap()
-        );
     }
-    for i in 0..nodes {
-        for _ in 0..pods {
-            let ip = lab.add_pod(i);
-            println!("  pod {:<14} on {}", ip, lab.nodes[i].name);
+    for i in 0..lab.nodes.len() {
+        for _ in 0..shape.pods {
+            lab.add_pod(i);
         }
     }
-    for i in 0..nodes {
+    for i in 0..lab.nodes.len() {
         if lab
             .wait_routes(i, Duration::from_secs(10), |_| lab.routes_complete(i))
             .is_none()
@@ -65,39 +122,145 @@ fn main() {
             );
         }
     }
-    println!(
-        "\nroutes on {} (proto 157 = cbrnet):\n{}",
-        lab.nodes[0].name,
-        lab.nodes[0].route_table()
-    );
-    let total = nodes * pods * (nodes * pods - 1);
+    lab
+}
+
+/// The nodes, their pods and routes, and the leases with their expiry.
+fn print_lab(lab: &Lab) {
+    for n in &lab.nodes {
+        println!(
+            "\n{} ip {} subnet {}",
+            n.name,
+            n.ip,
+            n.subnet().unwrap_or_else(|| "(none)".into())
+        );
+        for (_, id, ip) in &n.pods {
+            println!("  pod {ip:<14} {id}");
+        }
+        println!("  routes (proto 157 = cbrnet):");
+        for r in n.route_table().lines() {
+            println!("    {r}");
+        }
+    }
+    println!("\nleases:\n{}", lab.routed_cli(&["leases"]));
+}
+
+fn run(a: &RunArgs) {
+    let lab = build(&a.shape);
+    print_lab(&lab);
+    let pods: usize = lab.nodes.iter().map(|n| n.pods.len()).sum();
+    let total = pods * pods.saturating_sub(1);
     let bad = lab.unreachable_pairs();
     println!("{} of {total} pod pairs reachable (ping)", total - bad.len());
     for (a, b) in &bad {
         println!("  unreachable: {a} -> {b}");
     }
-    let leases = lab.leases();
-    println!("\nleases:");
-    for l in leases.as_array().unwrap() {
-        println!(
-            "  {} -> {} ({})",
-            l["subnet"].as_str().unwrap(),
-            l["nodeName"].as_str().unwrap(),
-            l["nodeIP"].as_str().unwrap()
-        );
-    }
-    if args.iter().any(|a| a == "--hold") {
-        println!("\nholding; namespaces: ip netns list | grep cbt-lab. Ctrl-C to tear down.");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let _ = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-            let _ = tx.send(());
-        });
-        let _ = rx.recv();
+    if a.hold {
+        println!("\nholding: `ip netns list | grep cbt-lab` shows the namespaces. Enter or Ctrl-C tears it all down.");
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
     }
     drop(lab);
     if !bad.is_empty() {
         std::process::exit(1);
     }
+}
+
+fn up(shape: &Shape) {
+    if Path::new(STATE).exists() {
+        fail(&format!("a lab is up already ({STATE}): `cbrnet-lab down` first"));
+    }
+    let lab = build(shape);
+    print_lab(&lab);
+    let state = lab.state();
+    let write =
+        std::fs::create_dir_all("/run/cbrnet-lab").and_then(|_| std::fs::write(STATE, state.to_string()));
+    if let Err(e) = write {
+        // Without the state, `down` could not find the lab: take it down now.
+        drop(lab);
+        fail(&format!("writing {STATE}: {e}"));
+    }
+    lab.keep();
+    println!("\nthe lab is up: `cbrnet-lab status`, `cbrnet-lab down`");
+}
+
+fn read_state() -> Value {
+    let s =
+        std::fs::read_to_string(STATE).unwrap_or_else(|_| fail("no lab is up (`cbrnet-lab up` starts one)"));
+    serde_json::from_str(&s).unwrap_or_else(|e| fail(&format!("{STATE}: {e}")))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        Err(e) => format!("({e})"),
+    }
+}
+
+fn status() {
+    let st = read_state();
+    for n in st["nodes"].as_array().into_iter().flatten() {
+        let ns = n["netns"].as_str().unwrap_or_default();
+        let subnet = std::fs::read_to_string(n["subnetFile"].as_str().unwrap_or_default())
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["subnet"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "(none)".into());
+        println!(
+            "{} ip {} subnet {subnet} (netns {ns}, log {})",
+            n["name"].as_str().unwrap_or_default(),
+            n["ip"].as_str().unwrap_or_default(),
+            n["log"].as_str().unwrap_or_default()
+        );
+        for p in n["pods"].as_array().into_iter().flatten() {
+            println!(
+                "  pod {:<14} {} (netns {})",
+                p["ip"].as_str().unwrap_or_default(),
+                p["id"].as_str().unwrap_or_default(),
+                p["netns"].as_str().unwrap_or_default()
+            );
+        }
+        println!("  routes (proto 157 = cbrnet):");
+        for r in in_ns(ns, &["ip", "route", "show", "proto", "157"]).lines() {
+            println!("    {r}");
+        }
+    }
+    if let Some(ns) = st["nodes"][0]["netns"].as_str() {
+        let routed = cbrnet_tests::bin("cbrnet-routed");
+        let store = st["store"].as_str().unwrap_or_default();
+        let routed = routed.to_string_lossy();
+        println!("\nleases:\n{}", in_ns(ns, &[&routed, "leases", "--store", store]));
+    }
+}
+
+fn down() {
+    let st = read_state();
+    for pid in st["pids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for ns in strings(&st["namespaces"]) {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+    for d in strings(&st["dirs"]) {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_file(STATE);
+    println!("the lab is down");
 }

@@ -155,7 +155,7 @@ fn main() {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         hook(info);
-        cbrnet_tests::remove_my_namespaces();
+        cbrnet_tests::tear_down();
     }));
     let which = arg(&args, "--store", "both".to_string());
     let rounds: usize = arg(&args, "--rounds", 20);
