@@ -100,18 +100,37 @@ async fn apply(
     veth_made: &mut Option<String>,
 ) -> Result<CniResult> {
     let br = bridge::ensure(host, &p.bridge).await?;
-    for (gw, subnet) in &p.gateways {
-        bridge::ensure_address(host, &br, *gw, *subnet).await?;
-    }
-    if let Some(v6) = p.forwarding {
-        forwarding::enable(v6)?;
-    }
+    // The gateway addresses, the pair and hairpin mode go out in one batch: the kernel takes a
+    // socket's requests in order, so the port exists before its hairpin flag is set.
     let mtu = p.veth.mtu.unwrap_or(br.mtu);
-    veth::create(host, &p.veth, mtu, br.index, pod_ns.fd()).await?;
-    *veth_made = Some(p.veth.host_name.clone());
+    let addresses = futures::future::join_all(
+        p.gateways
+            .iter()
+            .map(|(gw, subnet)| bridge::ensure_address(host, &br, *gw, *subnet)),
+    );
+    let pair = veth::create(host, &p.veth, mtu, &br, pod_ns.fd());
+    let hairpin = async {
+        if p.hairpin {
+            veth::set_hairpin(host, &p.veth.host_name, true).await
+        } else {
+            Ok(())
+        }
+    };
+    let (added, pair, hairpin) = futures::join!(addresses, pair, hairpin);
+    if pair.is_ok() {
+        *veth_made = Some(p.veth.host_name.clone());
+    }
+    let mut changed = br.created;
+    for a in added {
+        changed |= a?;
+    }
+    pair?;
     test_point("veth");
-    if p.hairpin {
-        veth::set_hairpin(host, &p.veth.host_name, true).await?;
+    hairpin?;
+    // Forwarding can only have been turned off with the bridge or its address gone: reading the
+    // sysctl on every ADD costs more the more links the node has.
+    if let (Some(v6), true) = (p.forwarding, changed) {
+        forwarding::enable(v6)?;
     }
     let pod = pod_ns.run_in(home, Nl::connect)??;
     pod::configure(&pod, &p.veth.pod_ifname, &p.ips, &p.routes).await?;

@@ -22,6 +22,8 @@ pub enum PluginError {
     Netlink(String, #[source] rtnetlink::Error),
     #[error("interface {0} already exists in the pod namespace")]
     IfnameTaken(String),
+    #[error("bridge {0} is full: a Linux bridge takes at most 1023 ports")]
+    BridgeFull(String),
     #[error("CHECK failed: {0}")]
     Check(String),
     #[error("{0}: {1}")]
@@ -48,6 +50,7 @@ pub const CODE_NOT_A_BRIDGE: u32 = 111;
 pub const CODE_IFNAME_TAKEN: u32 = 112;
 pub const CODE_CHECK_FAILED: u32 = 113;
 pub const CODE_MASQ: u32 = 114;
+pub const CODE_BRIDGE_FULL: u32 = 115;
 /// A panic (a bug in cbrnet), caught and reported instead of aborting.
 pub const CODE_PANIC: u32 = 999;
 
@@ -127,6 +130,7 @@ impl From<PluginError> for CniError {
             PluginError::NotNetns(..) => CniError::INVALID_ENV,
             PluginError::Netlink(..) => CODE_NETLINK,
             PluginError::IfnameTaken(_) => CODE_IFNAME_TAKEN,
+            PluginError::BridgeFull(_) => CODE_BRIDGE_FULL,
             PluginError::Check(_) => CODE_CHECK_FAILED,
             PluginError::Io(..) => CniError::IO,
             PluginError::Panic(_) => CODE_PANIC,

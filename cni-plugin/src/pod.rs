@@ -12,20 +12,28 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use std::net::IpAddr;
 
-/// Brings `ifname` up and adds every address, then every route; returns its index.
+/// Brings `ifname` up and adds every address, then every route; returns its index. After the
+/// lookup, everything goes out in one batch: the kernel takes a socket's requests in order, so
+/// the link is up and its addresses are there before the routes that need them.
 pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<u32> {
     let link = nl
         .link(ifname)
         .await?
         .ok_or_else(|| PluginError::Check(format!("{ifname} vanished from the pod")))?;
     let index = link.header.index;
-    nl.handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(PluginError::netlink(format!("setting {ifname} up")))?;
-    for ip in ips {
+    let messages: Vec<_> = routes
+        .iter()
+        .map(|r| route_message(r, index))
+        .collect::<Result<_>>()?;
+    let up = async {
+        nl.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(PluginError::netlink(format!("setting {ifname} up")))
+    };
+    let addresses = futures::future::join_all(ips.iter().map(|ip| async move {
         let mut req = nl
             .handle
             .address()
@@ -38,21 +46,24 @@ pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]
         }
         req.execute()
             .await
-            .map_err(PluginError::netlink(format!("adding {} to {ifname}", ip.address)))?;
-    }
-    for r in routes {
-        let msg = route_message(r, index)?;
+            .map_err(PluginError::netlink(format!("adding {} to {ifname}", ip.address)))
+    }));
+    let route_adds = futures::future::join_all(routes.iter().zip(messages).map(|(r, msg)| async move {
         match nl.handle.route().add(msg).execute().await {
-            Ok(()) => {}
-            Err(e) if errno(&e) == Some(EEXIST) => {}
-            Err(e) => {
-                return Err(PluginError::Netlink(
-                    format!("adding route {} in the pod", r.dst),
-                    e,
-                ))
-            }
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(PluginError::Netlink(
+                format!("adding route {} in the pod", r.dst),
+                e,
+            )),
         }
-    }
+    }));
+    let (up, addresses, route_adds) = futures::join!(up, addresses, route_adds);
+    up?;
+    addresses
+        .into_iter()
+        .chain(route_adds)
+        .collect::<Result<Vec<()>>>()?;
     Ok(index)
 }
 

@@ -3,6 +3,10 @@
 use crate::error::{PluginError, Result};
 use crate::plan::VethPlan;
 use cbrnet_bridge::error::{errno, EEXIST, ENODEV};
+
+/// What the kernel says when a bridge has no port number left (it numbers ports 1 to 1023).
+const EXFULL: i32 = nix::errno::Errno::EXFULL as i32;
+use cbrnet_bridge::bridge::Bridge;
 use cbrnet_bridge::Nl;
 use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
@@ -13,7 +17,7 @@ pub use cbrnet_bridge::port::host_veth_name as host_name;
 /// Creates the pair in one request: the pod end is born in the pod namespace under its final name
 /// (no rename, no move), the host end is born attached to the bridge and up. The pod end is brought
 /// up from inside the pod (the kernel refuses IFF_UP for a peer created in another namespace).
-pub async fn create(nl: &Nl, p: &VethPlan, mtu: u32, bridge_index: u32, pod_ns_fd: RawFd) -> Result<()> {
+pub async fn create(nl: &Nl, p: &VethPlan, mtu: u32, bridge: &Bridge, pod_ns_fd: RawFd) -> Result<()> {
     let peer = LinkUnspec::new_with_name(&p.pod_ifname)
         .mtu(mtu)
         .address(p.pod_mac.to_vec())
@@ -23,7 +27,7 @@ pub async fn create(nl: &Nl, p: &VethPlan, mtu: u32, bridge_index: u32, pod_ns_f
         .name(p.host_name.clone())
         .mtu(mtu)
         .address(p.host_mac.to_vec())
-        .controller(bridge_index)
+        .controller(bridge.index)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
@@ -32,6 +36,7 @@ pub async fn create(nl: &Nl, p: &VethPlan, mtu: u32, bridge_index: u32, pod_ns_f
         // Either end's name is taken: the pod already has this interface (or a stale pair is
         // still there, which DEL removes).
         Err(e) if errno(&e) == Some(EEXIST) => Err(PluginError::IfnameTaken(p.pod_ifname.clone())),
+        Err(e) if errno(&e) == Some(EXFULL) => Err(PluginError::BridgeFull(bridge.name.clone())),
         Err(e) => Err(PluginError::Netlink(
             format!("creating veth {} <-> {}", p.host_name, p.pod_ifname),
             e,

@@ -384,3 +384,38 @@ fn failures_after_the_reservation_keep_nothing() {
         .run(&node.ns, &node.conf("1.1.0", "10.244.44.0/24"))
         .expect_ok();
 }
+
+#[test]
+fn a_full_bridge_is_a_clear_error_that_keeps_nothing() {
+    let node = Node::new("fullbr");
+    // a /22: room for more pods than a bridge has ports
+    let conf = node.conf("1.0.0", "10.244.64.0/22");
+    let first = Netns::new("fullbr-pod");
+    Call::new("ADD", "c0", first.path(), "eth0")
+        .run(&node.ns, &conf)
+        .expect_ok();
+    // the bridge's other 1022 ports, one `ip` process for all
+    let batch: String = (1..1023)
+        .map(|i| format!("link add fb{i} type veth peer name fbp{i}\nlink set fb{i} master cbr0\n"))
+        .collect();
+    let mut ip = std::process::Command::new("ip");
+    ip.args(["-batch", "-"]).stdin(std::process::Stdio::piped());
+    node.ns.enter(&mut ip);
+    let mut child = ip.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), batch.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let pod = Netns::new("fullbr-pod");
+    let out = Call::new("ADD", "c1", pod.path(), "eth0").run(&node.ns, &conf);
+    assert_eq!(out.code(), 115, "{}", out.json);
+    assert!(
+        out.json["msg"].as_str().unwrap().contains("1023 ports"),
+        "{}",
+        out.json
+    );
+    assert_eq!(
+        node.reservations("testnet").len(),
+        1,
+        "the failed ADD kept its address"
+    );
+    assert_eq!(pod.links(), ["lo"]);
+}
