@@ -7,19 +7,19 @@
 
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
+use crate::known::Known;
 use crate::metrics::{self, ErrorKind, Metrics};
 use crate::{instance, reclaim, routes, setup};
 use cbrnet_bridge::Nl;
 use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
-use cbrnet_ipam::cluster::record::{subnet_key, unix_now, Listing};
-use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
+use cbrnet_ipam::cluster::record::{subnet_key, unix_now};
+use cbrnet_ipam::cluster::store::{AnyStore, Changed, LeaseStore};
 use cbrnet_ipam::cluster::{ClusterError, Versioned};
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
 use std::collections::HashSet;
@@ -31,6 +31,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, MissedTickBehavior};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Route requests in flight at once.
+const IN_FLIGHT: usize = 512;
+/// Every this many resyncs, the store is read in full (it is otherwise followed by its watch).
+const FULL_LIST_EVERY: u64 = 30;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A message that repeats while the daemon waits is logged at most this often.
 const REPEAT_LOG: Duration = Duration::from_secs(60);
@@ -135,6 +139,13 @@ struct Node {
     /// Destinations of ours that a foreign route keeps out: its deletion lets ours in.
     blocked: HashSet<IpNetwork>,
     bridge_index: Option<u32>,
+    /// The store as last seen, and what changed in it since.
+    known: Known,
+    pending: Changed,
+    /// Our routes as the kernel has them; `None`: ask it.
+    ours: Option<routes::Ours>,
+    /// When the next live lease expires (unix seconds): its route must go then.
+    next_expiry: Option<u64>,
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
@@ -198,7 +209,15 @@ async fn lock(cfg: &Config) -> Result<instance::InstanceLock> {
 }
 
 async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
+    let (mut conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
+    // With strict checking the kernel filters route dumps by protocol: a resync reads our routes
+    // only. Kernels without it dump everything, which `routes::ours` filters too.
+    if let Err(e) =
+        rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut()).set_netlink_get_strict_chk(true)
+    {
+        tracing::debug!("netlink strict checking: {e}");
+    }
     tokio::spawn(conn);
     let nl = Nl { handle };
     // As at boot: the node's address may come later (DHCP, a slow interface).
@@ -262,6 +281,13 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         conf_problems: Reported::default(),
         blocked: HashSet::new(),
         bridge_index: None,
+        known: Known::default(),
+        pending: Changed {
+            all: true,
+            ..Changed::default()
+        },
+        ours: None,
+        next_expiry: None,
     };
     let mut b = Backoff::new();
     while let Err(e) = node.set_up().await {
@@ -291,6 +317,7 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
     let mut changes = retry("watching the lease store", &node.metrics, || node.store.watch()).await?;
 
     let mut resync = tokio::time::interval(node.cfg.args.resync_interval);
+    let mut resyncs = 0u64;
     // After a long reconcile, one tick, not a burst of the ones missed.
     resync.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let renew_every = node.cfg.leases.renew_every();
@@ -302,8 +329,18 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            Some(()) = changes.recv() => routes_dirty = true,
-            Some((msg, _)) = events.next() => {
+            c = changes.changed() => match c {
+                Some(c) => {
+                    node.pending.keys.extend(c.keys);
+                    node.pending.all |= c.all;
+                    routes_dirty = true;
+                }
+                None => return Err(RoutedError::Config("the lease store stopped watching".into())),
+            },
+            m = events.next() => {
+                let Some((msg, _)) = m else {
+                    return Err(RoutedError::Config("the kernel's netlink events stopped".into()));
+                };
                 let (r, s) = node.affected_by(&msg.payload);
                 (routes_dirty, setup_dirty) = (r, s);
                 // A burst of events is one reconcile.
@@ -313,7 +350,19 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                     setup_dirty |= s;
                 }
             }
-            _ = resync.tick() => (routes_dirty, setup_dirty, sweep) = (true, true, true),
+            _ = resync.tick() => {
+                (routes_dirty, setup_dirty, sweep) = (true, true, true);
+                // The kernel's routes are checked on every resync; of the store, our own record
+                // (which also tells whether the store answers), and all of it only now and then,
+                // as a safety net under its watch.
+                node.ours = None;
+                node.pending.keys.insert(subnet_key(node.held.lease.subnet));
+                resyncs += 1;
+                if resyncs.is_multiple_of(FULL_LIST_EVERY) {
+                    node.pending.all = true;
+                }
+            }
+            _ = sleep_until(node.expiry_instant().into()), if node.next_expiry.is_some() => routes_dirty = true,
             _ = sleep_until(renew_at.into()) => {
                 renew_at = Instant::now() + node.renew(&mut backoff).await;
                 setup_dirty = true;
@@ -359,17 +408,17 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
     Ok(())
 }
 
-fn route_dst(m: &netlink_packet_route::route::RouteMessage) -> Option<IpNetwork> {
-    let ip = m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
-        _ => None,
-    })?;
-    IpNetwork::new(ip, m.header.destination_prefix_length).ok()
-}
-
 impl Node {
     /// Does this kernel event call for a reconcile of the routes, of the node's set-up?
-    fn affected_by(&self, p: &NetlinkPayload<RouteNetlinkMessage>) -> (bool, bool) {
+    fn affected_by(&mut self, p: &NetlinkPayload<RouteNetlinkMessage>) -> (bool, bool) {
+        // A route of ours that went (by hand, or with a link) is no longer installed.
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) = p {
+            if let (true, Some(ours), Some(dst)) =
+                (routes::is_ours(r), self.ours.as_mut(), routes::destination(r))
+            {
+                ours.remove(&dst);
+            }
+        }
         let is_bridge = |l: &LinkMessage| {
             Some(l.header.index) == self.bridge_index
                 || l.attributes
@@ -380,7 +429,7 @@ impl Node {
         match p {
             NetlinkPayload::InnerMessage(m) => match m {
                 RouteNetlinkMessage::DelRoute(r) => (
-                    routes::ours(r) || route_dst(r).is_some_and(|d| self.blocked.contains(&d)),
+                    routes::is_ours(r) || routes::destination(r).is_some_and(|d| self.blocked.contains(&d)),
                     false,
                 ),
                 // A link that comes back up (a flap) has lost its routes; pods' veths come and go
@@ -463,31 +512,42 @@ impl Node {
     }
 
     /// Makes our routes match the live, valid leases; reports records and leases that cannot be
-    /// used, once each. Returns why this node's own lease must be re-asserted, if it must.
+    /// used, once each. Reads from the store only what changed (everything when `pending.all`),
+    /// from the kernel only our routes (and the foreign ones when a route is to be added). Returns
+    /// why this node's own lease must be re-asserted, if it must.
     async fn reconcile(&mut self) -> Result<Option<&'static str>> {
         let t = Instant::now();
-        let listing: Listing = match self.store.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                self.metrics.store_up.set(i64::from(false));
-                return Err(e.into());
-            }
-        };
-        self.metrics.store_up.set(i64::from(true));
+        let pending = std::mem::take(&mut self.pending);
+        if let Err(e) = self.read_store(&pending).await {
+            // What was not read is read again next time.
+            self.pending.keys.extend(pending.keys);
+            self.pending.all |= pending.all;
+            self.metrics.store_up.set(0);
+            self.metrics.error(ErrorKind::Store);
+            return Err(e);
+        }
+        self.metrics.store_up.set(1);
         let now = unix_now();
-        let reassert = self.own_lease_check(&listing, now);
-        let mut problems: HashSet<String> = listing
-            .invalid
-            .iter()
+        let reassert = self.own_lease_check(now);
+        let mut problems: HashSet<String> = self
+            .known
+            .invalid()
             .map(|i| format!("store entry {}: {}", i.key, i.why))
             .collect();
         let mut live = Vec::new();
-        for v in &listing.leases {
+        self.next_expiry = None;
+        for v in self.known.leases() {
             match self.cfg.leases.check(&v.lease) {
                 Err(why) => {
                     problems.insert(format!("lease {}: {why}", subnet_key(v.lease.subnet)));
                 }
-                Ok(()) if !v.lease.expired(now) => live.push(v.lease.clone()),
+                Ok(()) if !v.lease.expired(now) => {
+                    live.push(v.lease.clone());
+                    self.next_expiry = Some(
+                        self.next_expiry
+                            .map_or(v.lease.expires, |e| e.min(v.lease.expires)),
+                    );
+                }
                 Ok(()) => {}
             }
         }
@@ -508,16 +568,55 @@ impl Node {
             tracing::error!("skipped: {p}");
         }
 
-        let installed = routes::installed(&self.nl.handle).await?;
-        let plan = routes::plan(&want, &installed);
-        for (dst, gw) in &plan.put {
-            routes::put(&self.nl.handle, *dst, *gw).await?;
-            tracing::info!(%dst, %gw, "route installed");
+        let h = self.nl.handle.clone();
+        if self.ours.is_none() {
+            self.ours = Some(routes::ours(&h).await?);
         }
-        for dst in &plan.delete {
-            if let Some(h) = installed.ours.iter().find(|h| h.dst == *dst) {
-                routes::remove(&self.nl.handle, h).await?;
-                tracing::info!(%dst, "route removed");
+        let ours = self.ours.get_or_insert_with(Default::default);
+        // Foreign routes matter only for destinations we are about to add.
+        let adding = want.keys().any(|d| !ours.contains_key(d));
+        let foreign = if adding {
+            routes::foreign(&h).await?
+        } else {
+            HashSet::new()
+        };
+        let plan = routes::plan(&want, ours, &foreign);
+        // Many requests in flight at once: the kernel takes them in order, and a cluster's worth
+        // of routes goes in without a round trip each.
+        let puts = futures::stream::iter(plan.put.iter().map(|(dst, gw)| {
+            let h = h.clone();
+            async move { (*dst, *gw, routes::put(&h, *dst, *gw).await) }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>();
+        let dels = futures::stream::iter(plan.delete.iter().map(|dst| {
+            let h = h.clone();
+            async move { (*dst, routes::remove(&h, *dst).await) }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>();
+        let (puts, dels) = futures::join!(puts, dels);
+        let mut first_error = None;
+        for (dst, gw, r) in puts {
+            match r {
+                Ok(()) => {
+                    ours.insert(dst, Some(gw));
+                    tracing::info!(%dst, %gw, "route installed");
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        for (dst, r) in dels {
+            match r {
+                Ok(()) => {
+                    ours.remove(&dst);
+                    tracing::info!(%dst, "route removed");
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
@@ -530,26 +629,51 @@ impl Node {
         for c in self.conflicts.fresh(conflicts) {
             tracing::warn!("route conflict: {c}");
         }
-        let ours = want.len() - plan.conflicts.len();
-        self.metrics.routes_installed.set(ours as i64);
+        self.metrics
+            .routes_installed
+            .set(want.keys().filter(|d| ours.contains_key(*d)).count() as i64);
         self.metrics.reconcile_duration.observe(t.elapsed().as_secs_f64());
-        Ok(reassert)
+        match first_error {
+            // The routes that failed are read back from the kernel next time.
+            Some(e) => {
+                self.ours = None;
+                Err(e)
+            }
+            None => Ok(reassert),
+        }
+    }
+
+    /// Brings `known` up to date with what changed in the store.
+    async fn read_store(&mut self, pending: &Changed) -> Result<()> {
+        if pending.all {
+            self.known = Known::from_listing(self.store.list().await?);
+            return Ok(());
+        }
+        for key in &pending.keys {
+            let e = self.store.get(key).await?;
+            self.known.set(key.clone(), e);
+        }
+        Ok(())
+    }
+
+    /// When the next live lease expires, on this process's clock.
+    fn expiry_instant(&self) -> Instant {
+        let left = self.next_expiry.map_or(0, |e| e.saturating_sub(unix_now()));
+        // A second late is fine: `expired` is judged in whole seconds.
+        Instant::now() + Duration::from_secs(left + 1)
     }
 
     /// Is this node's own record still what it holds? A clock that jumped, a long pause or a
     /// hand in the store can make it look expired, vanish or change.
-    fn own_lease_check(&self, listing: &Listing, now: u64) -> Option<&'static str> {
+    fn own_lease_check(&self, now: u64) -> Option<&'static str> {
         let held = &self.held;
-        match listing
-            .leases
-            .iter()
-            .find(|v| v.lease.subnet == held.lease.subnet)
-        {
+        match self.known.get(&subnet_key(held.lease.subnet)) {
             None => Some("missing from the store"),
-            Some(v) if v.lease.node_name != self.me.node_name => Some("held by another node"),
-            Some(v) if v.lease.expired(now) => Some("expired"),
-            Some(v) if v.version != held.version => Some("changed in the store"),
-            Some(_) => None,
+            Some(Err(_)) => Some("not a valid record in the store"),
+            Some(Ok(v)) if v.lease.node_name != self.me.node_name => Some("held by another node"),
+            Some(Ok(v)) if v.lease.expired(now) => Some("expired"),
+            Some(Ok(v)) if v.version != held.version => Some("changed in the store"),
+            Some(Ok(_)) => None,
         }
     }
 

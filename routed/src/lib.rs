@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod error;
 pub mod install;
 pub mod instance;
+pub mod known;
 pub mod leases;
 pub mod metrics;
 pub mod reclaim;

@@ -67,21 +67,8 @@ pub fn want(leases: &[Lease], me: &str, local: &[IpNetwork]) -> (Want, Vec<Skipp
     (want, skipped)
 }
 
-/// One of our routes as the kernel has it.
-#[derive(Debug, Clone)]
-pub struct Have {
-    pub dst: IpNetwork,
-    pub gw: Option<IpAddr>,
-    pub msg: RouteMessage,
-}
-
-/// The main table as far as we care: our routes, and the destinations that routes of other
-/// protocols hold (never touched).
-#[derive(Debug, Clone, Default)]
-pub struct Installed {
-    pub ours: Vec<Have>,
-    pub foreign: HashSet<IpNetwork>,
-}
+/// Our routes as the kernel has them: destination → gateway.
+pub type Ours = HashMap<IpNetwork, Option<IpAddr>>;
 
 /// What to do to get from what is installed to what is wanted.
 #[derive(Debug, Default, PartialEq)]
@@ -93,25 +80,21 @@ pub struct Plan {
     pub conflicts: Vec<(IpNetwork, IpAddr)>,
 }
 
-/// Pure: the plan from `have` to `want`. A destination held by a foreign route is never added
-/// (an add with replace would overwrite it); one of ours already there is kept up to date.
-pub fn plan(want: &Want, have: &Installed) -> Plan {
-    let ours: HashMap<IpNetwork, Option<IpAddr>> = have.ours.iter().map(|h| (h.dst, h.gw)).collect();
+/// Pure, and linear in the routes: the plan from `ours` to `want`. A destination that a route of
+/// another protocol holds (`foreign`) is never added (an add with replace would overwrite it);
+/// one of ours already there is kept up to date.
+pub fn plan(want: &Want, ours: &Ours, foreign: &HashSet<IpNetwork>) -> Plan {
     let mut p = Plan::default();
     for (dst, gw) in want {
         match ours.get(dst) {
             Some(g) if *g == Some(*gw) => {}
             Some(_) => p.put.push((*dst, *gw)),
-            None if have.foreign.contains(dst) => p.conflicts.push((*dst, *gw)),
+            None if foreign.contains(dst) => p.conflicts.push((*dst, *gw)),
             None => p.put.push((*dst, *gw)),
         }
     }
-    p.delete = have
-        .ours
-        .iter()
-        .filter(|h| !want.contains_key(&h.dst))
-        .map(|h| h.dst)
-        .collect();
+    p.delete = ours.keys().filter(|d| !want.contains_key(*d)).copied().collect();
+    p.delete.sort();
     p
 }
 
@@ -143,46 +126,64 @@ fn v4(a: &RouteAddress) -> Option<Ipv4Addr> {
 }
 
 /// Is this route message one of ours (main table, our protocol)?
-pub fn ours(m: &RouteMessage) -> bool {
+pub fn is_ours(m: &RouteMessage) -> bool {
     m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && m.header.table == RouteHeader::RT_TABLE_MAIN
 }
 
-/// Our routes in the main table, and the IPv4 destinations that other protocols' routes there
-/// hold.
-pub async fn installed(h: &Handle) -> Result<Installed> {
-    let q = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let mut s = h.route().get(q).execute();
-    let mut out = Installed::default();
-    while let Some(m) = s
-        .try_next()
-        .await
-        .map_err(|e| RoutedError::Netlink("listing routes".into(), e))?
-    {
-        if m.header.table != RouteHeader::RT_TABLE_MAIN {
-            continue;
-        }
-        let dst = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(d) => v4(d),
-            _ => None,
-        });
-        // A prefix length the kernel reports out of range is no route we can match.
-        let Ok(dst) = IpNetwork::new(
-            IpAddr::V4(dst.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-            m.header.destination_prefix_length,
-        ) else {
-            continue;
-        };
-        if !ours(&m) {
-            out.foreign.insert(dst);
-            continue;
-        }
-        let gw = m.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(g) => v4(g).map(IpAddr::V4),
-            _ => None,
-        });
-        out.ours.push(Have { dst, gw, msg: m });
+/// The IPv4 destination of a route message, if it has a valid one (no destination: the default).
+pub fn destination(m: &RouteMessage) -> Option<IpNetwork> {
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => v4(d),
+        _ => None,
+    });
+    IpNetwork::new(
+        IpAddr::V4(dst.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        m.header.destination_prefix_length,
+    )
+    .ok()
+}
+
+/// Dumps the main table's IPv4 routes, asking the kernel for `protocol` only (a socket with
+/// strict checking gets just those; another gets all, and the caller filters again).
+async fn dump(h: &Handle, protocol: Option<u8>) -> Result<Vec<RouteMessage>> {
+    let mut q = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    q.header.table = RouteHeader::RT_TABLE_MAIN;
+    if let Some(p) = protocol {
+        q.header.protocol = RouteProtocol::Other(p);
     }
-    Ok(out)
+    h.route()
+        .get(q)
+        .execute()
+        .try_filter(|m| futures::future::ready(m.header.table == RouteHeader::RT_TABLE_MAIN))
+        .try_collect()
+        .await
+        .map_err(|e| RoutedError::Netlink("listing routes".into(), e))
+}
+
+/// Our routes in the main table.
+pub async fn ours(h: &Handle) -> Result<Ours> {
+    Ok(dump(h, Some(ROUTE_PROTOCOL))
+        .await?
+        .iter()
+        .filter(|m| is_ours(m))
+        .filter_map(|m| {
+            let gw = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => v4(g).map(IpAddr::V4),
+                _ => None,
+            });
+            Some((destination(m)?, gw))
+        })
+        .collect())
+}
+
+/// The destinations that routes of other protocols hold in the main table.
+pub async fn foreign(h: &Handle) -> Result<HashSet<IpNetwork>> {
+    Ok(dump(h, None)
+        .await?
+        .iter()
+        .filter(|m| !is_ours(m))
+        .filter_map(destination)
+        .collect())
 }
 
 /// Adds or replaces `dst via gw`.
@@ -205,12 +206,19 @@ pub async fn put(h: &Handle, dst: IpNetwork, gw: IpAddr) -> Result<()> {
         .map_err(|e| RoutedError::Netlink(format!("route {dst} via {gw}"), e))
 }
 
-pub async fn remove(h: &Handle, r: &Have) -> Result<()> {
-    match h.route().del(r.msg.clone()).execute().await {
+/// Deletes our route to `dst`; already gone is fine.
+pub async fn remove(h: &Handle, dst: IpNetwork) -> Result<()> {
+    let IpAddr::V4(net) = dst.network() else {
+        return Ok(());
+    };
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net, dst.prefix())
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .build();
+    match h.route().del(msg).execute().await {
         Ok(()) => Ok(()),
-        // already gone: that is what we wanted
         Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
-        Err(e) => Err(RoutedError::Netlink(format!("deleting route {}", r.dst), e)),
+        Err(e) => Err(RoutedError::Netlink(format!("deleting route {dst}"), e)),
     }
 }
 
@@ -255,16 +263,10 @@ mod tests {
         );
     }
 
-    fn have(d: &str, g: &str) -> Have {
-        Have {
-            dst: d.parse().unwrap(),
-            gw: Some(g.parse().unwrap()),
-            msg: RouteMessage::default(),
-        }
-    }
-
     #[test]
     fn plan_adds_replaces_deletes_and_leaves_foreign_routes_alone() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut w = Want::new();
         for (d, g) in [
             ("10.244.2.0/24", "192.168.1.2"),
@@ -272,30 +274,22 @@ mod tests {
             ("10.244.5.0/24", "192.168.1.5"),
             ("10.244.6.0/24", "192.168.1.6"),
         ] {
-            w.insert(d.parse().unwrap(), g.parse().unwrap());
+            w.insert(net(d), ip(g));
         }
-        let installed = Installed {
-            ours: vec![
-                have("10.244.2.0/24", "192.168.1.2"),
-                have("10.244.3.0/24", "192.168.1.9"),
-                have("10.244.4.0/24", "192.168.1.4"),
-                have("10.244.6.0/24", "192.168.1.6"),
-            ],
-            // 5 is held by someone else's route; so is 6, but ours was there first
-            foreign: ["10.244.5.0/24", "10.244.6.0/24"]
-                .iter()
-                .map(|s| s.parse().unwrap())
-                .collect(),
-        };
-        let p = plan(&w, &installed);
-        assert_eq!(
-            p.put,
-            [("10.244.3.0/24".parse().unwrap(), "192.168.1.3".parse().unwrap())]
-        );
-        assert_eq!(p.delete, ["10.244.4.0/24".parse::<IpNetwork>().unwrap()]);
-        assert_eq!(
-            p.conflicts,
-            [("10.244.5.0/24".parse().unwrap(), "192.168.1.5".parse().unwrap())]
-        );
+        let ours: Ours = [
+            ("10.244.2.0/24", "192.168.1.2"),
+            ("10.244.3.0/24", "192.168.1.9"),
+            ("10.244.4.0/24", "192.168.1.4"),
+            ("10.244.6.0/24", "192.168.1.6"),
+        ]
+        .iter()
+        .map(|(d, g)| (net(d), Some(ip(g))))
+        .collect();
+        // 5 is held by someone else's route; so is 6, but ours was there first
+        let foreign = [net("10.244.5.0/24"), net("10.244.6.0/24")].into();
+        let p = plan(&w, &ours, &foreign);
+        assert_eq!(p.put, [(net("10.244.3.0/24"), ip("192.168.1.3"))]);
+        assert_eq!(p.delete, [net("10.244.4.0/24")]);
+        assert_eq!(p.conflicts, [(net("10.244.5.0/24"), ip("192.168.1.5"))]);
     }
 }

@@ -63,6 +63,8 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     /// `--cluster-cidr` of the daemons started from now on.
     pub cluster_cidr: String,
+    /// `--resync-interval` of the daemons started from now on (1s: tests see resyncs soon).
+    pub resync_interval: String,
     tag: String,
 }
 
@@ -88,6 +90,7 @@ impl Lab {
             store,
             dir,
             cluster_cidr: CLUSTER_CIDR.into(),
+            resync_interval: "1s".into(),
             tag: tag.into(),
         }
     }
@@ -159,7 +162,7 @@ impl Lab {
     /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
     /// network) without waiting for it.
     pub fn spawn(&mut self, i: usize) {
-        let (store, cidr) = (self.store.clone(), self.cluster_cidr.clone());
+        let (store, cidr, resync) = (self.store.clone(), self.cluster_cidr.clone(), self.resync_interval.clone());
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = json!({
@@ -188,7 +191,7 @@ impl Lab {
         .arg(n.node.subnet_file())
         .arg("--cni-conf-dir")
         .arg(&conf_dir)
-        .args(["--resync-interval", "1s"])
+        .args(["--resync-interval", &resync])
         .args(&n.flags)
         .envs(n.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

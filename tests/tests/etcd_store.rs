@@ -103,16 +103,21 @@ fn watch_reports_another_clients_change() {
             connect(&etcd, PREFIX).await.unwrap(),
             connect(&etcd, PREFIX).await.unwrap(),
         );
-        let mut rx = s.watch().await.unwrap();
-        assert!(rx.try_recv().is_err(), "nothing changed yet");
+        let mut w = s.watch().await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(300), w.changed()).await;
+        assert!(quiet.is_err(), "nothing changed yet");
         let c = cfg("10.244.0.0/16", 24);
-        acquire(&other, &c, &node("b", "192.168.1.2", "hb"), &mut Seen::default())
+        let got = acquire(&other, &c, &node("b", "192.168.1.2", "hb"), &mut Seen::default())
             .await
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let changed = tokio::time::timeout(Duration::from_secs(5), w.changed())
             .await
             .expect("a message within 5s")
             .expect("the watch is still running");
+        // the watch names the key that changed, and `get` reads it
+        let key = cbrnet_ipam::cluster::record::subnet_key(got.lease.subnet);
+        assert!(changed.keys.contains(&key), "{changed:?}");
+        assert_eq!(s.get(&key).await.unwrap(), Some(Ok(got)));
     });
 }
 
@@ -138,19 +143,20 @@ fn watch_comes_back_after_etcd_restarts() {
     let etcd = &mut etcd;
     ns.block_on(0, || async move {
         let s = connect(etcd, PREFIX).await.unwrap();
-        let mut rx = s.watch().await.unwrap();
+        let mut w = s.watch().await.unwrap();
         etcd.pause();
         etcd.resume();
-        // one message for the resync, then the watch works as before
-        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        // everything changed (as far as the watcher can know), then the watch works as before
+        let changed = tokio::time::timeout(Duration::from_secs(10), w.changed())
             .await
             .expect("a resync message")
             .unwrap();
+        assert!(changed.all);
         let c = cfg("10.244.0.0/16", 24);
         acquire(&s, &c, &node("a", "192.168.1.1", "ha"), &mut Seen::default())
             .await
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
             .await
             .expect("a message for the change")
             .unwrap();

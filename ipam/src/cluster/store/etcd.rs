@@ -8,7 +8,7 @@
 //! Every call is bounded by [`TIMEOUT`]: a stuck etcd or a blackholed endpoint would otherwise
 //! stall a call forever, where the daemon needs an error it can retry.
 
-use super::LeaseStore;
+use super::{watch_pair, Entry, LeaseStore, Watch};
 use crate::cluster::error::ClusterError;
 use crate::cluster::record::{self, subnet_key, Lease, Listing, Versioned};
 use etcd_client::{
@@ -17,7 +17,6 @@ use etcd_client::{
 use ipnetwork::IpNetwork;
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// How long any one etcd call may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
@@ -162,24 +161,45 @@ impl LeaseStore for EtcdStore {
         Ok(call("txn", self.client.clone().txn(txn)).await?.succeeded())
     }
 
-    async fn watch(&self) -> Result<mpsc::Receiver<()>, ClusterError> {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
+        let resp = call(
+            "get",
+            self.client.clone().get(format!("{}{key}", self.prefix), None),
+        )
+        .await?;
+        Ok(resp.kvs().first().map(|kv| {
+            record::parse(key, kv.value()).map(|lease| Versioned {
+                lease,
+                version: kv.mod_revision() as u64,
+            })
+        }))
+    }
+
+    async fn watch(&self) -> Result<Watch, ClusterError> {
         // The first watch is in place before we return, so a list made after this misses nothing.
         let mut stream = open_watch(&self.client, &self.prefix).await?;
         let (client, prefix) = (self.client.clone(), self.prefix.clone());
-        let (tx, rx) = mpsc::channel(1);
+        let (feed, watch) = watch_pair();
         tokio::spawn(async move {
             loop {
                 // Follow the stream until it ends, fails or is canceled (e.g. by a compaction).
                 loop {
                     let msg = tokio::select! {
-                        _ = tx.closed() => return,
+                        _ = feed.closed() => return,
                         m = stream.message() => m,
                     };
                     match msg {
                         Ok(Some(r)) if !r.canceled() => {
-                            if !r.events().is_empty()
-                                && matches!(tx.try_send(()), Err(TrySendError::Closed(_)))
-                            {
+                            let keys: Vec<String> = r
+                                .events()
+                                .iter()
+                                .filter_map(|e| e.kv())
+                                .map(|kv| {
+                                    let k = String::from_utf8_lossy(kv.key());
+                                    k.strip_prefix(prefix.as_str()).unwrap_or(&k).to_string()
+                                })
+                                .collect();
+                            if !keys.is_empty() && !feed.send(|c| c.keys.extend(keys)) {
                                 return;
                             }
                         }
@@ -189,7 +209,7 @@ impl LeaseStore for EtcdStore {
                 let mut delay = BACKOFF_MIN;
                 stream = loop {
                     tokio::select! {
-                        _ = tx.closed() => return,
+                        _ = feed.closed() => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                     match open_watch(&client, &prefix).await {
@@ -197,12 +217,12 @@ impl LeaseStore for EtcdStore {
                         Err(_) => delay = (delay * 2).min(BACKOFF_MAX),
                     }
                 };
-                // Changes while the watch was down are lost: have the consumer look again.
-                if matches!(tx.try_send(()), Err(TrySendError::Closed(_))) {
+                // Changes while the watch was down are lost: have the consumer look at it all.
+                if !feed.send(|c| c.all = true) {
                     return;
                 }
             }
         });
-        Ok(rx)
+        Ok(watch)
     }
 }

@@ -3,17 +3,19 @@
 //! `DIR/<subnet key>` holds `{"lease": {...}, "version": N}`. Create is write-to-temp, fsync, then
 //! `link(2)` to the key, which is atomic and fails if the key exists: no torn file is ever visible
 //! and two creators cannot both win. Update and delete compare the version under an exclusive
-//! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed by polling the
-//! directory's mtime.
+//! `flock` on `DIR/.lock` and replace by `rename(2)`. Changes are noticed, key by key, through
+//! inotify (or, where it cannot be had, by polling the directory's mtime).
 //!
 //! The directory is shared, so everything in it is judged: entries that are not regular files
 //! (symlinks are never followed, directories never entered), that are not named like a key, or
 //! whose content is not a lease of that key are listed as invalid; temp files that a crashed
 //! writer left behind are removed once they are old.
 
-use super::LeaseStore;
+use super::{watch_pair, Entry, Feed, LeaseStore, Watch};
 use crate::cluster::error::ClusterError;
 use crate::cluster::record::{self, subnet_key, Invalid, Lease, Listing, Versioned};
+use futures::StreamExt;
+use inotify::{EventMask, Inotify, WatchMask};
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -23,10 +25,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 
-/// How often the watcher looks at the directory.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often the watcher looks at the directory when it cannot use inotify.
+pub const POLL: Duration = Duration::from_secs(1);
 /// A temp file older than this belongs to a writer that died: writes take milliseconds.
 pub const STALE_TMP: Duration = Duration::from_secs(60);
 /// A record is a few hundred bytes; a larger file is not one.
@@ -285,27 +286,92 @@ impl LeaseStore for FileStore {
     async fn delete(&self, subnet: IpNetwork, version: u64) -> Result<bool, ClusterError> {
         self.delete_sync(subnet, version)
     }
-    async fn watch(&self) -> Result<mpsc::Receiver<()>, ClusterError> {
-        // Every create, update (rename) and delete changes the directory's mtime: polling that is
-        // one stat, however many leases there are. Expiry changes nothing on disk; the daemon's
-        // periodic resync catches it.
-        let (tx, rx) = mpsc::channel(1);
-        let dir = self.dir.clone();
-        tokio::spawn(async move {
-            let stamp = |d: &Path| fs::metadata(d).and_then(|m| m.modified()).ok();
-            let mut last = stamp(&dir);
-            loop {
-                tokio::time::sleep(POLL).await;
-                let now = stamp(&dir);
-                if now != last {
-                    last = now;
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
-                        return;
-                    }
-                }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
+        match self.read(key) {
+            Ok(v) => Ok(v.map(Ok)),
+            Err(Ok(invalid)) => Ok(Some(Err(invalid))),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn watch(&self) -> Result<Watch, ClusterError> {
+        let (feed, watch) = watch_pair();
+        match Inotify::init().and_then(|i| {
+            i.watches().add(
+                &self.dir,
+                WatchMask::CREATE
+                    | WatchMask::DELETE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::DELETE_SELF
+                    | WatchMask::MOVE_SELF,
+            )?;
+            i.into_event_stream([0u8; 4096])
+        }) {
+            Ok(events) => {
+                tokio::spawn(follow(events, feed));
             }
-        });
-        Ok(rx)
+            Err(e) => {
+                // Out of inotify watches (or no inotify): fall back to the directory's mtime.
+                tracing::warn!(
+                    "watching {} with inotify: {e}; polling it instead",
+                    self.dir.display()
+                );
+                tokio::spawn(poll(self.dir.clone(), feed));
+            }
+        }
+        Ok(watch)
+    }
+}
+
+/// Feeds the names of the records that inotify says changed; everything when events were lost.
+async fn follow(mut events: inotify::EventStream<[u8; 4096]>, feed: Feed) {
+    loop {
+        let ev = tokio::select! {
+            _ = feed.closed() => return,
+            ev = events.next() => ev,
+        };
+        let open = match ev {
+            Some(Ok(ev)) if ev.mask.contains(EventMask::Q_OVERFLOW) => feed.send(|c| c.all = true),
+            Some(Ok(ev)) => match ev.name.map(|n| n.to_string_lossy().into_owned()) {
+                Some(name) if name == LOCK || name.starts_with(TMP_PREFIX) => true,
+                Some(name) => feed.send(|c| {
+                    c.keys.insert(name);
+                }),
+                // The directory itself went or moved: nothing more will come from this watch.
+                None => {
+                    feed.send(|c| c.all = true);
+                    return;
+                }
+            },
+            Some(Err(_)) | None => {
+                feed.send(|c| c.all = true);
+                return;
+            }
+        };
+        if !open {
+            return;
+        }
+    }
+}
+
+/// The fallback without inotify: every create, rename and delete changes the directory's mtime.
+async fn poll(dir: PathBuf, feed: Feed) {
+    let stamp = |d: &Path| fs::metadata(d).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&dir);
+    loop {
+        tokio::select! {
+            _ = feed.closed() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let now = stamp(&dir);
+        if now != last {
+            last = now;
+            if !feed.send(|c| c.all = true) {
+                return;
+            }
+        }
     }
 }
 
@@ -410,6 +476,35 @@ mod tests {
         assert_eq!(s.update(&lease, 1, Duration::from_secs(60)).await.unwrap(), None);
         assert!(!s.delete(lease.subnet, 1).await.unwrap());
         assert_eq!(fs::read_to_string(outside.path()).unwrap(), "secret");
+    }
+
+    #[tokio::test]
+    async fn the_watch_names_each_changed_key_and_get_reads_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        let mut w = s.watch().await.unwrap();
+        let mut other = crate::cluster::lease::Seen::default();
+        let c = conformance::cfg("10.244.0.0/16", 24);
+        let got =
+            crate::cluster::lease::acquire(&s, &c, &conformance::node("a", "192.168.1.1", "h"), &mut other)
+                .await
+                .unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let key = subnet_key(got.lease.subnet);
+        assert_eq!(changed.keys.iter().collect::<Vec<_>>(), [&key], "{changed:?}");
+        assert_eq!(s.get(&key).await.unwrap(), Some(Ok(got.clone())));
+        // a temp file or the lock is no change
+        fs::write(d.path().join(".tmp-1-1"), "x").unwrap();
+        assert!(s.delete(got.lease.subnet, got.version).await.unwrap());
+        let changed = tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed.keys.iter().collect::<Vec<_>>(), [&key], "{changed:?}");
+        assert_eq!(s.get(&key).await.unwrap(), None);
     }
 
     #[test]

@@ -9,12 +9,76 @@ pub mod etcd;
 pub mod file;
 
 use super::error::ClusterError;
-use super::record::{Lease, Listing};
+use super::record::{Invalid, Lease, Listing, Versioned};
 use ipnetwork::IpNetwork;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// What one key holds: a lease, or an entry that is none.
+pub type Entry = Result<Versioned, Invalid>;
+
+/// What changed in a store since its watcher last looked: some keys, or everything (a watch that
+/// was re-established, events that were lost).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub keys: BTreeSet<String>,
+    pub all: bool,
+}
+
+/// The watcher's side of a store watch. Changes merge until taken, so a burst is one batch and
+/// nothing is lost however slowly the watcher takes them.
+pub struct Watch {
+    wake: mpsc::Receiver<()>,
+    pending: Arc<Mutex<Changed>>,
+}
+
+impl Watch {
+    /// Waits for changes and takes them; `None` once the store stopped watching.
+    pub async fn changed(&mut self) -> Option<Changed> {
+        self.wake.recv().await?;
+        Some(std::mem::take(
+            &mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// The store's side of a watch.
+#[derive(Clone)]
+pub struct Feed {
+    wake: mpsc::Sender<()>,
+    pending: Arc<Mutex<Changed>>,
+}
+
+impl Feed {
+    /// Records a change (`f` edits what is pending) and wakes the watcher; `false` once nobody
+    /// watches.
+    pub fn send(&self, f: impl FnOnce(&mut Changed)) -> bool {
+        f(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        !matches!(self.wake.try_send(()), Err(mpsc::error::TrySendError::Closed(_)))
+    }
+
+    /// Resolves once nobody watches.
+    pub async fn closed(&self) {
+        self.wake.closed().await
+    }
+}
+
+/// A connected feed and watch.
+pub fn watch_pair() -> (Feed, Watch) {
+    let (tx, rx) = mpsc::channel(1);
+    let pending = Arc::new(Mutex::new(Changed::default()));
+    (
+        Feed {
+            wake: tx,
+            pending: pending.clone(),
+        },
+        Watch { wake: rx, pending },
+    )
+}
 
 pub trait LeaseStore: Send + Sync {
     /// Every record in the store (a backend without expiry of its own includes expired ones),
@@ -40,8 +104,10 @@ pub trait LeaseStore: Send + Sync {
         subnet: IpNetwork,
         version: u64,
     ) -> impl Future<Output = Result<bool, ClusterError>> + Send;
-    /// A receiver that gets a message (coalesced) whenever the leases may have changed.
-    fn watch(&self) -> impl Future<Output = Result<mpsc::Receiver<()>, ClusterError>> + Send;
+    /// What one key (without prefix: `10.244.3.0-24`) holds now; `None`: nothing.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, ClusterError>> + Send;
+    /// The keys that change from now on, as they change (see [`Watch`]).
+    fn watch(&self) -> impl Future<Output = Result<Watch, ClusterError>> + Send;
 }
 
 /// A store named on the command line.
@@ -137,7 +203,13 @@ impl LeaseStore for AnyStore {
             AnyStore::Etcd(s) => s.delete(subnet, version).await,
         }
     }
-    async fn watch(&self) -> Result<mpsc::Receiver<()>, ClusterError> {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
+        match self {
+            AnyStore::File(s) => s.get(key).await,
+            AnyStore::Etcd(s) => s.get(key).await,
+        }
+    }
+    async fn watch(&self) -> Result<Watch, ClusterError> {
         match self {
             AnyStore::File(s) => s.watch().await,
             AnyStore::Etcd(s) => s.watch().await,
