@@ -9,6 +9,7 @@ use crate::cli::Config;
 use crate::error::{Result, RoutedError};
 use crate::known::Known;
 use crate::metrics::{self, ErrorKind, Metrics};
+use crate::raw::{self, Nexthop, Raw};
 use crate::{instance, reclaim, routes, setup};
 use cbrnet_bridge::Nl;
 use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
@@ -22,7 +23,7 @@ use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,8 +32,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, MissedTickBehavior};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Route requests in flight at once.
-const IN_FLIGHT: usize = 512;
+/// Route requests in flight at once: enough to hide the round trips, few enough that their
+/// acknowledgements always fit the socket's receive buffer.
+const IN_FLIGHT: usize = 64;
+/// Up to this many route changes in one reconcile are logged one by one.
+const LOG_EACH: usize = 32;
 /// Every this many resyncs, the store is read in full (it is otherwise followed by its watch).
 const FULL_LIST_EVERY: u64 = 30;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -146,6 +150,14 @@ struct Node {
     ours: Option<routes::Ours>,
     /// When the next live lease expires (unix seconds): its route must go then.
     next_expiry: Option<u64>,
+    /// The routes wanted, worked out from `known` and the links they were worked out with;
+    /// `None`: work them out again (the store, the links or the time changed them).
+    want: Option<(routes::Want, Vec<(IpNetwork, u32)>)>,
+    /// The plain netlink socket for our route dumps and nexthop objects; whether nexthop objects
+    /// are used (where the kernel has them), and ours as last seen (`None`: ask).
+    raw: Raw,
+    nexthops: bool,
+    nh_known: Option<HashMap<u32, Nexthop>>,
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
@@ -209,15 +221,7 @@ async fn lock(cfg: &Config) -> Result<instance::InstanceLock> {
 }
 
 async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
-    let (mut conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
-    // With strict checking the kernel filters route dumps by protocol: a resync reads our routes
-    // only. Kernels without it dump everything, which `routes::ours` filters too.
-    if let Err(e) =
-        rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut()).set_netlink_get_strict_chk(true)
-    {
-        tracing::debug!("netlink strict checking: {e}");
-    }
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RoutedError::Io("netlink".into(), e))?;
     tokio::spawn(conn);
     let nl = Nl { handle };
     // As at boot: the node's address may come later (DHCP, a slow interface).
@@ -268,6 +272,8 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     };
     metrics.store_up.set(i64::from(true));
     tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, holder = %me.holder, "lease held");
+    let mut raw = Raw::open()?;
+    let nexthops = nexthops_usable(&mut raw);
     let mut node = Node {
         cfg,
         me,
@@ -288,6 +294,10 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         },
         ours: None,
         next_expiry: None,
+        raw,
+        nexthops,
+        nh_known: None,
+        want: None,
     };
     let mut b = Backoff::new();
     while let Err(e) = node.set_up().await {
@@ -297,6 +307,20 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     }
     node.metrics.set_ready(true);
     Ok(node)
+}
+
+/// Nexthop objects if the kernel has them (and `CBRNET_NEXTHOPS` is not `off`); else routes carry
+/// their gateway.
+fn nexthops_usable(raw: &mut Raw) -> bool {
+    if std::env::var("CBRNET_NEXTHOPS").is_ok_and(|v| v == "off") {
+        tracing::info!("nexthop objects are off (CBRNET_NEXTHOPS=off): routes carry their gateway");
+        return false;
+    }
+    let usable = raw.supported();
+    if !usable {
+        tracing::info!("this kernel has no nexthop objects: routes carry their gateway");
+    }
+    usable
 }
 
 async fn node_ip_is_local(h: &Handle, ip: std::net::Ipv4Addr) -> Result<bool> {
@@ -529,48 +553,18 @@ impl Node {
         self.metrics.store_up.set(1);
         let now = unix_now();
         let reassert = self.own_lease_check(now);
-        let mut problems: HashSet<String> = self
-            .known
-            .invalid()
-            .map(|i| format!("store entry {}: {}", i.key, i.why))
-            .collect();
-        let mut live = Vec::new();
-        self.next_expiry = None;
-        for v in self.known.leases() {
-            match self.cfg.leases.check(&v.lease) {
-                Err(why) => {
-                    problems.insert(format!("lease {}: {why}", subnet_key(v.lease.subnet)));
-                }
-                Ok(()) if !v.lease.expired(now) => {
-                    live.push(v.lease.clone());
-                    self.next_expiry = Some(
-                        self.next_expiry
-                            .map_or(v.lease.expires, |e| e.min(v.lease.expires)),
-                    );
-                }
-                Ok(()) => {}
-            }
-        }
-        self.metrics.leases.set(live.len() as i64);
-        let local = routes::connected(&self.nl.handle).await?;
-        self.metrics.node_ip_present.set(i64::from(
-            local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
-        ));
-        let (want, skipped) = routes::want(&live, &self.cfg.args.node_name, &local);
-        for s in &skipped {
-            problems.insert(format!(
-                "lease {} of node {}: not routed: {}",
-                s.lease.subnet, s.lease.node_name, s.why
-            ));
-        }
-        self.metrics.invalid_records.set(problems.len() as i64);
-        for p in self.invalid.fresh(problems) {
-            tracing::error!("skipped: {p}");
-        }
+        let links = routes::connected_links(&self.nl.handle).await?;
+        let expired = self.next_expiry.is_some_and(|e| e <= now);
+        let want = match self.want.take() {
+            Some((want, seen)) if seen == links && !expired => want,
+            _ => self.work_out_want(&links, now),
+        };
+        self.want = Some((want, links.clone()));
+        let want = &self.want.as_ref().expect("set just above").0;
 
         let h = self.nl.handle.clone();
         if self.ours.is_none() {
-            self.ours = Some(routes::ours(&h).await?);
+            self.ours = Some(self.raw.our_routes()?);
         }
         let ours = self.ours.get_or_insert_with(Default::default);
         // Foreign routes matter only for destinations we are about to add.
@@ -580,12 +574,24 @@ impl Node {
         } else {
             HashSet::new()
         };
-        let plan = routes::plan(&want, ours, &foreign);
+        let plan = routes::plan(want, ours, &foreign);
+        let via = if self.nexthops && !plan.put.is_empty() {
+            match ensure_nexthops(&mut self.raw, &mut self.nh_known, &plan.put, &links) {
+                Ok(via) => via,
+                Err(e) => {
+                    self.nh_known = None;
+                    return Err(e);
+                }
+            }
+        } else {
+            HashMap::new()
+        };
         // Many requests in flight at once: the kernel takes them in order, and a cluster's worth
         // of routes goes in without a round trip each.
         let puts = futures::stream::iter(plan.put.iter().map(|(dst, gw)| {
             let h = h.clone();
-            async move { (*dst, *gw, routes::put(&h, *dst, *gw).await) }
+            let nh = via.get(gw).copied();
+            async move { (*dst, *gw, routes::put(&h, *dst, *gw, nh).await) }
         }))
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();
@@ -597,11 +603,17 @@ impl Node {
         .collect::<Vec<_>>();
         let (puts, dels) = futures::join!(puts, dels);
         let mut first_error = None;
+        // Each change is logged, but a cluster's worth at start is one line.
+        let each = puts.len() + dels.len() <= LOG_EACH;
+        let (mut put, mut removed) = (0, 0);
         for (dst, gw, r) in puts {
             match r {
                 Ok(()) => {
                     ours.insert(dst, Some(gw));
-                    tracing::info!(%dst, %gw, "route installed");
+                    put += 1;
+                    if each {
+                        tracing::info!(%dst, %gw, "route installed");
+                    }
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -612,10 +624,38 @@ impl Node {
             match r {
                 Ok(()) => {
                     ours.remove(&dst);
-                    tracing::info!(%dst, "route removed");
+                    removed += 1;
+                    if each {
+                        tracing::info!(%dst, "route removed");
+                    }
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !each {
+            tracing::info!("{put} routes installed, {removed} removed");
+        }
+        // Nexthops no wanted route goes through any more (deleting one takes its routes along).
+        if let (Some(known), true) = (
+            &mut self.nh_known,
+            self.nexthops && first_error.is_none() && !(plan.put.is_empty() && plan.delete.is_empty()),
+        ) {
+            let used: HashSet<u32> = want
+                .values()
+                .filter_map(|gw| match gw {
+                    IpAddr::V4(g) => Some(raw::id(*g)),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            let stale: Vec<u32> = known.keys().filter(|id| !used.contains(id)).copied().collect();
+            if !stale.is_empty() {
+                match self.raw.delete(&stale) {
+                    Ok(()) => known.retain(|id, _| used.contains(id)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -634,26 +674,75 @@ impl Node {
             .set(want.keys().filter(|d| ours.contains_key(*d)).count() as i64);
         self.metrics.reconcile_duration.observe(t.elapsed().as_secs_f64());
         match first_error {
-            // The routes that failed are read back from the kernel next time.
+            // The routes (and nexthops) that failed are read back from the kernel next time.
             Some(e) => {
                 self.ours = None;
+                self.nh_known = None;
                 Err(e)
             }
             None => Ok(reassert),
         }
     }
 
-    /// Brings `known` up to date with what changed in the store.
+    /// Brings `known` up to date with what changed in the store (and forgets the routes wanted
+    /// if anything did).
     async fn read_store(&mut self, pending: &Changed) -> Result<()> {
         if pending.all {
             self.known = Known::from_listing(self.store.list().await?);
+            self.want = None;
             return Ok(());
         }
         for key in &pending.keys {
             let e = self.store.get(key).await?;
-            self.known.set(key.clone(), e);
+            if self.known.set(key.clone(), e) {
+                self.want = None;
+            }
         }
         Ok(())
+    }
+
+    /// The routes the live, valid leases call for; reports what cannot be used (once each) and
+    /// notes when the next lease expires.
+    fn work_out_want(&mut self, links: &[(IpNetwork, u32)], now: u64) -> routes::Want {
+        let mut problems: HashSet<String> = self
+            .known
+            .invalid()
+            .map(|i| format!("store entry {}: {}", i.key, i.why))
+            .collect();
+        let mut live = Vec::new();
+        self.next_expiry = None;
+        for v in self.known.leases() {
+            match self.cfg.leases.check(&v.lease) {
+                Err(why) => {
+                    problems.insert(format!("lease {}: {why}", subnet_key(v.lease.subnet)));
+                }
+                Ok(()) if !v.lease.expired(now) => {
+                    live.push(&v.lease);
+                    self.next_expiry = Some(
+                        self.next_expiry
+                            .map_or(v.lease.expires, |e| e.min(v.lease.expires)),
+                    );
+                }
+                Ok(()) => {}
+            }
+        }
+        self.metrics.leases.set(live.len() as i64);
+        let local: Vec<IpNetwork> = links.iter().map(|(n, _)| *n).collect();
+        self.metrics.node_ip_present.set(i64::from(
+            local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
+        ));
+        let (want, skipped) = routes::want(live, &self.cfg.args.node_name, &local);
+        for s in &skipped {
+            problems.insert(format!(
+                "lease {} of node {}: not routed: {}",
+                s.lease.subnet, s.lease.node_name, s.why
+            ));
+        }
+        self.metrics.invalid_records.set(problems.len() as i64);
+        for p in self.invalid.fresh(problems) {
+            tracing::error!("skipped: {p}");
+        }
+        want
     }
 
     /// When the next live lease expires, on this process's clock.
@@ -701,6 +790,57 @@ impl Node {
             tracing::warn!("reclaim skipped {p}");
         }
     }
+}
+
+/// Makes sure a nexthop object exists for the gateway of each route to `put`, on the link of
+/// the connected network it is on; returns the nexthop id to use per gateway (a gateway the
+/// kernel refused a nexthop for is routed the plain way).
+fn ensure_nexthops(
+    nx: &mut Raw,
+    known: &mut Option<HashMap<u32, Nexthop>>,
+    put: &[(IpNetwork, IpAddr)],
+    links: &[(IpNetwork, u32)],
+) -> Result<HashMap<IpAddr, u32>> {
+    let known = match known {
+        Some(k) => k,
+        None => known.insert(nx.dump()?),
+    };
+    let mut want: HashMap<IpAddr, Nexthop> = HashMap::new();
+    for (_, gw) in put {
+        let IpAddr::V4(g) = gw else { continue };
+        if let Some((_, oif)) = links.iter().find(|(n, _)| n.contains(*gw)) {
+            want.insert(
+                *gw,
+                Nexthop {
+                    gateway: *g,
+                    oif: *oif,
+                },
+            );
+        }
+    }
+    let missing: Vec<Nexthop> = want
+        .values()
+        .filter(|nh| known.get(&raw::id(nh.gateway)) != Some(*nh))
+        .copied()
+        .collect();
+    let refused = nx.put(&missing)?;
+    for (nh, errno) in &refused {
+        tracing::warn!(
+            gateway = %nh.gateway,
+            "the kernel refused a nexthop object ({}); routing it without one",
+            std::io::Error::from_raw_os_error(*errno)
+        );
+    }
+    for nh in &missing {
+        if !refused.iter().any(|(r, _)| r == nh) {
+            known.insert(raw::id(nh.gateway), *nh);
+        }
+    }
+    Ok(want
+        .into_iter()
+        .filter(|(_, nh)| known.get(&raw::id(nh.gateway)) == Some(nh))
+        .map(|(gw, nh)| (gw, raw::id(nh.gateway)))
+        .collect())
 }
 
 /// `release`: drop this node's lease (decommission).

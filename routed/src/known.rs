@@ -24,15 +24,11 @@ impl Known {
         Known { entries }
     }
 
-    /// What `key` holds now (`None`: nothing).
-    pub fn set(&mut self, key: String, e: Option<Entry>) {
+    /// What `key` holds now (`None`: nothing); whether that is news.
+    pub fn set(&mut self, key: String, e: Option<Entry>) -> bool {
         match e {
-            Some(e) => {
-                self.entries.insert(key, e);
-            }
-            None => {
-                self.entries.remove(&key);
-            }
+            Some(e) => self.entries.insert(key, e.clone()).as_ref() != Some(&e),
+            None => self.entries.remove(&key).is_some(),
         }
     }
 

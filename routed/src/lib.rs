@@ -17,6 +17,7 @@ pub mod instance;
 pub mod known;
 pub mod leases;
 pub mod metrics;
+pub mod raw;
 pub mod reclaim;
 pub mod routes;
 pub mod setup;

@@ -28,10 +28,14 @@ pub struct Skipped {
 /// Pure: the routes the live leases call for, seen from node `me` whose addresses (with their
 /// prefixes) are `local`. Host-gw needs the other node on one of our own L2 networks, at an
 /// address that is a neighbour: not our own, not a network's or broadcast address.
-pub fn want(leases: &[Lease], me: &str, local: &[IpNetwork]) -> (Want, Vec<Skipped>) {
+pub fn want<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    me: &str,
+    local: &[IpNetwork],
+) -> (Want, Vec<Skipped>) {
     let mut want = Want::new();
     let mut skipped = Vec::new();
-    for l in leases.iter().filter(|l| l.node_name != me) {
+    for l in leases.into_iter().filter(|l| l.node_name != me) {
         let why = match (l.subnet, l.node_ip) {
             (IpNetwork::V4(_), IpAddr::V4(ip)) => {
                 let on = local.iter().find(|n| n.contains(l.node_ip));
@@ -100,6 +104,11 @@ pub fn plan(want: &Want, ours: &Ours, foreign: &HashSet<IpNetwork>) -> Plan {
 
 /// Our IPv4 networks: every address with its prefix.
 pub async fn connected(h: &Handle) -> Result<Vec<IpNetwork>> {
+    Ok(connected_links(h).await?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Our IPv4 networks with the link each is on.
+pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
     let mut s = h.address().get().execute();
     let mut out = Vec::new();
     while let Some(m) = s
@@ -110,7 +119,7 @@ pub async fn connected(h: &Handle) -> Result<Vec<IpNetwork>> {
         for a in &m.attributes {
             if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
                 if let Ok(n) = IpNetwork::new(IpAddr::V4(*ip), m.header.prefix_len) {
-                    out.push(n);
+                    out.push((n, m.header.index));
                 }
             }
         }
@@ -143,14 +152,10 @@ pub fn destination(m: &RouteMessage) -> Option<IpNetwork> {
     .ok()
 }
 
-/// Dumps the main table's IPv4 routes, asking the kernel for `protocol` only (a socket with
-/// strict checking gets just those; another gets all, and the caller filters again).
-async fn dump(h: &Handle, protocol: Option<u8>) -> Result<Vec<RouteMessage>> {
+/// The main table's IPv4 routes.
+async fn dump(h: &Handle) -> Result<Vec<RouteMessage>> {
     let mut q = RouteMessageBuilder::<Ipv4Addr>::new().build();
     q.header.table = RouteHeader::RT_TABLE_MAIN;
-    if let Some(p) = protocol {
-        q.header.protocol = RouteProtocol::Other(p);
-    }
     h.route()
         .get(q)
         .execute()
@@ -160,25 +165,9 @@ async fn dump(h: &Handle, protocol: Option<u8>) -> Result<Vec<RouteMessage>> {
         .map_err(|e| RoutedError::Netlink("listing routes".into(), e))
 }
 
-/// Our routes in the main table.
-pub async fn ours(h: &Handle) -> Result<Ours> {
-    Ok(dump(h, Some(ROUTE_PROTOCOL))
-        .await?
-        .iter()
-        .filter(|m| is_ours(m))
-        .filter_map(|m| {
-            let gw = m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(g) => v4(g).map(IpAddr::V4),
-                _ => None,
-            });
-            Some((destination(m)?, gw))
-        })
-        .collect())
-}
-
 /// The destinations that routes of other protocols hold in the main table.
 pub async fn foreign(h: &Handle) -> Result<HashSet<IpNetwork>> {
-    Ok(dump(h, None)
+    Ok(dump(h)
         .await?
         .iter()
         .filter(|m| !is_ours(m))
@@ -186,18 +175,24 @@ pub async fn foreign(h: &Handle) -> Result<HashSet<IpNetwork>> {
         .collect())
 }
 
-/// Adds or replaces `dst via gw`.
-pub async fn put(h: &Handle, dst: IpNetwork, gw: IpAddr) -> Result<()> {
+/// Adds or replaces `dst via gw`, through the nexthop object `nh` when there is one.
+pub async fn put(h: &Handle, dst: IpNetwork, gw: IpAddr, nh: Option<u32>) -> Result<()> {
     let (IpAddr::V4(net), IpAddr::V4(gw4)) = (dst.network(), gw) else {
         return Err(RoutedError::Config(format!(
             "{dst} via {gw}: only IPv4 is routed"
         )));
     };
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(net, dst.prefix())
-        .gateway(gw4)
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-        .build();
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    let msg = match nh {
+        Some(id) => {
+            let mut m = b.build();
+            m.attributes.push(RouteAttribute::NhId(id));
+            m
+        }
+        None => b.gateway(gw4).build(),
+    };
     h.route()
         .add(msg)
         .replace()

@@ -23,8 +23,21 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// `ip route show proto 157`, without the `nhid N` of routes through nexthop objects, so that
+    /// a route reads `SUBNET via NODE_IP dev ...` either way.
     pub fn route_table(&self) -> String {
-        self.node.ns.ok(&["ip", "route", "show", "proto", "157"])
+        self.node
+            .ns
+            .ok(&["ip", "route", "show", "proto", "157"])
+            .lines()
+            .map(|l| {
+                let mut words: Vec<&str> = l.split_whitespace().collect();
+                if let Some(i) = words.iter().position(|w| *w == "nhid") {
+                    words.drain(i..(i + 2).min(words.len()));
+                }
+                words.join(" ") + "\n"
+            })
+            .collect()
     }
     pub fn subnet(&self) -> Option<String> {
         let s = std::fs::read_to_string(self.node.subnet_file()).ok()?;
@@ -133,10 +146,12 @@ impl Lab {
 
     /// Starts node `i`'s daemon and waits until it has published its subnet.
     pub fn start(&mut self, i: usize) {
+        // A restarted daemon finds the subnet file of its last run: wait for its own lease too.
+        let held = self.nodes[i].log().matches("lease held").count();
         self.spawn(i);
         let n = &self.nodes[i];
         let t = Instant::now();
-        while n.subnet().is_none() {
+        while n.subnet().is_none() || n.log().matches("lease held").count() == held {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "node {i} published no subnet:\n{}",
@@ -162,7 +177,11 @@ impl Lab {
     /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
     /// network) without waiting for it.
     pub fn spawn(&mut self, i: usize) {
-        let (store, cidr, resync) = (self.store.clone(), self.cluster_cidr.clone(), self.resync_interval.clone());
+        let (store, cidr, resync) = (
+            self.store.clone(),
+            self.cluster_cidr.clone(),
+            self.resync_interval.clone(),
+        );
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = json!({
@@ -324,7 +343,7 @@ impl Lab {
 /// can be reached).
 pub async fn open_store(spec: &str) -> cbrnet_ipam::cluster::store::AnyStore {
     let spec = spec.parse().expect("the lab's store spec");
-    cbrnet_ipam::cluster::store::AnyStore::open(&spec, "/cbrnet/subnets/", false)
+    cbrnet_ipam::cluster::store::AnyStore::open(&spec, "/cbrnet/subnets/", true)
         .await
         .expect("opening the lab's store")
 }

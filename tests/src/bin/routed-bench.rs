@@ -103,7 +103,8 @@ struct Scale {
     /// CPU per resync with nothing to do (everything the daemon did in 10 s of 1 s resyncs,
     /// divided by 10).
     noop_resync_cpu: Duration,
-    /// Context switches per second at the default resync interval (10 s), idle.
+    /// Voluntary context switches (sleeps ended) per second at the default resync interval
+    /// (10 s), idle.
     idle_wakeups: f64,
 }
 
@@ -121,18 +122,30 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time of all the process's threads (ns, from schedstat) and their context switches.
+/// CPU time of all the process's threads (ns, from schedstat) and how often they went to sleep.
 fn cpu_and_switches(pid: u32) -> (u64, u64) {
     let mut cpu = 0;
     let mut switches = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let p = t.path();
         if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-            cpu += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            cpu += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
         if let Ok(s) = std::fs::read_to_string(p.join("status")) {
-            for l in s.lines().filter(|l| l.contains("ctxt_switches")) {
-                switches += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            for l in s.lines().filter(|l| l.starts_with("voluntary_ctxt_switches")) {
+                switches += l
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
     }
@@ -185,7 +198,12 @@ fn scale(kind: StoreKind, n: usize) -> Scale {
         std::thread::sleep(Duration::from_millis(50));
     }
     let converge = t0.elapsed();
-    let kernel = lab.nodes[i].node.ns.ok(&["ip", "route", "show", "proto", "157"]).lines().count();
+    let kernel = lab.nodes[i]
+        .node
+        .ns
+        .ok(&["ip", "route", "show", "proto", "157"])
+        .lines()
+        .count();
     assert_eq!(kernel, n, "the kernel has {kernel} routes of ours");
     let pid = lab.nodes[i].daemon.as_ref().unwrap().id();
     let peak_rss_kib = status_kib(pid, "VmHWM:");
