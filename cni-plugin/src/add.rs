@@ -132,8 +132,8 @@ async fn apply(
     if let (Some(v6), true) = (p.forwarding, changed) {
         forwarding::enable(v6)?;
     }
-    let pod = pod_ns.run_in(home, Nl::connect)??;
-    pod::configure(&pod, &p.veth.pod_ifname, &p.ips, &p.routes).await?;
+    let (pod, index) = pod::enter(pod_ns, home, &p.veth.pod_ifname)?;
+    pod::configure(&pod, &p.veth.pod_ifname, index, &p.ips, &p.routes).await?;
     test_point("pod");
     if let Some(m) = &p.masq {
         masq::ensure(&m.table, m.subnet, m.cluster)?;

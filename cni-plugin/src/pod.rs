@@ -1,6 +1,7 @@
 //! The pod side: addresses and routes on the pod interface, through a socket in the pod namespace.
 
 use crate::error::{PluginError, Result};
+use crate::netns::NetNs;
 use cbrnet_bridge::error::{errno, EEXIST};
 use cbrnet_bridge::netlink;
 use cbrnet_bridge::Nl;
@@ -12,15 +13,21 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use std::net::IpAddr;
 
-/// Brings `ifname` up and adds every address, then every route; returns its index. After the
-/// lookup, everything goes out in one batch: the kernel takes a socket's requests in order, so
-/// the link is up and its addresses are there before the routes that need them.
-pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]) -> Result<u32> {
-    let link = nl
-        .link(ifname)
-        .await?
-        .ok_or_else(|| PluginError::Check(format!("{ifname} vanished from the pod")))?;
-    let index = link.header.index;
+/// Opens a netlink socket in the pod (`pod`, left again for `home` at once) and finds the index
+/// of `ifname` there, by ioctl: no round trip.
+pub fn enter(pod: &NetNs, home: &NetNs, ifname: &str) -> Result<(Nl, u32)> {
+    pod.run_in(home, || {
+        let nl = Nl::connect()?;
+        let index = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|_| PluginError::Check(format!("{ifname} vanished from the pod")))?;
+        Ok((nl, index))
+    })?
+}
+
+/// Brings link `index` (`ifname`) up and adds every address, then every route, in one batch: the
+/// kernel takes a socket's requests in order, so the link is up and its addresses are there
+/// before the routes that need them.
+pub async fn configure(nl: &Nl, ifname: &str, index: u32, ips: &[IpConfig], routes: &[Route]) -> Result<()> {
     let messages: Vec<_> = routes
         .iter()
         .map(|r| route_message(r, index))
@@ -64,7 +71,7 @@ pub async fn configure(nl: &Nl, ifname: &str, ips: &[IpConfig], routes: &[Route]
         .into_iter()
         .chain(route_adds)
         .collect::<Result<Vec<()>>>()?;
-    Ok(index)
+    Ok(())
 }
 
 fn route_message(r: &Route, oif: u32) -> Result<RouteMessage> {

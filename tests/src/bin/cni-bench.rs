@@ -1,23 +1,27 @@
-//! Times `cbrnet` against the reference `bridge` + `host-local` plugins, call by call.
+//! Times `cbrnet` against the floor (`cni-floor`: the same kernel work by the smallest process
+//! that can do it) and the reference `bridge` + `host-local` plugins, call by call.
 //!
 //! ```text
-//! cargo build --release --workspace && ./target/release/cni-bench [--pods N]
+//! cargo build --release --workspace && cargo static-cbrnet && cargo static-cbrnet-ipam \
+//!   && ./target/release/cni-bench [--pods 100] [--prefill 900] [--concurrent 200]
 //! ```
 //!
-//! Each plugin gets a node namespace of its own and N pod namespaces; ADDs and then DELs are
-//! interleaved as a runtime would make them, and every call is timed from spawn to exit.
+//! 1. Quiet node: each plugin gets a node namespace of its own and N pod namespaces; ADDs, then
+//!    DELs, interleaved across the plugins as a runtime would make them, each timed from spawn
+//!    to exit.
+//! 2. Busy node: the cbrnet and floor nodes get `--prefill` pods first (a node with ~1,000 pods,
+//!    within a bridge's 1,023 ports), then the same again.
+//! 3. Concurrency: `--concurrent` ADDs at once on a fresh node, wall time from the first spawn to
+//!    the last exit, for cbrnet and the floor.
 
-use cbrnet_tests::{Call, Netns, Node, REFERENCE_CNI_DIR};
+use cbrnet_tests::{Call, CniOut, Netns, Node, REFERENCE_CNI_DIR};
 use serde_json::{json, Value};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const WARMUP: usize = 2;
-
-/// The nodes' temporary directories, for the panic hook to remove.
-static NODE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// One plugin set-up under test: its node, config and binary.
 struct Plugin {
@@ -26,141 +30,304 @@ struct Plugin {
     conf: Value,
     bin: PathBuf,
     cni_path: String,
-    add: Vec<Duration>,
-    del: Vec<Duration>,
+    /// The floor takes its address from CNI_ARGS: the i-th pod's, in this /22.
+    floor_net: Option<Ipv4Addr>,
 }
 
 impl Plugin {
-    /// Runs one call in this plugin's node, insists it succeeds, and returns how long it took.
-    fn call(&self, command: &str, id: &str, pod: &Netns) -> Duration {
+    fn args(&self, i: usize) -> String {
+        match self.floor_net {
+            Some(net) => {
+                let ip = Ipv4Addr::from(u32::from(net) + 2 + i as u32);
+                format!("IP={ip}/22;GW={}", Ipv4Addr::from(u32::from(net) + 1))
+            }
+            None => String::new(),
+        }
+    }
+
+    fn call(&self, command: &str, id: &str, i: usize, pod: &Netns) -> CniOut {
+        let args = self.args(i);
         let call = Call {
             plugin: self.bin.clone(),
             command,
             container_id: id,
             netns: pod.path(),
             ifname: "eth0",
-            args: "",
+            args: &args,
             cni_path: self.cni_path.clone(),
             extra_env: Vec::new(),
         };
+        call.run(&self.node.ns, &self.conf)
+    }
+
+    /// Runs one call, insists it succeeds, and returns how long it took.
+    fn timed(&self, command: &str, id: &str, i: usize, pod: &Netns) -> Duration {
         let start = Instant::now();
-        let out = call.run(&self.node.ns, &self.conf);
+        let out = self.call(command, id, i, pod);
         let took = start.elapsed();
-        out.expect_ok();
+        if !out.ok {
+            panic!("{} {command} {id}: {} {}", self.name, out.json, out.stderr);
+        }
         took
     }
 }
 
-fn main() {
-    let n = parse_pods();
-    // The release profile aborts on panic, so the guards' Drop would never run: clean up here.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        hook(info);
-        remove_our_namespaces();
-        for dir in NODE_DIRS.lock().map(|d| d.clone()).unwrap_or_default() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }));
+struct Args {
+    pods: usize,
+    prefill: usize,
+    concurrent: usize,
+}
 
+fn parse_args() -> Args {
+    let mut a = Args {
+        pods: 100,
+        prefill: 900,
+        concurrent: 200,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--pods" if v > 0 => a.pods = v,
+            "--prefill" => a.prefill = v,
+            "--concurrent" if v > 0 => a.concurrent = v,
+            _ => usage(),
+        }
+    }
+    if a.pods + a.prefill > 1000 || a.concurrent > 1000 {
+        eprintln!("a bridge takes 1,023 ports: keep --pods + --prefill and --concurrent under 1,000");
+        std::process::exit(2);
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!("usage: cni-bench [--pods N] [--prefill N] [--concurrent N]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let a = parse_args();
+    if let Err(e) = cbrnet_tests::tear_down_on_signals() {
+        panic!("handling signals: {e}");
+    }
     // `cbrnet_tests::bin_dir` expects a test's `deps/` layout; we sit next to the plugins.
     let exe = std::env::current_exe().expect("current exe");
     let our_dir = exe.parent().expect("binary dir").to_path_buf();
     assert!(
-        our_dir.join("cbrnet").is_file(),
+        our_dir.join("cbrnet").is_file() && our_dir.join("cni-floor").is_file(),
         "build first: cargo build --release --workspace"
     );
-
-    let node = new_node("bench-cbr");
-    let conf = node.conf("1.1.0", "10.244.40.0/24");
-    let cbrnet = Plugin {
-        name: "cbrnet",
-        node,
-        conf,
-        bin: our_dir.join("cbrnet"),
-        cni_path: our_dir.display().to_string(),
-        add: Vec::new(),
-        del: Vec::new(),
+    let cbrnet = |tag: &str| {
+        let node = Node::new(tag);
+        let conf = node.conf("1.0.0", "10.244.44.0/22");
+        Plugin {
+            name: "cbrnet",
+            node,
+            conf,
+            bin: our_dir.join("cbrnet"),
+            cni_path: our_dir.display().to_string(),
+            floor_net: None,
+        }
     };
-    let node = new_node("bench-ref");
-    let conf = json!({
-        "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cbr0",
-        "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
-        "ipam": { "type": "host-local", "subnet": "10.244.41.0/24", "dataDir": node.dir.path().join("hl") },
-    });
-    let reference = Plugin {
-        name: "reference",
-        node,
-        conf,
-        bin: PathBuf::from(REFERENCE_CNI_DIR).join("bridge"),
-        cni_path: REFERENCE_CNI_DIR.to_string(),
-        add: Vec::new(),
-        del: Vec::new(),
+    let floor = |tag: &str| {
+        let node = Node::new(tag);
+        // The floor does not make the bridge: the node has it, with the gateway, as cbrnet's has
+        // after its first ADD.
+        node.ns.ok(&["ip", "link", "add", "cbr0", "type", "bridge"]);
+        node.ns.ok(&["ip", "link", "set", "cbr0", "up"]);
+        node.ns
+            .ok(&["ip", "addr", "add", "10.244.48.1/22", "dev", "cbr0"]);
+        Plugin {
+            name: "floor",
+            node,
+            conf: json!({"cniVersion": "1.0.0", "name": "floornet", "type": "cni-floor"}),
+            bin: our_dir.join("cni-floor"),
+            cni_path: our_dir.display().to_string(),
+            floor_net: Some(Ipv4Addr::new(10, 244, 48, 0)),
+        }
     };
-    let mut plugins = [cbrnet, reference];
+    let reference = {
+        let node = Node::new("bench-ref");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cbr0",
+            "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
+            "ipam": { "type": "host-local", "subnet": "10.244.52.0/22", "dataDir": node.dir.path().join("hl") },
+        });
+        Plugin {
+            name: "reference",
+            node,
+            conf,
+            bin: PathBuf::from(REFERENCE_CNI_DIR).join("bridge"),
+            cni_path: REFERENCE_CNI_DIR.to_string(),
+            floor_net: None,
+        }
+    };
+    let plugins = [cbrnet("bench-cbr"), floor("bench-floor"), reference];
+    println!(
+        "kernel {}, nproc {}, cbrnet {}",
+        command_out("uname", &["-r"]),
+        std::thread::available_parallelism().map_or(0, |c| c.get()),
+        command_out(
+            "file",
+            &["-b", our_dir.join("cbrnet").to_str().unwrap_or_default()]
+        )
+        .split(',')
+        .take(2)
+        .collect::<String>()
+    );
 
-    // Warm-up: bring binaries into the page cache and create the bridges; not counted.
+    // Warm-up: the page cache, the bridges; not counted.
     for p in &plugins {
         let pod = Netns::new("bench-warm");
         for _ in 0..WARMUP {
-            p.call("ADD", "warmup", &pod);
-            p.call("DEL", "warmup", &pod);
+            p.timed("ADD", "warmup", 999, &pod);
+            p.timed("DEL", "warmup", 999, &pod);
         }
     }
 
-    let pods: Vec<[Netns; 2]> = (0..n)
-        .map(|_| [Netns::new("bench-pod"), Netns::new("bench-pod")])
+    println!(
+        "\n1. a quiet node: {} pods each, ADDs then DELs, interleaved\n",
+        a.pods
+    );
+    let quiet = round(&plugins, a.pods, 0, "q");
+    table(&quiet);
+
+    println!(
+        "\n2. a node with {} pods already: {} more each\n",
+        a.prefill, a.pods
+    );
+    let busy_plugins = &plugins[..2];
+    let prefill: Vec<Vec<Netns>> = busy_plugins
+        .iter()
+        .map(|_| (0..a.prefill).map(|_| Netns::new("bench-fill")).collect())
         .collect();
-    let ids: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
-    for (i, pod) in pods.iter().enumerate() {
-        for (p, ns) in plugins.iter_mut().zip(pod) {
-            let t = p.call("ADD", &ids[i], ns);
-            p.add.push(t);
+    for (p, pods) in busy_plugins.iter().zip(&prefill) {
+        for (i, pod) in pods.iter().enumerate() {
+            p.timed("ADD", &format!("fill-{i}"), a.pods + i, pod);
         }
     }
-    for (i, pod) in pods.iter().enumerate() {
-        for (p, ns) in plugins.iter_mut().zip(pod) {
-            let t = p.call("DEL", &ids[i], ns);
-            p.del.push(t);
-        }
+    let busy = round(busy_plugins, a.pods, 0, "b");
+    table(&busy);
+
+    println!("\n3. {} ADDs at once on a fresh node\n", a.concurrent);
+    let mut walls = Vec::new();
+    for p in [cbrnet("bench-ccbr"), floor("bench-cfloor")] {
+        let pods: Vec<Netns> = (0..a.concurrent).map(|_| Netns::new("bench-conc")).collect();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let p = &p;
+            let hs: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, pod)| s.spawn(move || p.call("ADD", &format!("conc-{i}"), i, pod)))
+                .collect();
+            for h in hs {
+                let out = h.join().expect("a call thread");
+                assert!(out.ok, "{} concurrent ADD: {} {}", p.name, out.json, out.stderr);
+            }
+        });
+        let wall = t.elapsed();
+        println!(
+            "| {} | {} ADDs | {:.0} ms wall |",
+            p.name,
+            a.concurrent,
+            wall.as_secs_f64() * 1e3
+        );
+        walls.push(wall);
     }
 
-    // Nothing may be left behind.
-    for p in &plugins {
-        assert_eq!(p.node.veths(), Vec::<String>::new(), "{}: veths left", p.name);
-    }
-    assert_eq!(
-        plugins[0].node.reservations("testnet"),
-        [],
-        "cbrnet: reservations left"
+    let med = |r: &[Row], name: &str, op: &str| {
+        r.iter()
+            .find(|x| x.plugin == name && x.op == op)
+            .map_or(f64::NAN, |x| x.median)
+    };
+    println!("\nratios (medians):");
+    println!(
+        "  ADD cbrnet/floor, quiet: {:.2} (target <= 1.5)",
+        med(&quiet, "cbrnet", "ADD") / med(&quiet, "floor", "ADD")
+    );
+    println!(
+        "  ADD cbrnet/reference, quiet: {:.2} (target <= 0.25)",
+        med(&quiet, "cbrnet", "ADD") / med(&quiet, "reference", "ADD")
+    );
+    println!(
+        "  ADD cbrnet busy/quiet: {:.2} (target <= 1.2)",
+        med(&busy, "cbrnet", "ADD") / med(&quiet, "cbrnet", "ADD")
+    );
+    println!(
+        "  DEL cbrnet/floor, quiet: {:.2}, busy: {:.2} (target <= 1.1)",
+        med(&quiet, "cbrnet", "DEL") / med(&quiet, "floor", "DEL"),
+        med(&busy, "cbrnet", "DEL") / med(&busy, "floor", "DEL")
+    );
+    println!(
+        "  {} concurrent ADDs cbrnet/floor wall: {:.2} (target <= 1.5)",
+        a.concurrent,
+        walls[0].as_secs_f64() / walls[1].as_secs_f64()
     );
 
-    report(&plugins, n);
+    // Nothing may be left behind by the timed rounds.
+    assert_eq!(
+        plugins[0].node.reservations("testnet").len(),
+        a.prefill,
+        "cbrnet: reservations"
+    );
 }
 
-fn new_node(tag: &str) -> Node {
-    let node = Node::new(tag);
-    if let Ok(mut dirs) = NODE_DIRS.lock() {
-        dirs.push(node.dir.path().to_path_buf());
+struct Row {
+    plugin: &'static str,
+    op: &'static str,
+    median: f64,
+    p90: f64,
+    mean: f64,
+    n: usize,
+}
+
+/// N pods per plugin: every ADD (interleaved across plugins), then every DEL; the rows.
+fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str) -> Vec<Row> {
+    let pods: Vec<Vec<Netns>> = plugins
+        .iter()
+        .map(|_| (0..n).map(|_| Netns::new("bench-pod")).collect())
+        .collect();
+    // For each op, pod i of every plugin before pod i + 1 of any.
+    let timed = |op: &str| -> Vec<Vec<Duration>> {
+        let mut out = vec![Vec::new(); plugins.len()];
+        for i in 0..n {
+            for ((p, pods), samples) in plugins.iter().zip(&pods).zip(out.iter_mut()) {
+                samples.push(p.timed(op, &format!("{tag}-{i}"), first + i, &pods[i]));
+            }
+        }
+        out
+    };
+    let add = timed("ADD");
+    let del = timed("DEL");
+    let mut rows = Vec::new();
+    for (k, p) in plugins.iter().enumerate() {
+        for (op, samples) in [("ADD", &add[k]), ("DEL", &del[k])] {
+            let (median, p90, mean) = stats(samples);
+            rows.push(Row {
+                plugin: p.name,
+                op,
+                median,
+                p90,
+                mean,
+                n: samples.len(),
+            });
+        }
     }
-    node
+    rows
 }
 
-fn parse_pods() -> usize {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => 100,
-        [flag, v] if flag == "--pods" => match v.parse() {
-            Ok(n) if n > 0 => n,
-            _ => usage(),
-        },
-        _ => usage(),
+fn table(rows: &[Row]) {
+    println!("| plugin | op | median ms | p90 ms | mean ms | N |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+            r.plugin, r.op, r.median, r.p90, r.mean, r.n
+        );
     }
-}
-
-fn usage() -> ! {
-    eprintln!("usage: cni-bench [--pods N]   (N > 0, default 100)");
-    std::process::exit(2)
 }
 
 /// Median, p90 (nearest rank) and mean, in milliseconds.
@@ -177,47 +344,10 @@ fn stats(samples: &[Duration]) -> (f64, f64, f64) {
     (median, p90, ms.iter().sum::<f64>() / len as f64)
 }
 
-fn report(plugins: &[Plugin; 2], n: usize) {
-    let kernel = command_out("uname", &["-r"]);
-    let cpus = std::thread::available_parallelism().map_or(0, |c| c.get());
-    println!("kernel {kernel}, nproc {cpus}, {n} pods per plugin");
-    println!("warm-up: {WARMUP} ADD/DEL pairs per plugin before timing (not counted)\n");
-    println!("| plugin | op | median ms | p90 ms | mean ms | N |");
-    println!("|---|---|---:|---:|---:|---:|");
-    for p in plugins {
-        for (op, samples) in [("ADD", &p.add), ("DEL", &p.del)] {
-            let (med, p90, mean) = stats(samples);
-            println!(
-                "| {} | {op} | {med:.3} | {p90:.3} | {mean:.3} | {} |",
-                p.name,
-                samples.len()
-            );
-        }
-    }
-    let ratio = |a: &[Duration], b: &[Duration]| stats(a).0 / stats(b).0;
-    let (c, r) = (&plugins[0], &plugins[1]);
-    println!("\ncbrnet/reference median ADD: {:.3}", ratio(&c.add, &r.add));
-    println!("cbrnet/reference median DEL: {:.3}", ratio(&c.del, &r.del));
-}
-
 fn command_out(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// Deletes every namespace this process made (the harness names them `cbt-<tag>-<pid>-<n>`).
-fn remove_our_namespaces() {
-    let mark = format!("-{}-", std::process::id());
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("cbt-bench-") && name.contains(&mark) {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
 }

@@ -1,0 +1,233 @@
+//! `cni-floor`: the floor `cni-bench` measures `cbrnet` against. The same kernel work as a `cbrnet`
+//! ADD or DEL (veth pair born with its pod end in the pod, the host end on the bridge and up,
+//! hairpin; in the pod: link up, address, default route), done by the smallest process that can:
+//! no runtime, no IPAM (the address comes as `CNI_ARGS=IP=a.b.c.d/len;GW=a.b.c.d`), hand-encoded
+//! netlink with every request of a namespace in one write. A benchmark tool, not a plugin.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_SETLINK: u16 = 19;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const IFF_UP: u32 = 1;
+
+fn fail(msg: &str) -> ! {
+    println!("{{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"{msg}\"}}");
+    std::process::exit(1);
+}
+
+/// A netlink message being built: header, fixed part, attributes (nested ones by offset).
+struct Msg(Vec<u8>);
+
+impl Msg {
+    fn new(kind: u16, flags: u16, fixed: &[u8]) -> Msg {
+        let mut b = vec![0u8; 16];
+        b[4..6].copy_from_slice(&kind.to_ne_bytes());
+        b[6..8].copy_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        b.extend_from_slice(fixed);
+        Msg(b)
+    }
+    fn attr(&mut self, kind: u16, v: &[u8]) -> &mut Msg {
+        let len = 4 + v.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(v);
+        self.0.resize(self.0.len() + (4 - len % 4) % 4, 0);
+        self
+    }
+    /// Opens a nested attribute; `close` with the offset it returns.
+    fn open(&mut self, kind: u16) -> usize {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0, 0]);
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        at
+    }
+    fn close(&mut self, at: usize) {
+        let len = (self.0.len() - at) as u16;
+        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+    /// Raw bytes inside the current nest (a fixed struct such as a peer's ifinfomsg).
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn done(mut self, seq: u32) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.0[8..12].copy_from_slice(&seq.to_ne_bytes());
+        self.0
+    }
+}
+
+fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b[12..16].copy_from_slice(&change.to_ne_bytes());
+    b
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Sends every message in one write and waits for each acknowledgement; the first error.
+fn exchange(msgs: Vec<Vec<u8>>) -> Result<(), i32> {
+    let fd = netlink_socket();
+    let batch: Vec<u8> = msgs.concat();
+    // SAFETY: fd is a netlink socket opened above; the buffer outlives the call.
+    let sent = unsafe { nix::libc::send(fd, batch.as_ptr().cast(), batch.len(), 0) };
+    if sent < 0 {
+        return Err(-1);
+    }
+    let mut acks = 0;
+    let mut first = Ok(());
+    let mut buf = [0u8; 8192];
+    while acks < msgs.len() {
+        // SAFETY: as above, with a buffer of the size given.
+        let n = unsafe { nix::libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            return Err(-1);
+        }
+        let mut at = 0usize;
+        while at + 16 <= n as usize {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
+            if len < 16 {
+                break;
+            }
+            if kind == 2 {
+                acks += 1;
+                let e = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                if e != 0 && first.is_ok() {
+                    first = Err(-e);
+                }
+            }
+            at += (len + 3) & !3;
+        }
+    }
+    // SAFETY: closing the socket opened above, once.
+    unsafe { nix::libc::close(fd) };
+    first
+}
+
+/// A NETLINK_ROUTE socket in the calling thread's network namespace.
+fn netlink_socket() -> i32 {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        nix::libc::socket(
+            nix::libc::AF_NETLINK,
+            nix::libc::SOCK_RAW | nix::libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        fail("socket");
+    }
+    fd
+}
+
+fn main() {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let cmd = var("CNI_COMMAND");
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    // Named like cbrnet's host ends, from the container ID.
+    let host = format!("vf{:013x}", fnv(&var("CNI_CONTAINERID")) >> 12);
+    let ifname = var("CNI_IFNAME");
+    if cmd == "DEL" {
+        let mut m = Msg::new(RTM_DELLINK, 0, &ifinfomsg(0, 0, 0));
+        m.attr(3, &cstr(&host));
+        // Gone already is fine.
+        let _ = exchange(vec![m.done(1)]);
+        return;
+    }
+    let args = var("CNI_ARGS");
+    let get = |k: &str| {
+        args.split(';')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ip_arg = get("IP");
+    let (ip, len) = ip_arg.split_once('/').unwrap_or_else(|| fail("IP=a.b.c.d/len"));
+    let ip: Ipv4Addr = ip.parse().unwrap_or_else(|_| fail("IP"));
+    let len: u8 = len.parse().unwrap_or_else(|_| fail("len"));
+    let gw: Ipv4Addr = get("GW").parse().unwrap_or_else(|_| fail("GW"));
+    let netns = File::open(var("CNI_NETNS")).unwrap_or_else(|_| fail("netns"));
+    let bridge = nix::net::if_::if_nametoindex("cbr0").unwrap_or_else(|_| fail("bridge")) as i32;
+
+    // Host: the pair (pod end born in the pod, host end on the bridge and up), then hairpin.
+    let mut m = Msg::new(
+        RTM_NEWLINK,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &ifinfomsg(0, IFF_UP, IFF_UP),
+    );
+    m.attr(3, &cstr(&host));
+    m.attr(10, &bridge.to_ne_bytes());
+    let linkinfo = m.open(18);
+    m.attr(1, b"veth\0");
+    let data = m.open(2);
+    let peer = m.open(1);
+    m.raw(&ifinfomsg(0, 0, 0));
+    m.attr(3, &cstr(&ifname));
+    m.attr(28, &netns.as_raw_fd().to_ne_bytes());
+    m.close(peer);
+    m.close(data);
+    m.close(linkinfo);
+    let pair = m.done(1);
+    // The port's hairpin flag, by name: IFLA_LINKINFO { slave kind "bridge", slave data
+    // { IFLA_BRPORT_MODE = 1 } }.
+    let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfomsg(0, 0, 0));
+    m.attr(3, &cstr(&host));
+    let linkinfo = m.open(18);
+    m.attr(4, b"bridge\0");
+    let slave = m.open(5);
+    m.attr(4, &[1]);
+    m.close(slave);
+    m.close(linkinfo);
+    let hairpin = m.done(2);
+    if let Err(e) = exchange(vec![pair, hairpin]) {
+        fail(&format!("host side: errno {e}"));
+    }
+
+    // Pod: up, address, default route, in one write.
+    nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|_| fail("setns"));
+    let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap_or_else(|_| fail("pod link")) as i32;
+    let up = Msg::new(RTM_SETLINK, 0, &ifinfomsg(index, IFF_UP, IFF_UP));
+    // ifaddrmsg: family, prefixlen, flags, scope, index (u32).
+    let mut ifaddr = vec![2, len, 0, 0];
+    ifaddr.extend_from_slice(&(index as u32).to_ne_bytes());
+    let mut addr = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &ifaddr);
+    addr.attr(2, &ip.octets());
+    addr.attr(1, &ip.octets());
+    // rtmsg: family, dst_len, src_len, tos, table (main), protocol (boot), scope (universe), type
+    // (unicast), flags.
+    let mut route = Msg::new(
+        RTM_NEWROUTE,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &[2, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0],
+    );
+    route.attr(5, &gw.octets());
+    route.attr(4, &(index as u32).to_ne_bytes());
+    if let Err(e) = exchange(vec![up.done(3), addr.done(4), route.done(5)]) {
+        fail(&format!("pod side: errno {e}"));
+    }
+    println!("{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}/{len}\",\"gateway\":\"{gw}\"}}]}}");
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
