@@ -13,6 +13,7 @@ pub mod mac;
 pub mod masq;
 pub mod netlink;
 pub mod port;
+pub mod probe;
 
 pub use error::{errno, BridgeError};
 pub use netlink::Nl;

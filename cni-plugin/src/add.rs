@@ -7,7 +7,7 @@ use crate::ipam::{Ipam, Reservation};
 use crate::netns::NetNs;
 use crate::plan::{self, AddPlan};
 use crate::{pod, veth};
-use cbrnet_bridge::{bridge, forwarding, masq, Nl};
+use cbrnet_bridge::{bridge, forwarding, masq, BridgeError, Nl};
 use cni_spec::{CniResult, Env};
 use futures::FutureExt;
 use serde_json::Value;
@@ -119,6 +119,12 @@ async fn apply(
     let (added, pair, hairpin) = futures::join!(addresses, pair, hairpin);
     if pair.is_ok() {
         *veth_made = Some(p.veth.host_name.clone());
+    }
+    // A port refused by a link that is no bridge: say that, not what the kernel said.
+    if let Err(e) = &pair {
+        if matches!(e, PluginError::Netlink(..)) && !bridge::is_bridge(host, &br.name).await? {
+            return Err(BridgeError::NotABridge(br.name.clone()).into());
+        }
     }
     let mut changed = br.created;
     for a in added {
