@@ -303,7 +303,9 @@ fn one_node_name_one_daemon(tag: &str, kind: StoreKind) {
         lab.nodes[1].route_table(),
         lab.nodes[2].log()
     );
-    assert_eq!(lab.nodes[2].subnet().unwrap(), subnet);
+    // (its record moves first, its node's set-up follows)
+    let published = |l: &Lab| l.nodes[2].subnet().as_deref() == Some(subnet.as_str());
+    assert!(lab.wait_for(Duration::from_secs(5), published), "{}", lab.nodes[2].log());
 }
 
 #[test]
