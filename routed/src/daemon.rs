@@ -400,6 +400,7 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                 Ok(()) => node.metrics.set_ready(true),
                 Err(e) => {
                     tracing::error!("keeping the node set up: {e}");
+                    node.metrics.error(ErrorKind::Setup);
                     retry_at = Some(Instant::now() + backoff.next());
                 }
             }
@@ -530,6 +531,7 @@ impl Node {
                 }
                 let d = backoff.next();
                 tracing::warn!("renewing the lease: {e}; retrying in {d:?}");
+                self.metrics.error(ErrorKind::Renew);
                 d
             }
         }
@@ -783,6 +785,7 @@ impl Node {
                 }
                 Err(e) => {
                     now.insert(format!("{} (network {}): {e}", net.file.display(), net.name));
+                    self.metrics.error(ErrorKind::Reclaim);
                 }
             }
         }
