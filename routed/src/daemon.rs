@@ -572,7 +572,7 @@ impl Node {
         // Foreign routes matter only for destinations we are about to add.
         let adding = want.keys().any(|d| !ours.contains_key(d));
         let foreign = if adding {
-            routes::foreign(&h).await?
+            self.raw.foreign_destinations()?
         } else {
             HashSet::new()
         };

@@ -141,11 +141,11 @@ fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {
     ))
 }
 
-/// An IPv4 route message of ours in the main table: (destination, gateway).
-fn parse_route(p: &[u8]) -> Option<(ipnetwork::IpNetwork, Option<std::net::IpAddr>)> {
+/// An IPv4 route message of the main table: (protocol, destination, gateway).
+fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>)> {
     // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
     let (family, dst_len, table, protocol) = (*p.first()?, *p.get(1)?, *p.get(4)?, *p.get(5)?);
-    if family != AF_INET || protocol != ROUTE_PROTOCOL {
+    if family != AF_INET {
         return None;
     }
     let (mut dst, mut gw, mut table32) = (Ipv4Addr::UNSPECIFIED, None, None);
@@ -169,7 +169,7 @@ fn parse_route(p: &[u8]) -> Option<(ipnetwork::IpNetwork, Option<std::net::IpAdd
         return None;
     }
     let dst = ipnetwork::IpNetwork::new(std::net::IpAddr::V4(dst), dst_len).ok()?;
-    Some((dst, gw.map(std::net::IpAddr::V4)))
+    Some((protocol, dst, gw.map(std::net::IpAddr::V4)))
 }
 
 impl Raw {
@@ -187,20 +187,46 @@ impl Raw {
     /// Our routes in the main table: destination → gateway (through a nexthop of ours, the
     /// gateway its id stands for).
     pub fn our_routes(&mut self) -> Result<crate::routes::Ours> {
+        let mut out = crate::routes::Ours::new();
+        self.dump_routes(ROUTE_PROTOCOL, |proto, dst, gw| {
+            if proto == ROUTE_PROTOCOL {
+                out.insert(dst, gw);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// The destinations that routes of other protocols hold in the main table.
+    pub fn foreign_destinations(&mut self) -> Result<std::collections::HashSet<ipnetwork::IpNetwork>> {
+        let mut out = std::collections::HashSet::new();
+        self.dump_routes(0, |proto, dst, _| {
+            if proto != ROUTE_PROTOCOL {
+                out.insert(dst);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Dumps the main table's IPv4 routes of `protocol` (0: all; a kernel without strict
+    /// checking sends all anyway) into `each(protocol, destination, gateway)`.
+    fn dump_routes(
+        &mut self,
+        protocol: u8,
+        mut each: impl FnMut(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>),
+    ) -> Result<()> {
         let seq = self.next_seq();
         // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
         let mut req = vec![0u8; HEADER];
-        req.extend_from_slice(&[AF_INET, 0, 0, 0, RT_TABLE_MAIN, ROUTE_PROTOCOL, 0, 0, 0, 0, 0, 0]);
+        req.extend_from_slice(&[AF_INET, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0, 0, 0, 0]);
         let len = req.len() as u32;
         req[0..4].copy_from_slice(&len.to_ne_bytes());
         req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
         req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         req[8..12].copy_from_slice(&seq.to_ne_bytes());
-        let what = "listing our routes";
+        let what = "listing routes";
         self.socket
             .send(&req, 0)
             .map_err(|e| RoutedError::Io(what.into(), e))?;
-        let mut out = crate::routes::Ours::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = self
@@ -212,7 +238,7 @@ impl Raw {
                     continue;
                 }
                 match kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let errno = u32_at(payload, 0).map_or(0, |e| (e as i32).wrapping_neg());
                         return Err(RoutedError::Io(
@@ -221,8 +247,8 @@ impl Raw {
                         ));
                     }
                     RTM_NEWROUTE => {
-                        if let Some((dst, gw)) = parse_route(payload) {
-                            out.insert(dst, gw);
+                        if let Some((proto, dst, gw)) = parse_route(payload) {
+                            each(proto, dst, gw);
                         }
                     }
                     _ => {}
@@ -357,7 +383,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_messages_parse_to_destination_and_gateway() {
+    fn route_messages_parse_to_protocol_destination_and_gateway() {
         let mut p = vec![AF_INET, 24, 0, 0, RT_TABLE_MAIN, ROUTE_PROTOCOL, 0, 1, 0, 0, 0, 0];
         attr(&mut p, RTA_TABLE, &254u32.to_ne_bytes());
         attr(&mut p, RTA_DST, &[10, 244, 3, 0]);
@@ -369,14 +395,15 @@ mod tests {
         assert_eq!(
             parse_route(&p),
             Some((
+                ROUTE_PROTOCOL,
                 "10.244.3.0/24".parse().unwrap(),
                 Some("192.168.1.3".parse().unwrap())
             ))
         );
-        // another protocol's route, or another table's, is not ours
+        // another protocol's route carries its protocol; another table's is skipped
         let mut other = p.clone();
         other[5] = 4;
-        assert_eq!(parse_route(&other), None);
+        assert_eq!(parse_route(&other).map(|r| r.0), Some(4));
         let mut q = vec![AF_INET, 24, 0, 0, 252, ROUTE_PROTOCOL, 0, 1, 0, 0, 0, 0];
         attr(&mut q, RTA_DST, &[10, 244, 3, 0]);
         assert_eq!(parse_route(&q), None);

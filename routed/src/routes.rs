@@ -152,29 +152,6 @@ pub fn destination(m: &RouteMessage) -> Option<IpNetwork> {
     .ok()
 }
 
-/// The main table's IPv4 routes.
-async fn dump(h: &Handle) -> Result<Vec<RouteMessage>> {
-    let mut q = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    q.header.table = RouteHeader::RT_TABLE_MAIN;
-    h.route()
-        .get(q)
-        .execute()
-        .try_filter(|m| futures::future::ready(m.header.table == RouteHeader::RT_TABLE_MAIN))
-        .try_collect()
-        .await
-        .map_err(|e| RoutedError::Netlink("listing routes".into(), e))
-}
-
-/// The destinations that routes of other protocols hold in the main table.
-pub async fn foreign(h: &Handle) -> Result<HashSet<IpNetwork>> {
-    Ok(dump(h)
-        .await?
-        .iter()
-        .filter(|m| !is_ours(m))
-        .filter_map(destination)
-        .collect())
-}
-
 /// Adds or replaces `dst via gw`, through the nexthop object `nh` when there is one.
 pub async fn put(h: &Handle, dst: IpNetwork, gw: IpAddr, nh: Option<u32>) -> Result<()> {
     let (IpAddr::V4(net), IpAddr::V4(gw4)) = (dst.network(), gw) else {
