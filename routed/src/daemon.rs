@@ -140,6 +140,8 @@ struct Node {
     invalid: Reported,
     conflicts: Reported,
     conf_problems: Reported,
+    /// Networks of the config directory whose pods are not this daemon's to judge.
+    reclaim_skips: Reported,
     /// Destinations of ours that a foreign route keeps out: its deletion lets ours in.
     blocked: HashSet<IpNetwork>,
     bridge_index: Option<u32>,
@@ -285,6 +287,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         invalid: Reported::default(),
         conflicts: Reported::default(),
         conf_problems: Reported::default(),
+        reclaim_skips: Reported::default(),
         blocked: HashSet::new(),
         bridge_index: None,
         known: Known::default(),
@@ -775,7 +778,12 @@ impl Node {
             .iter()
             .map(|(f, why)| format!("{}: {why}", f.display()))
             .collect();
+        let mut skipped = HashSet::new();
         for net in &nets {
+            if let Err(why) = reclaim::is_ours(net, &self.cfg.args.subnet_file) {
+                skipped.insert(format!("{} (network {}): {why}", net.file.display(), net.name));
+                continue;
+            }
             match reclaim::sweep(net) {
                 Ok(gone) => {
                     for r in &gone {
@@ -791,6 +799,9 @@ impl Node {
         }
         for p in self.conf_problems.fresh(now) {
             tracing::warn!("reclaim skipped {p}");
+        }
+        for p in self.reclaim_skips.fresh(skipped) {
+            tracing::info!("reclaim leaves alone {p}");
         }
     }
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub struct CbrnetNetwork {
     pub file: PathBuf,
     pub name: String,
+    /// The bridge its pods' host ends are ports of.
+    pub bridge: String,
     pub ipam: IpamConf,
 }
 
@@ -68,13 +70,42 @@ fn read(f: &Path) -> Result<Vec<CbrnetNetwork>, String> {
         validate_network_name(name).map_err(|e| e.to_string())?;
         let ipam = IpamConf::from_value(&ipam).map_err(|e| e.to_string())?;
         ipam.validate().map_err(|e| e.to_string())?;
+        let bridge = match p.get("bridge") {
+            None => "cbr0",
+            Some(Value::String(b)) if !b.is_empty() => b.as_str(),
+            Some(_) => return Err("bridge is not a link name".into()),
+        };
         out.push(CbrnetNetwork {
             file: f.to_owned(),
             name: name.to_string(),
+            bridge: bridge.to_string(),
             ipam,
         });
     }
     Ok(out)
+}
+
+/// Whether `net`'s pods are this daemon's to judge: their host ends are in this network namespace
+/// only if the network takes its subnet from the subnet file this daemon writes (`subnet_file`),
+/// or, with a subnet of its own, if its bridge is here. A daemon of another namespace that reads
+/// the same config directory would otherwise see every pod of the network as gone.
+pub fn is_ours(net: &CbrnetNetwork, subnet_file: &Path) -> Result<(), String> {
+    if net.ipam.uses_subnet_file() {
+        let theirs = net.ipam.subnet_file_path();
+        if theirs != subnet_file {
+            return Err(format!(
+                "its subnet file {} is not the one this daemon writes ({})",
+                theirs.display(),
+                subnet_file.display()
+            ));
+        }
+    } else if !port::exists(&net.bridge) {
+        return Err(format!(
+            "its bridge {} is not in this network namespace",
+            net.bridge
+        ));
+    }
+    Ok(())
 }
 
 /// Reclaims the addresses of vanished pods of `net`: those whose host veth is gone from this
@@ -123,5 +154,24 @@ mod tests {
             .collect();
         assert_eq!(bad, ["40-bad.json", "50-escape.conf"]);
         assert!(networks(&d.path().join("missing")).0.is_empty());
+        assert_eq!(nets[0].bridge, "cbr0");
+    }
+
+    #[test]
+    fn only_networks_of_this_daemons_subnet_file_or_bridge_are_its_own() {
+        let net = |ipam: Value, bridge: &str| CbrnetNetwork {
+            file: "/x.conflist".into(),
+            name: "pods".into(),
+            bridge: bridge.into(),
+            ipam: IpamConf::from_value(&ipam).unwrap(),
+        };
+        let file = net(serde_json::json!({"subnetFile": "/run/a/subnet.json"}), "cbr0");
+        assert!(is_ours(&file, Path::new("/run/a/subnet.json")).is_ok());
+        let why = is_ours(&file, Path::new("/run/b/subnet.json")).unwrap_err();
+        assert!(why.contains("/run/a/subnet.json"), "{why}");
+        // with a subnet of its own, the bridge decides: loopback exists in every namespace
+        let fixed = |b: &str| net(serde_json::json!({"subnet": "10.1.0.0/24"}), b);
+        assert!(is_ours(&fixed("lo"), Path::new("/run/a/subnet.json")).is_ok());
+        assert!(is_ours(&fixed("cbrnet-none0"), Path::new("/run/a/subnet.json")).is_err());
     }
 }

@@ -305,7 +305,11 @@ fn one_node_name_one_daemon(tag: &str, kind: StoreKind) {
     );
     // (its record moves first, its node's set-up follows)
     let published = |l: &Lab| l.nodes[2].subnet().as_deref() == Some(subnet.as_str());
-    assert!(lab.wait_for(Duration::from_secs(5), published), "{}", lab.nodes[2].log());
+    assert!(
+        lab.wait_for(Duration::from_secs(5), published),
+        "{}",
+        lab.nodes[2].log()
+    );
 }
 
 #[test]
@@ -507,6 +511,41 @@ fn the_daemon_reclaims_addresses_of_pods_that_vanished() {
     let counted = |l: &Lab| l.metric(0, "cbrnet_addresses_reclaimed_total") == 1.0;
     assert!(lab.wait_for(Duration::from_secs(2), counted));
     assert!(lab.nodes[0].log().contains("its pod is gone"));
+}
+
+#[test]
+fn a_daemon_never_reclaims_the_pods_of_another_nodes_network() {
+    let mut lab = lab_of("noreclaim", 2, StoreKind::File);
+    lab.add_pod(0);
+    lab.add_pod(0);
+    let reserved = |l: &Lab| l.nodes[0].node.reservations("labnet").len();
+    assert_eq!(reserved(&lab), 2);
+    // Old enough to be reclaimed (the lab's reclaimAfter is 2 s) by anyone who thought them gone.
+    std::thread::sleep(Duration::from_millis(2500));
+    // node 1 reads node 0's network too, as a second daemon on one machine sharing a config
+    // directory would; none of node 0's veths is in node 1's namespace
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "labnet",
+        "plugins": [{"type": "cbrnet", "ipam": lab.pod_conf(0)["ipam"]}],
+    });
+    let file = lab.nodes[1].node.dir.path().join("net.d/20-node0.conflist");
+    std::fs::write(&file, conf.to_string()).unwrap();
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| l.nodes[1]
+            .log()
+            .contains("reclaim leaves alone")),
+        "{}",
+        lab.nodes[1].log()
+    );
+    assert!(lab.nodes[1].log().contains("is not the one this daemon writes"));
+    assert_eq!(reserved(&lab), 2, "{}", lab.nodes[1].log());
+    assert!(!lab.nodes[1].log().contains("its pod is gone"));
+    assert_eq!(lab.metric(1, "cbrnet_addresses_reclaimed_total"), 0.0);
+    // the pods still talk across nodes
+    lab.add_pod(1);
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.routes_complete(0)
+        && l.routes_complete(1)));
+    assert_eq!(lab.unreachable_pairs(), Vec::<(String, String)>::new());
 }
 
 #[test]
