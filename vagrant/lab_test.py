@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""The lab's scenarios, run by `vagrant/lab.sh test` inside the lab's namespaces (vagrant and ssh
+reach the VMs there). Each scenario prints its evidence and PASS or FAIL; the exit status is
+non-zero if any failed.
+
+  (a) every pod reaches every other pod across the 3 VMs
+  (b) a real reboot of node2 (vagrant reload): same subnet, new pods get addresses, no address of
+      a pod that died with the reboot stays reserved
+  (c) node3 halted: its lease expires (etcd's lease TTL), the other nodes drop its route, a new
+      node takes the subnet; node3 comes back and gets a free subnet
+  (d) cbrnet-routed killed (SIGKILL) and restarted by systemd: routes kept, no flap
+  (e) a pod killed without CNI DEL: cbrnet-routed, confined by its hardened unit, takes its
+      address back (background reclaim, written under /run/cbrnet)
+
+  lab_test.py summary | test [a b c d e]
+
+The VMs are reached with plain ssh through the config `vagrant ssh-config` writes
+(CBRNET_LAB_SSH_CONFIG): a call costs well under a second, `vagrant ssh` about 7 s.
+"""
+import concurrent.futures
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SSH_CONFIG = os.environ.get("CBRNET_LAB_SSH_CONFIG", "")
+NODES = ["node1", "node2", "node3"]
+NODE_IP = {"node1": "192.168.56.11", "node2": "192.168.56.12", "node3": "192.168.56.13"}
+NEW_NODE, NEW_NODE_IP = "node4", "192.168.56.14"
+LEASE_TTL = os.environ.get("CBRNET_LEASE_TTL", "30s")
+
+
+def ttl_seconds(s):
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for u in sorted(units, key=len, reverse=True):
+        if s.endswith(u):
+            return float(s[: -len(u)]) * units[u]
+    return float(s)
+
+
+class LabError(Exception):
+    pass
+
+
+def say(msg=""):
+    print(msg, flush=True)
+
+
+def ev(msg):
+    say(f"   {msg}")
+
+
+# ---- talking to the VMs -------------------------------------------------------------------
+_ssh_blocks = {}
+
+
+def refresh_ssh_config(*nodes):
+    """`vagrant ssh-config` of the given (running) nodes, merged into CBRNET_LAB_SSH_CONFIG."""
+    if os.path.exists(SSH_CONFIG) and not _ssh_blocks:
+        block, name = [], None
+        for line in open(SSH_CONFIG):
+            if line.startswith("Host "):
+                if name:
+                    _ssh_blocks[name] = "".join(block)
+                name, block = line.split()[1], []
+            block.append(line)
+        if name:
+            _ssh_blocks[name] = "".join(block)
+    for n in nodes:
+        p = subprocess.run(["vagrant", "ssh-config", n], cwd=HERE, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise LabError(f"vagrant ssh-config {n}: {p.stderr.strip()}")
+        _ssh_blocks[n] = p.stdout
+    with open(SSH_CONFIG + ".tmp", "w") as f:
+        f.write("".join(_ssh_blocks[n] for n in sorted(_ssh_blocks)))
+    os.replace(SSH_CONFIG + ".tmp", SSH_CONFIG)
+
+
+LABNODE = os.path.join(HERE, "guest", "labnode.py")
+
+
+def node_cmd(node, *args, timeout=600):
+    # The host's labnode.py, fed through ssh: always the current one (/vagrant in the VMs is only
+    # synced by `vagrant up` and `reload`).
+    cmd = ["ssh", "-F", SSH_CONFIG, node, "sudo", "python3", "-", *args]
+    with open(LABNODE) as script:
+        p = subprocess.run(cmd, stdin=script, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0 or not p.stdout.strip():
+        raise LabError(f"{node}: labnode.py {' '.join(args)}: exit {p.returncode}: {(p.stderr or p.stdout).strip()[-800:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def on_nodes(calls):
+    """{node: (args...)} in parallel -> {node: result}."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as ex:
+        futs = {n: ex.submit(node_cmd, n, *a) for n, a in calls.items()}
+        return {n: f.result() for n, f in futs.items()}
+
+
+def vagrant(*args):
+    t = time.time()
+    say(f"   $ vagrant {' '.join(args)}")
+    p = subprocess.Popen(["vagrant", *args], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        line = line.rstrip()
+        if line:
+            say(f"     | {line}")
+    if p.wait() != 0:
+        raise LabError(f"vagrant {' '.join(args)} failed (exit {p.returncode})")
+    return round(time.time() - t, 1)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def in_subnet(ip, subnet):
+    return ip is not None and subnet is not None and ipaddress.ip_address(ip) in ipaddress.ip_network(subnet)
+
+
+def route_to(state, dst):
+    return next((r["gateway"] for r in state["routes"] if r["dst"] == dst), None)
+
+
+def show_state(st):
+    s = st["subnet"]["subnet"] if st["subnet"] else None
+    routes = ", ".join(f"{r['dst']} via {r['gateway']}" for r in st["routes"]) or "none"
+    d = st["daemon"]
+    ev(f"{st['node']}: subnet {s}; routes (proto 157): {routes}; cbrnet-routed {d['ActiveState']} pid {d['MainPID']} restarts {d['NRestarts']}")
+
+
+def show_leases(node="node1"):
+    ls = node_cmd(node, "leases")["leases"]
+    for l in ls:
+        ev(f"lease {l['subnet']} {l['nodeName']} {l['nodeIP']} expires {l['expires']}{' (expired)' if l.get('expired') else ''}")
+    return ls
+
+
+def ping_matrix(targets, title):
+    """targets: [(node, pod, ip)]; every running pod of every node in `targets` pings every ip."""
+    ips = [ip for _, _, ip in targets]
+    nodes = sorted({n for n, _, _ in targets})
+    res = on_nodes({n: ("ping", *ips) for n in nodes})
+    results = [r for n in nodes for r in res[n]["results"]]
+    owner = {ip: f"{n}/{p}" for n, p, ip in targets}
+    bad = [r for r in results if not r["ok"]]
+    ok = len(results) - len(bad)
+    ev(f"{title}: {ok}/{len(results)} pings answered")
+    for r in bad:
+        ev(f"  NO ANSWER {r['from']} ({r['from_ip']}) -> {owner.get(r['to'], r['to'])} ({r['to']})")
+    return not bad and len(results) > 0, results
+
+
+def run_pods(calls):
+    """{node: tag} -> [(node, pod, ip)], after removing the node's earlier lab pods."""
+    on_nodes({n: ("pods-clean",) for n in calls})
+    res = on_nodes({n: ("pods-run", tag, "2") for n, tag in calls.items()})
+    pods, ok = [], True
+    for n in sorted(res):
+        r = res[n]
+        sub = r["subnet"]["subnet"] if r["subnet"] else None
+        for p in r["pods"]:
+            inside = in_subnet(p["ip"], sub)
+            ok &= inside
+            ev(f"pod {n}/{p['name']}: {p['ip']} ({'in' if inside else 'NOT in'} {sub})")
+            pods.append((n, p["name"], p["ip"]))
+        for name, lines in r["failed"].items():
+            ok = False
+            ev(f"pod {n}/{name}: NO ADDRESS; its unit's last lines: {' | '.join(lines)}")
+    return ok, pods
+
+
+# ---- the scenarios ------------------------------------------------------------------------
+class Lab:
+    def __init__(self):
+        self.pods = {}  # node -> [(node, pod, ip)]
+
+    def all_pods(self):
+        return [p for n in sorted(self.pods) for p in self.pods[n]]
+
+    def scenario_a(self):
+        say("== (a) every pod reaches every other pod across the 3 VMs (containerd pods, ctr run --cni)")
+        states = on_nodes({n: ("state",) for n in NODES})
+        subnets = {n: states[n]["subnet"]["subnet"] for n in NODES}
+        ok = True
+        for n in NODES:
+            show_state(states[n])
+            for m in NODES:
+                if m != n and route_to(states[n], subnets[m]) != NODE_IP[m]:
+                    ok = False
+                    ev(f"MISSING: {n} has no route {subnets[m]} via {NODE_IP[m]}")
+        show_leases()
+        pods_ok, pods = run_pods({n: "a" for n in NODES})
+        self.pods = {n: [p for p in pods if p[0] == n] for n in NODES}
+        ping_ok, results = ping_matrix(pods, f"{len(pods)} pods on {len(NODES)} VMs, every pod to every pod")
+        cross = sum(1 for r in results if r["ok"] and r["from"].split("-")[1] != next(p[0] for p in pods if p[2] == r["to"]))
+        ev(f"of which across VMs: {cross}")
+        return ok and pods_ok and ping_ok and len(pods) == 2 * len(NODES)
+
+    def scenario_b(self):
+        say("== (b) vagrant reload node2 (a real reboot): subnet back, new pods get addresses, no stale reservation")
+        before = node_cmd("node2", "state")
+        sub = before["subnet"]["subnet"]
+        old = {r["container_id"] for r in before["reservations"]}
+        ev(f"before: node2 subnet {sub}; reservations {', '.join(r['ip'] + '=' + r['container_id'] for r in before['reservations']) or 'none'}")
+        secs = vagrant("reload", "node2")
+        refresh_ssh_config("node2")
+        after = node_cmd("node2", "state")
+        ok = True
+        got = after["subnet"]["subnet"] if after["subnet"] else None
+        ev(f"node2 rebooted in {secs} s; cbrnet-routed {after['daemon']['ActiveState']}; subnet {got}")
+        if got != sub or after["daemon"]["ActiveState"] != "active":
+            ok = False
+            ev(f"FAIL: subnet {got} after the reboot, {sub} before")
+        stale = [r for r in after["reservations"] if r["container_id"] in old]
+        ev(f"after the reboot: reservations {', '.join(r['ip'] + '=' + r['container_id'] for r in after['reservations']) or 'none'}; "
+           f"containerd records of the dead pods (they died without CNI DEL): {', '.join(after['containers']) or 'none'}")
+        if stale:
+            ok = False
+            ev(f"FAIL: addresses of dead pods still reserved: {stale}")
+        peers = on_nodes({n: ("wait-route", sub, NODE_IP["node2"], "60") for n in ("node1", "node3")})
+        for n, r in sorted(peers.items()):
+            ev(f"{n}: route {sub} via {NODE_IP['node2']}: {'present' if r['ok'] else 'MISSING'}")
+            ok &= r["ok"]
+        mine = on_nodes({"node2": ("state",)})["node2"]
+        for m in ("node1", "node3"):
+            s = node_cmd(m, "state")["subnet"]["subnet"]
+            present = route_to(mine, s) == NODE_IP[m]
+            ok &= present
+            ev(f"node2: route {s} via {NODE_IP[m]}: {'present' if present else 'MISSING'}")
+        pods_ok, pods = run_pods({"node2": "b"})
+        self.pods["node2"] = pods
+        res = node_cmd("node2", "state")
+        new_ids = {f"cbrnet-lab-{p[1]}" for p in pods}
+        reserved = {r["container_id"] for r in res["reservations"]}
+        ev(f"node2 reservations now: {', '.join(r['ip'] + '=' + r['container_id'] for r in res['reservations'])}")
+        if reserved != new_ids:
+            ok = False
+            ev(f"FAIL: reservations {sorted(reserved)} are not exactly the new pods {sorted(new_ids)}")
+        ping_ok, _ = ping_matrix(self.all_pods(), "all pods after the reboot (node2's are new)")
+        return ok and pods_ok and ping_ok and len(pods) == 2
+
+    def scenario_c(self):
+        ttl = ttl_seconds(LEASE_TTL)
+        say(f"== (c) vagrant halt node3 (lease TTL {LEASE_TTL}): its route goes, a new node takes its subnet, node3 comes back")
+        ok = True
+        leases = show_leases()
+        s3 = next(l["subnet"] for l in leases if l["nodeName"] == "node3")
+        keys = node_cmd("node1", "etcd-keys")["keys"]
+        for k in keys:
+            ev(f"etcd {k['key']}: etcd lease {k['etcd_lease']} granted TTL {k.get('granted_ttl')} s, {k.get('remaining_ttl')} s left")
+        secs = vagrant("halt", "node3")
+        ev(f"node3 powered off ({secs} s); waiting for node1 and node2 to drop {s3}")
+        gone = on_nodes({n: ("wait-route", s3, "none", str(ttl + 90)) for n in ("node1", "node2")})
+        for n, r in sorted(gone.items()):
+            ev(f"{n}: route {s3} via {NODE_IP['node3']} {'removed' if r['ok'] else 'STILL THERE'} {r['after_s']} s after node3 was off "
+               f"({round(r['after_s'] + secs)} s after the halt began; TTL {LEASE_TTL}, renewed every third of it)")
+            ok &= r["ok"] and r["after_s"] <= ttl + 20
+        keys = node_cmd("node1", "etcd-keys")["keys"]
+        left = [k["key"] for k in keys if k["key"].endswith(s3.replace("/", "-")) or s3 in k["key"]]
+        ev(f"etcd keys now: {', '.join(k['key'] for k in keys)}")
+        if left:
+            ok = False
+            ev(f"FAIL: etcd still has {left}")
+        # The new node: a network namespace of node2 with its own address on the private network
+        # (macvlan), its own bridge and its own cbrnet-routed under another name.
+        nn = node_cmd("node2", "newnode-start", NEW_NODE, NEW_NODE_IP)
+        got = nn["subnet"]["subnet"] if nn["subnet"] else None
+        ev(f"new node {NEW_NODE} ({NEW_NODE_IP}, a network namespace on node2): subnet {got}; its routes: "
+           f"{', '.join(r['dst'] + ' via ' + r['gateway'] for r in nn['routes']) or 'none'}")
+        if got != s3:
+            ok = False
+            ev(f"FAIL: {NEW_NODE} got {got}, not the freed {s3}; its log: {' | '.join(nn['journal'][-5:])}")
+        rr = on_nodes({n: ("wait-route", s3, NEW_NODE_IP, "60") for n in ("node1", "node2")})
+        for n, r in sorted(rr.items()):
+            ev(f"{n}: route {s3} via {NEW_NODE_IP}: {'present' if r['ok'] else 'MISSING'} after {r['after_s']} s")
+            ok &= r["ok"]
+        gw = str(next(ipaddress.ip_network(s3).hosts()))
+        p_ok, _ = ping_matrix([(n, "gateway", gw) for n in ("node1",)], f"node1's pods to {NEW_NODE}'s bridge {gw} (across the wire)")
+        ok &= p_ok
+        show_leases()
+        secs = vagrant("up", "node3")
+        refresh_ssh_config("node3")
+        st3 = node_cmd("node3", "state")
+        s3n = st3["subnet"]["subnet"] if st3["subnet"] else None
+        ev(f"node3 back in {secs} s: subnet {s3n} (its old {s3} is {NEW_NODE}'s now)")
+        if s3n is None or s3n == s3:
+            ok = False
+            ev("FAIL: node3 should have a new subnet")
+        rr = on_nodes({n: ("wait-route", s3n, NODE_IP["node3"], "60") for n in ("node1", "node2")})
+        for n, r in sorted(rr.items()):
+            ev(f"{n}: route {s3n} via {NODE_IP['node3']}: {'present' if r['ok'] else 'MISSING'}")
+            ok &= r["ok"]
+        stop = node_cmd("node2", "newnode-stop", NEW_NODE)
+        ev(f"{NEW_NODE} stopped, lease released: {stop['released']} ({stop['release_output']})")
+        rr = on_nodes({n: ("wait-route", s3, "none", "60") for n in NODES})
+        for n, r in sorted(rr.items()):
+            ev(f"{n}: route {s3} via {NEW_NODE_IP}: {'removed' if r['ok'] else 'STILL THERE'}")
+            ok &= r["ok"]
+        pods_ok, pods = run_pods({"node3": "c"})
+        self.pods["node3"] = pods
+        ping_ok, _ = ping_matrix(self.all_pods(), "all pods with node3 back")
+        show_leases()
+        return ok and pods_ok and ping_ok
+
+    def scenario_d(self):
+        say("== (d) systemctl kill -s KILL cbrnet-routed on node2: systemd restarts it, routes stay, no flap")
+        peer = self.pods.get("node1", [(None, None, None)])[0][2]
+        r = node_cmd("node2", "restart-check", peer or "")
+        ok = True
+        b, a = r["before"], r["after"]
+        ev(f"before: pid {b['daemon']['MainPID']} restarts {b['daemon']['NRestarts']}; routes {', '.join(x['dst'] + ' via ' + x['gateway'] for x in b['routes'])}")
+        ev(f"after:  pid {a['daemon']['MainPID']} restarts {a['daemon']['NRestarts']} ({a['daemon']['ActiveState']}, "
+           f"back {r['restarted_after_s']} s after the kill); routes {', '.join(x['dst'] + ' via ' + x['gateway'] for x in a['routes'])}")
+        if r["restarted_after_s"] is None:
+            ok = False
+            ev("FAIL: systemd did not restart the daemon")
+        if a["routes"] != b["routes"] or a["subnet"] != b["subnet"]:
+            ok = False
+            ev("FAIL: the route table or the subnet changed")
+        deleted = [e for e in r["route_events"] if "Deleted" in e and "10.244." in e]
+        ev(f"ip monitor route during the restart: {len(r['route_events'])} events, {len(deleted)} deletions of pod routes")
+        for e in r["route_events"][:10]:
+            ev(f"  {e}")
+        if deleted:
+            ok = False
+        ev(f"journal since the kill: {len(r['journal'])} lines; 'route installed'/'route removed': {len(r['route_changes_in_journal'])}")
+        for l in r["journal"][:12]:
+            ev(f"  {l}")
+        if r["route_changes_in_journal"]:
+            ok = False
+            for l in r["route_changes_in_journal"]:
+                ev(f"  FLAP: {l}")
+        if r["ping"]:
+            ev(f"pod {self.pods['node2'][0][1]} -> {peer} during the restart: {r['ping'][0].strip()}")
+            if " 0% packet loss" not in r["ping"][0]:
+                ok = False
+        return ok
+
+
+    def scenario_e(self):
+        say("== (e) a pod vanishes without CNI DEL on node1: the hardened cbrnet-routed reclaims its address")
+        victim = self.pods.get("node1", [(None, "a-node1-2", None)])[-1][1]
+        r = node_cmd("node1", "vanish-pod", victim, "90")
+        ok = True
+        ev(f"reserved before: {', '.join(x['ip'] + '=' + x['container_id'] for x in r['reserved_before']) or 'NOTHING'}")
+        ev(f"cbr0 ports before: {', '.join(r['bridge_ports_before'])}; after the pod was killed (ctr and task by SIGKILL, no DEL): {', '.join(r['bridge_ports_after']) or 'none'}")
+        if not r["reserved_before"]:
+            ok = False
+        if r["reclaimed_after_s"] is None:
+            ok = False
+            ev("FAIL: the address is still reserved after 90 s")
+        else:
+            ev(f"address reclaimed {r['reclaimed_after_s']} s after the pod was gone")
+        for l in r["journal"]:
+            ev(f"  journal: {l}")
+        ok &= any("reclaimed" in l for l in r["journal"])
+        ev(f"reservations now: {', '.join(x['ip'] + '=' + x['container_id'] for x in r['reservations_after']) or 'none'}")
+        self.pods["node1"] = [p for p in self.pods.get("node1", []) if p[1] != victim]
+        return ok
+
+
+def summary():
+    refresh_ssh_config(*NODES)
+    states = on_nodes({n: ("state",) for n in NODES})
+    for n in NODES:
+        show_state(states[n])
+    show_leases()
+
+
+def test(which):
+    lab = Lab()
+    scenarios = [("a", lab.scenario_a), ("b", lab.scenario_b), ("c", lab.scenario_c), ("d", lab.scenario_d), ("e", lab.scenario_e)]
+    refresh_ssh_config(*NODES)
+    results, t0 = [], time.time()
+    for key, fn in scenarios:
+        if which and key not in which:
+            continue
+        t = time.time()
+        try:
+            ok = fn()
+        except (LabError, subprocess.TimeoutExpired, KeyError, ValueError, json.JSONDecodeError) as e:
+            ev(f"error: {e}")
+            ok = False
+        secs = round(time.time() - t)
+        results.append((key, ok, secs))
+        say(f"{'PASS' if ok else 'FAIL'} ({key}) [{secs} s]")
+        say()
+    passed = sum(1 for _, ok, _ in results if ok)
+    failed = len(results) - passed
+    verdicts = " ".join(f"({k}) {'PASS' if ok else 'FAIL'} {s}s" for k, ok, s in results)
+    say(f"lab test: {verdicts}; {round(time.time() - t0)} s in all")
+    say(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and results else 1
+
+
+def main(argv):
+    if not argv or argv[0] not in ("summary", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if not SSH_CONFIG:
+        print("CBRNET_LAB_SSH_CONFIG is not set: run through vagrant/lab.sh", file=sys.stderr)
+        return 2
+    if argv[0] == "summary":
+        summary()
+        return 0
+    return test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
