@@ -7,6 +7,7 @@
 
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
+use crate::events::{Event, Events};
 use crate::known::Known;
 use crate::metrics::{self, ErrorKind, Metrics};
 use crate::raw::{self, Nexthop, Raw};
@@ -18,11 +19,7 @@ use cbrnet_ipam::cluster::store::{AnyStore, Changed, LeaseStore};
 use cbrnet_ipam::cluster::{ClusterError, Versioned};
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::{Handle, MulticastGroup};
+use rtnetlink::Handle;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
@@ -334,13 +331,7 @@ async fn node_ip_is_local(h: &Handle, ip: std::net::Ipv4Addr) -> Result<bool> {
 }
 
 async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> Result<()> {
-    let (mconn, _, mut events) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-    ])
-    .map_err(|e| RoutedError::Io("netlink events".into(), e))?;
-    tokio::spawn(mconn);
+    let mut events = Events::open()?;
     let mut changes = retry("watching the lease store", &node.metrics, || node.store.watch()).await?;
 
     let mut resync = tokio::time::interval(node.cfg.args.resync_interval);
@@ -364,15 +355,9 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                 }
                 None => return Err(RoutedError::Config("the lease store stopped watching".into())),
             },
-            m = events.next() => {
-                let Some((msg, _)) = m else {
-                    return Err(RoutedError::Config("the kernel's netlink events stopped".into()));
-                };
-                let (r, s) = node.affected_by(&msg.payload);
-                (routes_dirty, setup_dirty) = (r, s);
-                // A burst of events is one reconcile.
-                while let Ok((m, _)) = events.try_recv() {
-                    let (r, s) = node.affected_by(&m.payload);
+            e = events.next() => {
+                for e in &e? {
+                    let (r, s) = node.affected_by(e);
                     routes_dirty |= r;
                     setup_dirty |= s;
                 }
@@ -438,44 +423,32 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
 
 impl Node {
     /// Does this kernel event call for a reconcile of the routes, of the node's set-up?
-    fn affected_by(&mut self, p: &NetlinkPayload<RouteNetlinkMessage>) -> (bool, bool) {
-        // A route of ours that went (by hand, or with a link) is no longer installed.
-        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) = p {
-            if let (true, Some(ours), Some(dst)) =
-                (routes::is_ours(r), self.ours.as_mut(), routes::destination(r))
-            {
-                ours.remove(&dst);
+    fn affected_by(&mut self, e: &Event) -> (bool, bool) {
+        match e {
+            // A route of ours that went (by hand, or with a link) is no longer installed; a
+            // foreign one that kept one of ours out lets it in.
+            Event::RouteGone(protocol, dst) => {
+                let ours = *protocol == routes::ROUTE_PROTOCOL;
+                if let (true, Some(installed)) = (ours, self.ours.as_mut()) {
+                    installed.remove(dst);
+                }
+                (ours || self.blocked.contains(dst), false)
             }
-        }
-        let is_bridge = |l: &LinkMessage| {
-            Some(l.header.index) == self.bridge_index
-                || l.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == self.cfg.args.bridge))
-        };
-        let on_bridge = |a: &AddressMessage| Some(a.header.index) == self.bridge_index;
-        match p {
-            NetlinkPayload::InnerMessage(m) => match m {
-                RouteNetlinkMessage::DelRoute(r) => (
-                    routes::is_ours(r) || routes::destination(r).is_some_and(|d| self.blocked.contains(&d)),
-                    false,
-                ),
-                // A link that comes back up (a flap) has lost its routes; pods' veths come and go
-                // by the hundred and change nothing for the routes.
-                RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
-                    let pod_port = l
-                        .attributes
-                        .iter()
-                        .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with("veth")));
-                    (!pod_port && !is_bridge(l), is_bridge(l))
-                }
-                // Addresses decide which peers are neighbours, and the bridge carries the gateway.
-                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                    (true, on_bridge(a))
-                }
-                _ => (false, false),
-            },
-            _ => (false, false),
+            // A link that comes back up (a flap) has lost its routes; pods' veths come and go
+            // by the hundred and change nothing for the routes.
+            Event::Link { index, name } => {
+                let is_bridge =
+                    Some(*index) == self.bridge_index || name.as_deref() == Some(&self.cfg.args.bridge);
+                let pod_port = name.as_deref().is_some_and(|n| n.starts_with("veth"));
+                (!pod_port && !is_bridge, is_bridge)
+            }
+            // Addresses decide which peers are neighbours, and the bridge carries the gateway.
+            Event::Address { index } => (true, Some(*index) == self.bridge_index),
+            // What we know of the kernel's routes may be stale: read them again.
+            Event::Lost => {
+                self.ours = None;
+                (true, true)
+            }
         }
     }
 
@@ -593,48 +566,40 @@ impl Node {
         };
         // Many requests in flight at once: the kernel takes them in order, and a cluster's worth
         // of routes goes in without a round trip each.
+        // Each change is logged, but a cluster's worth at start is one line.
+        let each = plan.put.len() + plan.delete.len() <= LOG_EACH;
+        // Results are taken as they come, not gathered: a cluster's worth is tens of thousands.
         let puts = futures::stream::iter(plan.put.iter().map(|(dst, gw)| {
             let h = h.clone();
             let nh = via.get(gw).copied();
-            async move { (*dst, *gw, routes::put(&h, *dst, *gw, nh).await) }
+            async move { (*dst, Some(*gw), routes::put(&h, *dst, *gw, nh).await) }
         }))
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>();
+        .buffer_unordered(IN_FLIGHT);
         let dels = futures::stream::iter(plan.delete.iter().map(|dst| {
             let h = h.clone();
-            async move { (*dst, routes::remove(&h, *dst).await) }
+            async move { (*dst, None, routes::remove(&h, *dst).await) }
         }))
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>();
-        let (puts, dels) = futures::join!(puts, dels);
+        .buffer_unordered(IN_FLIGHT);
+        let mut done = futures::stream::select(puts, dels);
         let mut first_error = None;
-        // Each change is logged, but a cluster's worth at start is one line.
-        let each = puts.len() + dels.len() <= LOG_EACH;
         let (mut put, mut removed) = (0, 0);
-        for (dst, gw, r) in puts {
-            match r {
-                Ok(()) => {
+        while let Some((dst, gw, r)) = done.next().await {
+            match (r, gw) {
+                (Ok(()), Some(gw)) => {
                     ours.insert(dst, Some(gw));
                     put += 1;
                     if each {
                         tracing::info!(%dst, %gw, "route installed");
                     }
                 }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        for (dst, r) in dels {
-            match r {
-                Ok(()) => {
+                (Ok(()), None) => {
                     ours.remove(&dst);
                     removed += 1;
                     if each {
                         tracing::info!(%dst, "route removed");
                     }
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     first_error.get_or_insert(e);
                 }
             }

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod install;
 pub mod instance;
 pub mod known;

@@ -39,7 +39,7 @@ const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
 const AF_INET: u8 = 2;
-const HEADER: usize = 16;
+pub(crate) const HEADER: usize = 16;
 /// Requests per write: each acknowledgement takes about a kilobyte of the socket's receive buffer
 /// (the default holds some 200), and one that does not fit is lost (ENOBUFS).
 const BATCH: usize = 64;
@@ -87,16 +87,16 @@ fn message(kind: u16, flags: u16, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     m
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// Splits a receive buffer into (type, seq, payload) messages; stops at anything malformed.
-fn messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+pub(crate) fn messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while let (Some(len), Some(kind), Some(seq)) = (u32_at(buf, at), u16_at(buf, at + 4), u32_at(buf, at + 8))
@@ -142,7 +142,7 @@ fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {
 }
 
 /// An IPv4 route message of the main table: (protocol, destination, gateway).
-fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>)> {
+pub(crate) fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>)> {
     // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
     let (family, dst_len, table, protocol) = (*p.first()?, *p.get(1)?, *p.get(4)?, *p.get(5)?);
     if family != AF_INET {

@@ -1,0 +1,194 @@
+//! The kernel's link, address and route events, read from a plain netlink socket in the daemon's
+//! loop and reduced to what a reconcile needs. Reading them where they are used (no task that
+//! parses and queues full messages ahead of the loop) keeps memory flat while the daemon installs
+//! tens of thousands of routes, each of which the kernel also announces; when the socket's buffer
+//! overflows the kernel drops events, which is reported as [`Event::Lost`] so that the caller
+//! checks everything instead of trusting what it last saw.
+
+use crate::error::{Result, RoutedError};
+use crate::raw::{messages, parse_route, u16_at, u32_at};
+use ipnetwork::IpNetwork;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_DELROUTE: u16 = 25;
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const IFINFOMSG: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+
+/// What happened, as far as the daemon cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A route of the main IPv4 table went: its protocol and destination.
+    RouteGone(u8, IpNetwork),
+    /// A link appeared, changed or went (`name` when the kernel said it).
+    Link { index: u32, name: Option<String> },
+    /// An IPv4 address was added to or removed from link `index`.
+    Address { index: u32 },
+    /// The kernel dropped events: anything may have changed.
+    Lost,
+}
+
+/// A socket subscribed to link, IPv4 address and IPv4 route events of the calling thread's
+/// network namespace.
+pub struct Events {
+    fd: AsyncFd<Socket>,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    pub fn open() -> Result<Events> {
+        let io = |e| RoutedError::Io("netlink events".into(), e);
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
+        socket.bind_auto().map_err(io)?;
+        for g in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE] {
+            socket.add_membership(g).map_err(io)?;
+        }
+        socket.set_non_blocking(true).map_err(io)?;
+        // SAFETY: the socket owns its descriptor, keeps it open until it is dropped (with the
+        // AsyncFd that owns it) and returns the same one from every as_raw_fd.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .map_err(|e| io(e.into()))?;
+        Ok(Events {
+            fd,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Waits for events, then returns all that are queued (at least one).
+    pub async fn next(&mut self) -> Result<Vec<Event>> {
+        let io = |e| RoutedError::Io("netlink events".into(), e);
+        loop {
+            let mut guard = self.fd.readable().await.map_err(io)?;
+            let mut out = Vec::new();
+            loop {
+                match guard.get_inner().recv(&mut &mut self.buf[..], 0) {
+                    Ok(n) => parse(&self.buf[..n], &mut out),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                        if out.last() != Some(&Event::Lost) {
+                            out.push(Event::Lost);
+                        }
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The events of one datagram; messages of no interest are skipped.
+fn parse(buf: &[u8], out: &mut Vec<Event>) {
+    for (kind, _, p) in messages(buf) {
+        match kind {
+            RTM_DELROUTE => {
+                if let Some((protocol, dst, _)) = parse_route(p) {
+                    out.push(Event::RouteGone(protocol, dst));
+                }
+            }
+            RTM_NEWLINK | RTM_DELLINK => {
+                if let Some(index) = u32_at(p, 4) {
+                    out.push(Event::Link {
+                        index,
+                        name: link_name(p),
+                    });
+                }
+            }
+            RTM_NEWADDR | RTM_DELADDR => {
+                if let Some(index) = u32_at(p, 4) {
+                    out.push(Event::Address { index });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// IFLA_IFNAME of an ifinfomsg payload.
+fn link_name(p: &[u8]) -> Option<String> {
+    let mut at = IFINFOMSG;
+    while let (Some(len), Some(kind)) = (u16_at(p, at), u16_at(p, at + 2)) {
+        let len = len as usize;
+        if len < 4 || at + len > p.len() {
+            return None;
+        }
+        if kind == IFLA_IFNAME {
+            let v = &p[at + 4..at + len];
+            let v = v.split(|b| *b == 0).next().unwrap_or(v);
+            return std::str::from_utf8(v).ok().map(str::to_string);
+        }
+        at += (len + 3) & !3;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw::HEADER;
+
+    fn msg(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; HEADER];
+        m.extend_from_slice(payload);
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&kind.to_ne_bytes());
+        m.resize(m.len().next_multiple_of(4), 0);
+        m
+    }
+
+    fn with_attr(mut p: Vec<u8>, kind: u16, v: &[u8]) -> Vec<u8> {
+        let len = 4 + v.len();
+        p.extend_from_slice(&(len as u16).to_ne_bytes());
+        p.extend_from_slice(&kind.to_ne_bytes());
+        p.extend_from_slice(v);
+        p.resize(p.len().next_multiple_of(4), 0);
+        p
+    }
+
+    #[test]
+    fn events_are_reduced_to_what_a_reconcile_needs() {
+        let mut link = vec![0u8; IFINFOMSG];
+        link[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        let link = with_attr(link, IFLA_IFNAME, b"cbr0\0");
+        let mut addr = vec![2u8, 24, 0, 0];
+        addr.extend_from_slice(&9u32.to_ne_bytes());
+        let route = with_attr(vec![2, 24, 0, 0, 254, 157, 0, 1, 0, 0, 0, 0], 1, &[10, 244, 3, 0]);
+        let mut buf = msg(RTM_NEWLINK, &link);
+        buf.extend(msg(RTM_DELADDR, &addr));
+        buf.extend(msg(RTM_DELROUTE, &route));
+        // a new route (our own, announced) and a truncated message change nothing
+        buf.extend(msg(24, &route));
+        buf.extend(msg(RTM_DELLINK, &[0u8; 3]));
+        let mut out = Vec::new();
+        parse(&buf, &mut out);
+        assert_eq!(
+            out,
+            [
+                Event::Link {
+                    index: 7,
+                    name: Some("cbr0".into())
+                },
+                Event::Address { index: 9 },
+                Event::RouteGone(157, "10.244.3.0/24".parse().unwrap()),
+            ]
+        );
+        // a name attribute that claims more than the message has
+        let mut bad = vec![0u8; IFINFOMSG];
+        bad.extend_from_slice(&[40, 0, 3, 0, b'x', 0, 0, 0]);
+        assert_eq!(link_name(&bad), None);
+    }
+}
