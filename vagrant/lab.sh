@@ -50,11 +50,12 @@ export CBRNET_LAB_CONSOLE_DIR=$state/console
 export CBRNET_LEASE_TTL=${CBRNET_LEASE_TTL:-30s}
 export CBRNET_LAB_SSH_CONFIG=$state/ssh_config
 
-# Debian packages the host needs. qemu-utils must be the version of qemu-system-x86: a newer
-# qemu-utils (e.g. from backports) Breaks the qemu-system-common that qemu-system-x86 needs.
+# Debian packages the host needs (the .deb's release build needs protoc and its .proto files, for
+# the etcd client). qemu-utils must be the version of qemu-system-x86: a newer qemu-utils (e.g.
+# from backports) Breaks the qemu-system-common that qemu-system-x86 needs.
 host_packages=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   dnsmasq-base qemu-system-x86 qemu-utils mmdebstrap grub-pc-bin grub2-common fdisk busybox-static
-  iproute2 util-linux rsync openssh-client python3)
+  iproute2 util-linux rsync openssh-client python3 protobuf-compiler libprotobuf-dev)
 
 log() { printf '[lab %(%H:%M:%S)T] %s\n' -1 "$*"; }
 warn() { printf '[lab %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }

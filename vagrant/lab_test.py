@@ -11,8 +11,10 @@ non-zero if any failed.
   (d) cbrnet-routed killed (SIGKILL) and restarted by systemd: routes kept, no flap
   (e) a pod killed without CNI DEL: cbrnet-routed, confined by its hardened unit, takes its
       address back (background reclaim, written under /run/cbrnet)
+  (f) the unit gives the daemon what it needs and no more: only CAP_NET_ADMIN in its bounding
+      set, no new privileges, and only /run/cbrnet and /var/lib/cbrnet writable in its view
 
-  lab_test.py summary | test [a b c d e]
+  lab_test.py summary | test [a b c d e f]
 
 The VMs are reached with plain ssh through the config `vagrant ssh-config` writes
 (CBRNET_LAB_SSH_CONFIG): a call costs well under a second, `vagrant ssh` about 7 s.
@@ -203,6 +205,8 @@ class Lab:
         sub = before["subnet"]["subnet"]
         old = {r["container_id"] for r in before["reservations"]}
         ev(f"before: node2 subnet {sub}; reservations {', '.join(r['ip'] + '=' + r['container_id'] for r in before['reservations']) or 'none'}")
+        if not old:
+            raise LabError("node2 has no pod before the reboot: run (a) first")
         secs = vagrant("reload", "node2")
         refresh_ssh_config("node2")
         after = node_cmd("node2", "state")
@@ -331,7 +335,10 @@ class Lab:
             ok = False
             for l in r["route_changes_in_journal"]:
                 ev(f"  FLAP: {l}")
-        if r["ping"]:
+        if not r["ping"]:
+            ok = False
+            ev("FAIL: no pod on node2 pinged a pod of node1 during the restart (run (a) first)")
+        else:
             ev(f"pod {self.pods['node2'][0][1]} -> {peer} during the restart: {r['ping'][0].strip()}")
             if " 0% packet loss" not in r["ping"][0]:
                 ok = False
@@ -360,6 +367,25 @@ class Lab:
         return ok
 
 
+    def scenario_f(self):
+        say("== (f) the hardened unit: cbrnet-routed gets CAP_NET_ADMIN and its own paths, nothing more")
+        ok = True
+        for n in NODES:
+            r = node_cmd(n, "confinement")
+            ev(f"{n}: pid {r['pid']} CapBnd {r['cap_bnd']} CapEff {r['cap_eff']} NoNewPrivs {r['no_new_privs']}")
+            # CAP_NET_ADMIN is capability 12.
+            if int(r["cap_bnd"] or "0", 16) != 1 << 12 or r["no_new_privs"] != "1":
+                ok = False
+                ev(f"FAIL: {n}: the bounding set should be CAP_NET_ADMIN alone, with no new privileges")
+            for d, t in sorted(r["tries"].items()):
+                want = d in r["writable"]
+                ev(f"{n}: {d}: {'writable' if t['writable'] else 'read-only'}{'' if t['writable'] else ' (' + t['error'] + ')'}")
+                if t["writable"] != want:
+                    ok = False
+                    ev(f"FAIL: {n}: {d} should be {'writable' if want else 'read-only'} for the daemon")
+        return ok
+
+
 def summary():
     refresh_ssh_config(*NODES)
     states = on_nodes({n: ("state",) for n in NODES})
@@ -370,7 +396,8 @@ def summary():
 
 def test(which):
     lab = Lab()
-    scenarios = [("a", lab.scenario_a), ("b", lab.scenario_b), ("c", lab.scenario_c), ("d", lab.scenario_d), ("e", lab.scenario_e)]
+    scenarios = [("a", lab.scenario_a), ("b", lab.scenario_b), ("c", lab.scenario_c), ("d", lab.scenario_d), ("e", lab.scenario_e),
+                 ("f", lab.scenario_f)]
     refresh_ssh_config(*NODES)
     results, t0 = [], time.time()
     for key, fn in scenarios:

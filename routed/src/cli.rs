@@ -198,6 +198,26 @@ impl RunArgs {
     }
 }
 
+/// Ports a Linux bridge takes (it numbers them 1 to 1023): one per pod.
+pub const BRIDGE_PORTS: u64 = 1023;
+
+impl Config {
+    /// What is allowed but will not work as the operator may expect, said once at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // The network and broadcast addresses and the gateway are no pod's.
+        let pods = (1u64 << (32 - u32::from(self.args.subnet_len.min(32)))).saturating_sub(3);
+        if pods > BRIDGE_PORTS {
+            out.push(format!(
+                "--subnet-len {}: a node subnet has room for {pods} pods, but the node bridge takes at most \
+                 {BRIDGE_PORTS} ports; ADDs past that fail with error 115 (bridge full). Use /22 or longer.",
+                self.args.subnet_len
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +251,16 @@ mod tests {
             c.command,
             Some(Command::Leases(LeasesArgs { json: true, .. }))
         ));
+    }
+
+    #[test]
+    fn a_subnet_larger_than_a_bridge_is_warned_about() {
+        assert_eq!(run(&[]).unwrap().warnings(), Vec::<String>::new());
+        // A /22 is 1,021 pods: within the 1,023 ports.
+        assert!(run(&["--subnet-len", "22"]).unwrap().warnings().is_empty());
+        let w = run(&["--subnet-len", "21"]).unwrap().warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("2045 pods") && w[0].contains("1023 ports"), "{w:?}");
     }
 
     #[test]

@@ -137,6 +137,8 @@ struct Node {
     invalid: Reported,
     conflicts: Reported,
     conf_problems: Reported,
+    /// The record at our subnet's key is no valid lease (said once, until it is written again).
+    own_invalid: bool,
     /// Networks of the config directory whose pods are not this daemon's to judge.
     reclaim_skips: Reported,
     /// Destinations of ours that a foreign route keeps out: its deletion lets ours in.
@@ -284,6 +286,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         invalid: Reported::default(),
         conflicts: Reported::default(),
         conf_problems: Reported::default(),
+        own_invalid: false,
         reclaim_skips: Reported::default(),
         blocked: HashSet::new(),
         bridge_index: None,
@@ -399,7 +402,9 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                     retry_at = None;
                     backoff.reset();
                     if let Some(why) = reassert {
-                        tracing::warn!(subnet = %node.held.lease.subnet, "this node's lease is {why}; re-asserting it");
+                        if !node.own_invalid {
+                            tracing::warn!(subnet = %node.held.lease.subnet, "this node's lease is {why}; re-asserting it");
+                        }
                         renew_at = Instant::now();
                     }
                 }
@@ -489,6 +494,7 @@ impl Node {
                     );
                 }
                 self.held = new;
+                self.own_invalid = false;
                 backoff.reset();
                 // Others judge the lease by the time it was written, which this answer cannot
                 // vouch for when it came back late: look at the store again at once.
@@ -496,6 +502,17 @@ impl Node {
                     tracing::warn!("renewing the lease took {took:?}; checking the store again");
                     return Duration::ZERO;
                 }
+                every
+            }
+            // The node keeps its subnet and tries again at each renewal, quietly.
+            Err(e @ ClusterError::OwnRecordInvalid { .. }) => {
+                self.metrics.store_up.set(i64::from(true));
+                if !self.own_invalid {
+                    tracing::error!("{e}");
+                    self.metrics.error(ErrorKind::Renew);
+                    self.own_invalid = true;
+                }
+                backoff.reset();
                 every
             }
             Err(e) => {

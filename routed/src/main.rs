@@ -41,7 +41,12 @@ fn main() {
         .init();
     // Errors that retrying cannot fix: exit 2 before anything is opened, created or written.
     let run = match (cli.command.is_none(), cli.run.map(|r| r.validate())) {
-        (true, Some(Ok(c))) => Some(c),
+        (true, Some(Ok(c))) => {
+            for w in c.warnings() {
+                tracing::warn!("{w}");
+            }
+            Some(c)
+        }
         (true, Some(Err(e))) => {
             report(&e);
             std::process::exit(2);

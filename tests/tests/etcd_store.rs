@@ -76,6 +76,18 @@ fn bad_records_are_skipped_one_by_one() {
 }
 
 #[test]
+fn a_renewal_keeps_the_held_subnet() {
+    let (ns, etcd) = etcd("ets-renew");
+    ns.block_on(0, || async {
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let raw = connect(&etcd, PREFIX).await.unwrap();
+        let raw = &raw;
+        let put_raw = |key: String, bytes: Vec<u8>| async move { raw.put_raw(&key, bytes).await.unwrap() };
+        conformance::a_renewal_keeps_the_held_subnet(&s, put_raw).await;
+    });
+}
+
+#[test]
 fn etcd_deletes_a_lease_that_is_not_renewed() {
     let (ns, etcd) = etcd("ets-ttl");
     ns.block_on(0, || async {

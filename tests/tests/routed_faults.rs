@@ -74,8 +74,9 @@ fn bad_records_never_stop_the_others(tag: &str, kind: StoreKind) {
     let i = lab.add_node();
     lab.start(i);
     all_converge(&lab);
-    std::thread::sleep(Duration::from_millis(2500)); // a few resyncs
-                                                     // (to the other nodes, the lease at node 0's address is a second subnet of node 0's)
+    // A few resyncs. To the other nodes, the lease at node 0's address is a second subnet of
+    // node 0's.
+    std::thread::sleep(Duration::from_millis(2500));
     for n in 0..3 {
         let table = lab.nodes[n].route_table();
         let want = if n == 0 { 2 } else { 3 };
@@ -255,7 +256,10 @@ fn a_node_reasserts_its_own_lease_and_nobody_takes_it_meanwhile() {
         "{}",
         lab.nodes[1].log()
     );
-    // its record vanishes: back within a resync
+    // node 0 leaves, so a subnet below node 1's is free; then node 1's record vanishes: the
+    // record comes back within a resync, for the same subnet (its pods live there)
+    lab.stop(0);
+    lab.routed_cli(&["release", "--node-name", "node-0"]);
     std::fs::remove_file(lab.store_dir().join(&key)).unwrap();
     assert!(
         lab.wait_for(Duration::from_secs(3), renewed),
@@ -263,6 +267,24 @@ fn a_node_reasserts_its_own_lease_and_nobody_takes_it_meanwhile() {
         lab.nodes[1].log()
     );
     assert!(lab.nodes[1].log().contains("re-asserting"));
+    assert_eq!(lab.nodes[1].subnet().unwrap(), subnet);
+    // its record is overwritten by something that is no lease: it keeps the subnet, says so
+    // once, and writes the record again once the entry is gone
+    lab.put_raw(&key, b"{not json");
+    assert!(lab.wait_for(Duration::from_secs(3), |l| l.nodes[1]
+        .log()
+        .contains("is not a valid lease")));
+    std::thread::sleep(Duration::from_millis(2500)); // a few resyncs
+    let log = lab.nodes[1].log();
+    assert_eq!(log.matches("is not a valid lease").count(), 1, "{log}");
+    assert_eq!(lab.nodes[1].subnet().unwrap(), subnet);
+    std::fs::remove_file(lab.store_dir().join(&key)).unwrap();
+    assert!(
+        lab.wait_for(Duration::from_secs(3), renewed),
+        "{}",
+        lab.nodes[1].log()
+    );
+    lab.start(0);
     all_converge(&lab);
 }
 

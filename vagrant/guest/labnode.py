@@ -19,6 +19,7 @@ Every command prints one JSON document on stdout.
   labnode.py etcd-keys                      the lease keys in etcd and their etcd lease TTLs
   labnode.py restart-check PEER_POD_IP      SIGKILL cbrnet-routed, let systemd restart it, compare
   labnode.py vanish-pod NAME SECS           kill a pod without CNI DEL, wait for its address's reclaim
+  labnode.py confinement                    what the unit leaves cbrnet-routed: capabilities, writable paths
   labnode.py newnode-start NAME IP          a new cbrnet node in a network namespace of this VM
   labnode.py newnode-stop NAME              stop it and release its lease
 """
@@ -385,6 +386,35 @@ def newnode_stop(name):
     return {"node": node(), "released": r.returncode == 0, "release_output": (r.stdout + r.stderr).strip()}
 
 
+# Paths the daemon must be able to write (its subnet file and reservations; a file store) and
+# paths it must not (the rest of the system), tried from inside its own mount namespace.
+WRITABLE = ["/run/cbrnet", "/var/lib/cbrnet"]
+READ_ONLY = ["/usr/lib", "/etc", "/etc/cni/net.d", "/opt/cni/bin", "/var/lib"]
+
+
+def confinement():
+    pid = daemon()["MainPID"]
+    status = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            status[k] = v.strip()
+    tries = {}
+    for d in WRITABLE + READ_ONLY:
+        probe = os.path.join(d, f".cbrnet-lab-probe-{os.getpid()}")
+        p = run("nsenter", "-t", pid, "-m", "--", "sh", "-c", f"touch {probe} && rm -f {probe}", check=False)
+        tries[d] = {"writable": p.returncode == 0, "error": p.stderr.strip()[-200:]}
+    return {
+        "pid": pid,
+        "cap_bnd": status.get("CapBnd"),
+        "cap_eff": status.get("CapEff"),
+        "no_new_privs": status.get("NoNewPrivs"),
+        "writable": WRITABLE,
+        "read_only": READ_ONLY,
+        "tries": tries,
+    }
+
+
 def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -402,6 +432,7 @@ def main(argv):
         "vanish-pod": lambda: vanish_pod(args[0], float(args[1])),
         "newnode-start": lambda: newnode_start(args[0], args[1]),
         "newnode-stop": lambda: newnode_stop(args[0]),
+        "confinement": lambda: confinement(),
     }
     if cmd not in table:
         print(__doc__, file=sys.stderr)

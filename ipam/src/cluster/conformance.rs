@@ -213,6 +213,56 @@ where
     );
 }
 
+/// A renewal that finds its record changed keeps the node in the subnet its pods live in: a
+/// record that vanished is written again (with a lower subnet free), one that is no valid lease
+/// is refused and keeps blocking the subnet for others, and only a record that another node
+/// holds makes the node acquire again. `put_raw` as for [`bad_records_are_skipped_one_by_one`].
+pub async fn a_renewal_keeps_the_held_subnet<S, F, Fut>(s: &S, put_raw: F)
+where
+    S: LeaseStore,
+    F: Fn(String, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let c = cfg("10.244.0.0/16", 24);
+    let me = node("b", "192.168.1.2", "hb");
+    let a = get(s, &c, &node("a", "192.168.1.1", "ha")).await.unwrap();
+    let b = get(s, &c, &me).await.unwrap();
+    // a's subnet, below b's, is free again; then b's record vanishes
+    assert!(release(s, &a).await.unwrap());
+    assert!(release(s, &b).await.unwrap());
+    let b2 = renew(s, &c, &b, &me, &mut Seen::default()).await.unwrap();
+    assert_eq!(
+        b2.lease.subnet, b.lease.subnet,
+        "a node moved out of its own subnet"
+    );
+    // b's record vanishes again and another node creates one at its key before b renews: b's
+    // compare-and-swap must not win over it (a re-created key has no version b knows), and b
+    // moves to the next free subnet
+    assert!(release(s, &b2).await.unwrap());
+    let theirs = Lease {
+        node_name: "z".into(),
+        node_ip: "192.168.1.26".parse().unwrap(),
+        expires: u64::MAX / 2,
+        holder: Some("hz".into()),
+        ..b2.lease.clone()
+    };
+    assert!(s.create(&theirs, c.ttl).await.unwrap().is_some());
+    let b3 = renew(s, &c, &b2, &me, &mut Seen::default()).await.unwrap();
+    assert_ne!(b3.lease.subnet, b.lease.subnet);
+    assert_eq!(b3.lease.subnet, a.lease.subnet);
+    let now = s.list().await.unwrap();
+    assert!(now.leases.iter().any(|v| v.lease == theirs), "{now:?}");
+    // b's new record is overwritten by something that is no lease: b keeps the subnet
+    put_raw(subnet_key(b3.lease.subnet), b"{not json".to_vec()).await;
+    let e = renew(s, &c, &b3, &me, &mut Seen::default()).await.unwrap_err();
+    assert!(matches!(e, ClusterError::OwnRecordInvalid { .. }), "{e}");
+    let other = get(s, &c, &node("o", "192.168.1.4", "ho")).await.unwrap();
+    assert_ne!(
+        other.lease.subnet, b3.lease.subnet,
+        "a blocked subnet was handed out"
+    );
+}
+
 fn lease_bytes(l: &Lease) -> Vec<u8> {
     serde_json::to_vec(l).unwrap()
 }

@@ -22,6 +22,13 @@ pub enum ClusterError {
         holder: String,
         grace: std::time::Duration,
     },
+    /// The record at the held subnet's key is no valid lease: it blocks the subnet for every
+    /// node, so the holder keeps using it until the entry is removed and it can write it again.
+    #[error(
+        "the record of this node's subnet ({key}) is not a valid lease ({why}): keeping the subnet, \
+         which nobody else can take while that entry blocks it; remove the entry to let it be written again"
+    )]
+    OwnRecordInvalid { key: String, why: String },
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
 }

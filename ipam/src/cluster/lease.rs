@@ -287,9 +287,12 @@ pub async fn acquire<S: LeaseStore>(
     ))
 }
 
-/// Renews a held lease (with the node's current IP). If the record changed meanwhile (it was
-/// written by someone else, or by a renewal of ours whose answer was lost), acquires again, which
-/// gets the same subnet back if the record is still ours.
+/// Renews a held lease (with the node's current IP). If the record changed meanwhile, the held
+/// subnet comes first, since the node's pods live in it: a record that vanished is written again,
+/// one still ours (a renewal whose answer was lost) is renewed at its new version, and one that
+/// is no valid lease is refused ([`ClusterError::OwnRecordInvalid`]: the entry blocks the subnet
+/// for everyone else, so the node keeps it). Only a record that another node now holds makes the
+/// node acquire again.
 pub async fn renew<S: LeaseStore>(
     store: &S,
     cfg: &LeaseConfig,
@@ -298,7 +301,22 @@ pub async fn renew<S: LeaseStore>(
     seen: &mut Seen,
 ) -> Result<Versioned, ClusterError> {
     let l = me.lease(held.lease.subnet, cfg);
-    match store.update(&l, held.version, cfg.ttl).await? {
+    if let Some(version) = store.update(&l, held.version, cfg.ttl).await? {
+        return Ok(Versioned { lease: l, version });
+    }
+    let key = subnet_key(held.lease.subnet);
+    let written = match store.get(&key).await? {
+        None => store.create(&l, cfg.ttl).await?,
+        Some(Ok(v))
+            if v.lease.node_name == me.node_name
+                && v.lease.holder.as_deref().is_none_or(|h| h == me.holder) =>
+        {
+            store.update(&l, v.version, cfg.ttl).await?
+        }
+        Some(Ok(_)) => None,
+        Some(Err(bad)) => return Err(ClusterError::OwnRecordInvalid { key, why: bad.why }),
+    };
+    match written {
         Some(version) => Ok(Versioned { lease: l, version }),
         None => acquire(store, cfg, me, seen).await,
     }

@@ -222,9 +222,15 @@ impl FileStore {
     }
 
     fn create_sync(&self, lease: &Lease) -> Result<Option<u64>, ClusterError> {
+        // A record created again after a delete must not take a version that its old holder
+        // still has: that holder's compare-and-swap would then overwrite the new record.
+        let version = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .max(1);
         let tmp = self.write_tmp(&Record {
             lease: lease.clone(),
-            version: 1,
+            version,
         })?;
         let key = self.dir.join(subnet_key(lease.subnet));
         let r = fs::hard_link(&tmp, &key);
@@ -232,7 +238,7 @@ impl FileStore {
         match r {
             Ok(()) => {
                 self.sync_dir()?;
-                Ok(Some(1))
+                Ok(Some(version))
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(io("creating", &key)(e)),
@@ -407,22 +413,33 @@ mod tests {
             .await;
     }
 
-    #[tokio::test]
-    async fn bad_records_are_skipped_one_by_one() {
-        let d = tempfile::tempdir().unwrap();
-        let s = FileStore::open(d.path()).unwrap();
-        // a record as the file store writes it, or the bytes as they are when they are no JSON
-        let put_raw = |key: String, bytes: Vec<u8>| {
+    /// Writes an entry under a key by hand: a record as the file store writes it, or the bytes
+    /// as they are when they are no JSON.
+    fn put_raw(dir: &Path) -> impl Fn(String, Vec<u8>) -> std::future::Ready<()> + '_ {
+        move |key: String, bytes: Vec<u8>| {
             let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(lease) => serde_json::json!({"lease": lease, "version": 1})
                     .to_string()
                     .into_bytes(),
                 Err(_) => bytes,
             };
-            fs::write(d.path().join(key), body).unwrap();
-            async {}
-        };
-        conformance::bad_records_are_skipped_one_by_one(&s, put_raw).await;
+            fs::write(dir.join(key), body).unwrap();
+            std::future::ready(())
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_skipped_one_by_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        conformance::bad_records_are_skipped_one_by_one(&s, put_raw(d.path())).await;
+    }
+
+    #[tokio::test]
+    async fn a_renewal_keeps_the_held_subnet() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileStore::open(d.path()).unwrap();
+        conformance::a_renewal_keeps_the_held_subnet(&s, put_raw(d.path())).await;
     }
 
     #[tokio::test]
