@@ -34,8 +34,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const IN_FLIGHT: usize = 64;
 /// Up to this many route changes in one reconcile are logged one by one.
 const LOG_EACH: usize = 32;
-/// Every this many resyncs, the store is read in full (it is otherwise followed by its watch).
-const FULL_LIST_EVERY: u64 = 30;
+/// At a resync this long after the last full check, the store and our routes are read in full
+/// again (they are otherwise followed by the store's watch and the kernel's events, whose
+/// overflows and reconnects already call for a full read): a safety net whose cost does not grow
+/// with a shorter resync interval.
+const FULL_CHECK_EVERY: Duration = Duration::from_secs(300);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A message that repeats while the daemon waits is logged at most this often.
 const REPEAT_LOG: Duration = Duration::from_secs(60);
@@ -338,7 +341,7 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
     let mut changes = retry("watching the lease store", &node.metrics, || node.store.watch()).await?;
 
     let mut resync = tokio::time::interval(node.cfg.args.resync_interval);
-    let mut resyncs = 0u64;
+    let mut last_full = Instant::now();
     // After a long reconcile, one tick, not a burst of the ones missed.
     resync.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let renew_every = node.cfg.leases.renew_every();
@@ -367,14 +370,16 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
             }
             _ = resync.tick() => {
                 (routes_dirty, setup_dirty, sweep) = (true, true, true);
-                // The kernel's routes are checked on every resync; of the store, our own record
-                // (which also tells whether the store answers), and all of it only now and then,
-                // as a safety net under its watch.
-                node.ours = None;
+                // Every resync reads our own record (which also tells whether the store
+                // answers). Our routes are followed by the kernel's events (and read again
+                // whenever an event may hide silent changes, or events were lost); both the
+                // store and our routes are read in full only now and then, as a safety net
+                // under the store's watch and the kernel's events.
                 node.pending.keys.insert(subnet_key(node.held.lease.subnet));
-                resyncs += 1;
-                if resyncs.is_multiple_of(FULL_LIST_EVERY) {
+                if last_full.elapsed() >= FULL_CHECK_EVERY {
                     node.pending.all = true;
+                    node.ours = None;
+                    last_full = Instant::now();
                 }
             }
             _ = sleep_until(node.expiry_instant().into()), if node.next_expiry.is_some() => routes_dirty = true,
@@ -439,16 +444,44 @@ impl Node {
                 }
                 (ours || self.blocked.contains(dst), false)
             }
-            // A link that comes back up (a flap) has lost its routes; pods' veths come and go
-            // by the hundred and change nothing for the routes.
+            // Our own routes are announced as they go in. A route that takes the place of one
+            // of ours (another protocol, another gateway) means what we know of ours is wrong.
+            Event::RouteNew(protocol, dst, gw) => {
+                let replaced = self.ours.as_ref().is_some_and(|o| {
+                    o.get(dst)
+                        .is_some_and(|g| *protocol != routes::ROUTE_PROTOCOL || g != gw)
+                });
+                if replaced {
+                    self.ours = None;
+                }
+                (replaced, false)
+            }
+            // Deleting a nexthop takes the routes through it along, without a word about them.
+            Event::NexthopGone(_) => {
+                self.ours = None;
+                self.nh_known = None;
+                (true, false)
+            }
+            // A link that goes down or away (a flap) takes its routes along, silently: read
+            // ours again. Pods' veths come and go by the hundred and change nothing for them.
             Event::Link { index, name } => {
                 let is_bridge =
                     Some(*index) == self.bridge_index || name.as_deref() == Some(&self.cfg.args.bridge);
                 let pod_port = name.as_deref().is_some_and(|n| n.starts_with("veth"));
+                if !pod_port && !is_bridge {
+                    self.ours = None;
+                }
                 (!pod_port && !is_bridge, is_bridge)
             }
-            // Addresses decide which peers are neighbours, and the bridge carries the gateway.
-            Event::Address { index } => (true, Some(*index) == self.bridge_index),
+            // Addresses decide which peers are neighbours, and the bridge carries the gateway;
+            // an address that goes takes the routes through its network along, silently.
+            Event::Address { index } => {
+                let on_bridge = Some(*index) == self.bridge_index;
+                if !on_bridge {
+                    self.ours = None;
+                }
+                (true, on_bridge)
+            }
             // What we know of the kernel's routes may be stale: read them again.
             Event::Lost => {
                 self.ours = None;

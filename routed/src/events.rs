@@ -16,10 +16,15 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
+const RTM_DELNEXTHOP: u16 = 105;
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_NEXTHOP: u32 = 32;
+const NHMSG: usize = 8;
+const NHA_ID: u16 = 1;
 const IFINFOMSG: usize = 16;
 const IFLA_IFNAME: u16 = 3;
 
@@ -28,6 +33,11 @@ const IFLA_IFNAME: u16 = 3;
 pub enum Event {
     /// A route of the main IPv4 table went: its protocol and destination.
     RouteGone(u8, IpNetwork),
+    /// A route of the main IPv4 table was added or replaced: protocol, destination, gateway
+    /// (through a nexthop: the address its id stands for).
+    RouteNew(u8, IpNetwork, Option<std::net::IpAddr>),
+    /// A nexthop object went (and with it, silently, every route through it).
+    NexthopGone(u32),
     /// A link appeared, changed or went (`name` when the kernel said it).
     Link { index: u32, name: Option<String> },
     /// An IPv4 address was added to or removed from link `index`.
@@ -36,8 +46,8 @@ pub enum Event {
     Lost,
 }
 
-/// A socket subscribed to link, IPv4 address and IPv4 route events of the calling thread's
-/// network namespace.
+/// A socket subscribed to link, IPv4 address, IPv4 route and nexthop events of the calling
+/// thread's network namespace.
 pub struct Events {
     fd: AsyncFd<Socket>,
     buf: Vec<u8>,
@@ -51,6 +61,8 @@ impl Events {
         for g in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE] {
             socket.add_membership(g).map_err(io)?;
         }
+        // A kernel without nexthop objects has no such group: their events cannot happen there.
+        let _ = socket.add_membership(RTNLGRP_NEXTHOP);
         socket.set_non_blocking(true).map_err(io)?;
         // SAFETY: the socket owns its descriptor, keeps it open until it is dropped (with the
         // AsyncFd that owns it) and returns the same one from every as_raw_fd.
@@ -99,6 +111,16 @@ fn parse(buf: &[u8], out: &mut Vec<Event>) {
                     out.push(Event::RouteGone(protocol, dst));
                 }
             }
+            RTM_NEWROUTE => {
+                if let Some((protocol, dst, gw)) = parse_route(p) {
+                    out.push(Event::RouteNew(protocol, dst, gw));
+                }
+            }
+            RTM_DELNEXTHOP => {
+                if let Some(id) = nexthop_id(p) {
+                    out.push(Event::NexthopGone(id));
+                }
+            }
             RTM_NEWLINK | RTM_DELLINK => {
                 if let Some(index) = u32_at(p, 4) {
                     out.push(Event::Link {
@@ -115,6 +137,22 @@ fn parse(buf: &[u8], out: &mut Vec<Event>) {
             _ => {}
         }
     }
+}
+
+/// NHA_ID of an nhmsg payload.
+fn nexthop_id(p: &[u8]) -> Option<u32> {
+    let mut at = NHMSG;
+    while let (Some(len), Some(kind)) = (u16_at(p, at), u16_at(p, at + 2)) {
+        let len = len as usize;
+        if len < 4 || at + len > p.len() {
+            return None;
+        }
+        if kind == NHA_ID {
+            return u32_at(p, at + 4);
+        }
+        at += (len + 3) & !3;
+    }
+    None
 }
 
 /// IFLA_IFNAME of an ifinfomsg payload.
@@ -170,9 +208,13 @@ mod tests {
         let mut buf = msg(RTM_NEWLINK, &link);
         buf.extend(msg(RTM_DELADDR, &addr));
         buf.extend(msg(RTM_DELROUTE, &route));
-        // a new route (our own, announced) and a truncated message change nothing
-        buf.extend(msg(24, &route));
+        buf.extend(msg(RTM_NEWROUTE, &route));
+        let nh = with_attr(vec![2u8, 0, 0, 0, 0, 0, 0, 0], NHA_ID, &77u32.to_ne_bytes());
+        buf.extend(msg(RTM_DELNEXTHOP, &nh));
+        // a truncated message and one of no interest change nothing
         buf.extend(msg(RTM_DELLINK, &[0u8; 3]));
+        buf.extend(msg(RTM_DELNEXTHOP, &[0u8; 3]));
+        buf.extend(msg(30, &route));
         let mut out = Vec::new();
         parse(&buf, &mut out);
         assert_eq!(
@@ -184,6 +226,8 @@ mod tests {
                 },
                 Event::Address { index: 9 },
                 Event::RouteGone(157, "10.244.3.0/24".parse().unwrap()),
+                Event::RouteNew(157, "10.244.3.0/24".parse().unwrap(), None),
+                Event::NexthopGone(77),
             ]
         );
         // a name attribute that claims more than the message has

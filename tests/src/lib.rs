@@ -437,23 +437,7 @@ impl Node {
 
     /// Addresses reserved on disk for `network`: (address, "containerID ifname").
     pub fn reservations(&self, network: &str) -> Vec<(String, String)> {
-        let dir = self.data_dir().join(network);
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut v: Vec<(String, String)> = rd
-            .filter_map(|e| {
-                let e = e.ok()?;
-                let name = e.file_name().into_string().ok()?;
-                name.parse::<std::net::IpAddr>().ok()?;
-                Some((
-                    name,
-                    std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned(),
-                ))
-            })
-            .collect();
-        v.sort();
-        v
+        reservations_in(&self.data_dir().join(network))
     }
 
     /// The veth host ends on this node.
@@ -475,4 +459,24 @@ pub fn result_ip(r: &Value) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// The reservations of a network's directory: (address, "containerID ifname").
+pub fn reservations_in(dir: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, String)> = rd
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            name.parse::<std::net::IpAddr>().ok()?;
+            Some((
+                name,
+                std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
 }

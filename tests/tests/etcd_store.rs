@@ -88,6 +88,51 @@ fn a_renewal_keeps_the_held_subnet() {
 }
 
 #[test]
+fn a_listing_larger_than_one_answer_is_read_in_pages_and_whole() {
+    let (ns, etcd) = etcd("ets-pages");
+    ns.block_on(0, || async {
+        use futures::StreamExt;
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let s = &s;
+        // 2,500 records (pages of 1,000), one of them junk, and a key beside the prefix
+        let n = 2500u32;
+        futures::stream::iter(0..n)
+            .map(|k| async move {
+                let net =
+                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0)) + (k << 8));
+                let l = Lease {
+                    subnet: format!("{net}/24").parse().unwrap(),
+                    node_name: format!("n{k}"),
+                    node_ip: "192.168.1.1".parse().unwrap(),
+                    expires: unix_now() + 3600,
+                    holder: None,
+                };
+                let key = cbrnet_ipam::cluster::record::subnet_key(l.subnet);
+                let body = if k == 1234 {
+                    b"junk".to_vec()
+                } else {
+                    serde_json::to_vec(&l).unwrap()
+                };
+                s.put_raw(&key, body).await.unwrap();
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+        let beside = connect(&etcd, "/cbrnet/subnets0").await.unwrap();
+        beside.put_raw("x", b"{}".to_vec()).await.unwrap();
+        let listing = s.list().await.unwrap();
+        assert_eq!(listing.leases.len(), n as usize - 1);
+        assert_eq!(listing.invalid.len(), 1, "{:?}", listing.invalid);
+        let names: std::collections::HashSet<&str> = listing
+            .leases
+            .iter()
+            .map(|v| v.lease.node_name.as_str())
+            .collect();
+        assert_eq!(names.len(), n as usize - 1, "a key listed twice or missed");
+    });
+}
+
+#[test]
 fn etcd_deletes_a_lease_that_is_not_renewed() {
     let (ns, etcd) = etcd("ets-ttl");
     ns.block_on(0, || async {

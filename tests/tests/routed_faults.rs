@@ -586,3 +586,65 @@ fn routes_come_back_when_the_interface_flaps() {
         lab.nodes[0].route_table()
     );
 }
+
+#[test]
+fn routes_the_kernel_drops_silently_come_back_without_waiting_for_a_resync() {
+    // Only the kernel's events can bring them back in time: no resync comes for a minute.
+    let mut lab = Lab::new("silent", StoreKind::File);
+    lab.resync_interval = "60s".into();
+    for _ in 0..2 {
+        let i = lab.add_node();
+        lab.start(i);
+    }
+    let subnet = lab.nodes[1].subnet().unwrap();
+    let via = format!("{subnet} via 192.168.50.11");
+    let back = |lab: &Lab, what: &str| {
+        assert!(
+            lab.wait_for(Duration::from_secs(2), |l| l.nodes[0]
+                .route_table()
+                .contains(&via)),
+            "{what}: not back within 2 s: {}\n{}",
+            lab.nodes[0].route_table(),
+            lab.nodes[0].log()
+        );
+    };
+    back(&lab, "at start");
+    let ns = &lab.nodes[0].node.ns;
+    // the link flaps: its routes go without a RTM_DELROUTE each
+    ns.ok(&["ip", "link", "set", "eth0", "down"]);
+    assert!(lab.wait_for(Duration::from_secs(2), |l| l.nodes[0].route_table().is_empty()));
+    ns.ok(&["ip", "link", "set", "eth0", "up"]);
+    back(&lab, "after a link flap");
+    // the address the peers are reached through goes and comes back
+    ns.ok(&["ip", "addr", "del", "192.168.50.10/24", "dev", "eth0"]);
+    assert!(lab.wait_for(Duration::from_secs(2), |l| l.nodes[0].route_table().is_empty()));
+    ns.ok(&["ip", "addr", "add", "192.168.50.10/24", "dev", "eth0"]);
+    back(&lab, "after the node's address came back");
+    // the nexthop object the route goes through is deleted (where the kernel has them)
+    let nexthops = ns.ok(&["ip", "nexthop", "show"]);
+    if let Some(id) = nexthops.split_whitespace().nth(1) {
+        ns.ok(&["ip", "nexthop", "del", "id", id]);
+        back(&lab, "after its nexthop was deleted");
+    }
+    // a route of another protocol takes the place of ours: it is left alone, and said once
+    ns.ok(&[
+        "ip",
+        "route",
+        "replace",
+        &subnet,
+        "via",
+        "192.168.50.11",
+        "proto",
+        "static",
+    ]);
+    assert!(lab.wait_for(Duration::from_secs(2), |l| l.nodes[0]
+        .log()
+        .contains("held by a route of another protocol")));
+    std::thread::sleep(Duration::from_millis(500));
+    let shown = ns.ok(&["ip", "route", "show", &subnet]);
+    assert!(shown.contains("proto static"), "{shown}");
+    assert!(lab.nodes[0].route_table().is_empty());
+    // and when it goes, ours comes back
+    ns.ok(&["ip", "route", "del", &subnet, "proto", "static"]);
+    back(&lab, "after the foreign route went");
+}

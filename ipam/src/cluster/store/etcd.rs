@@ -20,6 +20,11 @@ use std::time::Duration;
 
 /// How long any one etcd call may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// Keys per answer when listing: some 150 bytes each, well inside one gRPC message.
+const PAGE: i64 = 1000;
+/// The largest answer taken: a page of records padded with junk values (etcd takes up to 1.5 MiB
+/// per value) still lists rather than failing the whole listing.
+const MAX_ANSWER: usize = 64 << 20;
 /// Backoff between attempts to re-establish a broken watch.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -120,24 +125,54 @@ async fn open_watch(client: &Client, prefix: &str) -> Result<WatchStream, Cluste
     }
 }
 
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte is 0xff (or there is none): the range runs to the end of the key space.
+    vec![0]
+}
+
 impl LeaseStore for EtcdStore {
+    /// Reads the prefix in pages of [`PAGE`] keys, all at the revision of the first page (one
+    /// snapshot): a cluster's worth of leases in one answer would pass the gRPC message limit.
     async fn list(&self) -> Result<Listing, ClusterError> {
-        let mut c = self.client.clone();
-        let resp = call(
-            "get",
-            c.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_ANSWER);
+        let end = prefix_end(self.prefix.as_bytes());
+        let mut from = self.prefix.as_bytes().to_vec();
+        let mut revision = 0;
         let mut out = Listing::default();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let key = key.strip_prefix(self.prefix.as_str()).unwrap_or(&key);
-            match record::parse(key, kv.value()) {
-                Ok(lease) => out.leases.push(Versioned {
-                    lease,
-                    version: kv.mod_revision() as u64,
-                }),
-                Err(invalid) => out.invalid.push(invalid),
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            let resp = call("get", kv.get(from.clone(), Some(opts))).await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                let key = key.strip_prefix(self.prefix.as_str()).unwrap_or(&key);
+                match record::parse(key, kv.value()) {
+                    Ok(lease) => out.leases.push(Versioned {
+                        lease,
+                        version: kv.mod_revision() as u64,
+                    }),
+                    Err(invalid) => out.invalid.push(invalid),
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
         out.leases.sort_by_key(|v| v.lease.subnet);
@@ -224,5 +259,18 @@ impl LeaseStore for EtcdStore {
             }
         });
         Ok(watch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_at_its_successor() {
+        assert_eq!(prefix_end(b"/cbrnet/subnets/"), b"/cbrnet/subnets0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
     }
 }
