@@ -16,7 +16,7 @@ impl Nl {
     pub fn connect() -> Result<Nl> {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(BridgeError::io("opening a netlink socket"))?;
-        tokio::spawn(conn);
+        tokio::spawn(Eager(conn));
         Ok(Nl { handle })
     }
 
@@ -64,4 +64,29 @@ pub fn kind(l: &LinkMessage) -> Option<&InfoKind> {
 
 pub fn is_up(l: &LinkMessage) -> bool {
     l.header.flags.contains(LinkFlags::Up)
+}
+
+/// Polls a netlink connection until it has sent every request queued on it. The connection
+/// writes one request per poll; requests made together would otherwise go out one round trip
+/// apart, where the kernel could take them all at once (it answers a socket's requests in
+/// order).
+struct Eager<C>(C);
+
+/// Polls per wake-up: more than the requests a command makes at once.
+const EAGER_POLLS: usize = 8;
+
+impl<C: std::future::Future + Unpin> std::future::Future for Eager<C> {
+    type Output = C::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<C::Output> {
+        for _ in 0..EAGER_POLLS {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(&mut self.0).poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    }
 }

@@ -195,12 +195,12 @@ fn main() {
     println!(
         "kernel {}, nproc {}, IPAM state on {}, cbrnet {}",
         command_out("uname", &["-r"]),
+        std::thread::available_parallelism().map_or(0, |c| c.get()),
         if state.is_some() {
             "tmpfs (/dev/shm)"
         } else {
             "disk (the nodes' temp dirs)"
         },
-        std::thread::available_parallelism().map_or(0, |c| c.get()),
         command_out(
             "file",
             &["-b", our_dir.join("cbrnet").to_str().unwrap_or_default()]
