@@ -96,4 +96,5 @@ mmdebstrap --mode=root --variant=minbase --include=systemd-sysv --quiet \
   --customize-hook="chroot \"\$1\" sh /tmp/$(basename "$checks") purged" \
   bookworm /dev/null "${mirror[@]}" \
   || die "FAILED (see above)"
-echo "test-deb: PASS: installed, checked, removed and purged on a fresh Debian 12"
+echo "test-deb: installed, checked, removed and purged on a fresh Debian 12"
+echo "test-deb: 3 passed, 0 failed"
