@@ -14,6 +14,8 @@ pub struct Probe {
     pub promisc: bool,
     pub mtu: u32,
     pub mac: [u8; 6],
+    /// The primary IPv4 address and its prefix length, if the link has one.
+    pub ipv4: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 fn request(name: &str) -> Option<libc::ifreq> {
@@ -83,7 +85,39 @@ pub fn probe(name: &str) -> Result<Option<Probe>> {
         promisc: flags & libc::IFF_PROMISC != 0,
         mtu,
         mac,
+        ipv4: primary_ipv4(&fd, &mut r)?,
     }))
+}
+
+/// SIOCGIFADDR and SIOCGIFNETMASK; `None` when the link has no IPv4 address (EADDRNOTAVAIL).
+fn primary_ipv4(fd: &OwnedFd, r: &mut libc::ifreq) -> Result<Option<(std::net::Ipv4Addr, u8)>> {
+    let mut get = |req| -> Result<Option<std::net::Ipv4Addr>> {
+        // SAFETY: as in `ioctl`; these requests write a sockaddr_in into the union.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, r as *mut libc::ifreq) };
+        if rc != 0 {
+            return match nix::errno::Errno::last() {
+                nix::errno::Errno::EADDRNOTAVAIL | nix::errno::Errno::ENODEV => Ok(None),
+                e => Err(BridgeError::Io(format!("ioctl {req:#x}"), e.into())),
+            };
+        }
+        // SAFETY: the ioctl just wrote an AF_INET sockaddr_in into ifru_addr; sockaddr and
+        // sockaddr_in have the same size, and the address sits in bytes 2..6 of sa_data.
+        let sa = unsafe { r.ifr_ifru.ifru_addr };
+        if sa.sa_family != libc::AF_INET as libc::sa_family_t {
+            return Ok(None);
+        }
+        let d = sa.sa_data;
+        Ok(Some(std::net::Ipv4Addr::new(
+            d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8,
+        )))
+    };
+    let Some(addr) = get(libc::SIOCGIFADDR)? else {
+        return Ok(None);
+    };
+    let Some(mask) = get(libc::SIOCGIFNETMASK)? else {
+        return Ok(None);
+    };
+    Ok(Some((addr, u32::from(mask).count_ones() as u8)))
 }
 
 #[cfg(test)]
@@ -94,6 +128,7 @@ mod tests {
     fn loopback_is_found_and_nothing_else_invented() {
         let lo = probe("lo").unwrap().expect("lo");
         assert!(lo.up && lo.index > 0 && lo.mtu > 0);
+        assert_eq!(lo.ipv4, Some((std::net::Ipv4Addr::LOCALHOST, 8)));
         assert_eq!(probe("no-such-link0").unwrap(), None);
         assert_eq!(probe("").unwrap(), None);
         assert_eq!(probe("sixteen-bytes-xx").unwrap(), None);

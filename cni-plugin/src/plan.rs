@@ -264,6 +264,7 @@ mod tests {
             mac: [0x0a, 0x58, 10, 1, 0, 1],
             mtu,
             created: false,
+            ipv4: None,
         }
     }
 

@@ -429,3 +429,42 @@ fn run_by_hand_it_names_itself_and_the_versions_it_speaks() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{name} --version");
     }
 }
+
+#[test]
+fn an_add_puts_back_the_gateway_and_forwarding_that_went_missing() {
+    let node = Node::new("gwback");
+    let conf = node.conf("1.0.0", "10.244.70.0/24");
+    let pods = [
+        Netns::new("gwback-pod"),
+        Netns::new("gwback-pod"),
+        Netns::new("gwback-pod"),
+    ];
+    let add = |i: usize| {
+        Call::new("ADD", &format!("pod-{i}"), pods[i].path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok()
+    };
+    let gateway_on_bridge = || {
+        node.ns
+            .ok(&["ip", "-o", "-4", "addr", "show", "dev", "cbr0"])
+            .contains("10.244.70.1/24")
+    };
+    add(0);
+    assert!(gateway_on_bridge());
+    // the gateway address flushed and forwarding turned off: the next ADD repairs both
+    node.ns.ok(&["ip", "addr", "flush", "dev", "cbr0"]);
+    node.ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    add(1);
+    assert!(gateway_on_bridge());
+    assert_eq!(node.ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "1");
+    // another address first on the bridge (the probe sees it, not ours): ours is added beside it
+    node.ns.ok(&["ip", "addr", "flush", "dev", "cbr0"]);
+    node.ns.ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", "cbr0"]);
+    let r = result_ip(&add(2));
+    assert!(gateway_on_bridge());
+    assert!(
+        pods[0].can_ping(&r),
+        "pods do not reach each other after the repairs"
+    );
+    assert!(pods[2].can_ping("10.244.70.1"));
+}

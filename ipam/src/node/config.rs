@@ -220,6 +220,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn reclaim_is_on_after_a_minute_unless_told_otherwise() {
+        let conf = |extra: serde_json::Value| {
+            let mut v = json!({"type":"cbrnet-ipam","subnet":"10.1.0.0/24"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            IpamConf::from_value(&v).unwrap()
+        };
+        let secs = |s: u64| Some(std::time::Duration::from_secs(s));
+        assert_eq!(conf(json!({})).reclaim_after().unwrap(), secs(60));
+        assert_eq!(
+            conf(json!({"reclaimAfter": "5m"})).reclaim_after().unwrap(),
+            secs(300)
+        );
+        assert_eq!(conf(json!({"reclaimAfter": "0"})).reclaim_after().unwrap(), None);
+        assert!(conf(json!({"reclaimAfter": "soon"})).reclaim_after().is_err());
+    }
+
+    #[test]
     fn subnet_form_and_ranges_form() {
         let c = IpamConf::from_value(
             &json!({"type":"cbrnet-ipam","subnet":"10.1.0.0/24","rangeStart":"10.1.0.10"}),
