@@ -358,7 +358,12 @@ impl Lab {
                     Ok(lease) => json!({"lease": lease, "version": 1}).to_string().into_bytes(),
                     Err(_) => bytes.to_vec(),
                 };
-                std::fs::write(self.store_dir().join(key), body).unwrap();
+                // Written whole, then renamed into place: the daemons follow the directory and
+                // would otherwise read the file half-written, a torn write this does not test.
+                let dir = self.store_dir();
+                let tmp = dir.with_file_name(format!(".put-raw-{key}"));
+                std::fs::write(&tmp, body).unwrap();
+                std::fs::rename(&tmp, dir.join(key)).unwrap();
             }
             Some(e) => {
                 let url = e.url();
