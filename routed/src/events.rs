@@ -139,38 +139,33 @@ fn parse(buf: &[u8], out: &mut Vec<Event>) {
     }
 }
 
-/// NHA_ID of an nhmsg payload.
-fn nexthop_id(p: &[u8]) -> Option<u32> {
-    let mut at = NHMSG;
-    while let (Some(len), Some(kind)) = (u16_at(p, at), u16_at(p, at + 2)) {
+/// The value of the first attribute of type `kind` after a message's fixed part of `fixed`
+/// bytes; `None` if there is none or the attributes are malformed.
+fn attribute(p: &[u8], fixed: usize, kind: u16) -> Option<&[u8]> {
+    let mut at = fixed;
+    while let (Some(len), Some(k)) = (u16_at(p, at), u16_at(p, at + 2)) {
         let len = len as usize;
         if len < 4 || at + len > p.len() {
             return None;
         }
-        if kind == NHA_ID {
-            return u32_at(p, at + 4);
+        if k == kind {
+            return Some(&p[at + 4..at + len]);
         }
         at += (len + 3) & !3;
     }
     None
 }
 
+/// NHA_ID of an nhmsg payload.
+fn nexthop_id(p: &[u8]) -> Option<u32> {
+    u32_at(attribute(p, NHMSG, NHA_ID)?, 0)
+}
+
 /// IFLA_IFNAME of an ifinfomsg payload.
 fn link_name(p: &[u8]) -> Option<String> {
-    let mut at = IFINFOMSG;
-    while let (Some(len), Some(kind)) = (u16_at(p, at), u16_at(p, at + 2)) {
-        let len = len as usize;
-        if len < 4 || at + len > p.len() {
-            return None;
-        }
-        if kind == IFLA_IFNAME {
-            let v = &p[at + 4..at + len];
-            let v = v.split(|b| *b == 0).next().unwrap_or(v);
-            return std::str::from_utf8(v).ok().map(str::to_string);
-        }
-        at += (len + 3) & !3;
-    }
-    None
+    let v = attribute(p, IFINFOMSG, IFLA_IFNAME)?;
+    let v = v.split(|b| *b == 0).next().unwrap_or(v);
+    std::str::from_utf8(v).ok().map(str::to_string)
 }
 
 #[cfg(test)]
