@@ -3,6 +3,9 @@
 
 use crate::mac::fnv1a;
 
+/// Ports a Linux bridge takes (it numbers them 1 to 1023): one per pod.
+pub const MAX_PORTS: u64 = 1023;
+
 /// The host end's name for attachment (network, container ID, ifname): `veth` + 11 hex digits of
 /// a hash (15 bytes, the kernel's limit), so two attachments never collide in practice.
 pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {

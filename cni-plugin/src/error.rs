@@ -22,7 +22,7 @@ pub enum PluginError {
     Netlink(String, #[source] rtnetlink::Error),
     #[error("interface {0} already exists in the pod namespace")]
     IfnameTaken(String),
-    #[error("bridge {0} is full: a Linux bridge takes at most 1023 ports")]
+    #[error("bridge {0} is full: a Linux bridge takes at most {max} ports", max = cbrnet_bridge::port::MAX_PORTS)]
     BridgeFull(String),
     #[error("CHECK failed: {0}")]
     Check(String),

@@ -198,20 +198,18 @@ impl RunArgs {
     }
 }
 
-/// Ports a Linux bridge takes (it numbers them 1 to 1023): one per pod.
-pub const BRIDGE_PORTS: u64 = 1023;
-
 impl Config {
     /// What is allowed but will not work as the operator may expect, said once at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         // The network and broadcast addresses and the gateway are no pod's.
         let pods = (1u64 << (32 - u32::from(self.args.subnet_len.min(32)))).saturating_sub(3);
-        if pods > BRIDGE_PORTS {
+        if pods > cbrnet_bridge::port::MAX_PORTS {
             out.push(format!(
                 "--subnet-len {}: a node subnet has room for {pods} pods, but the node bridge takes at most \
-                 {BRIDGE_PORTS} ports; ADDs past that fail with error 115 (bridge full). Use /22 or longer.",
-                self.args.subnet_len
+                 {} ports; ADDs past that fail with error 115 (bridge full). Use /22 or longer.",
+                self.args.subnet_len,
+                cbrnet_bridge::port::MAX_PORTS
             ));
         }
         out

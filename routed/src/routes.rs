@@ -7,7 +7,7 @@ use cbrnet_ipam::cluster::Lease;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -125,31 +125,6 @@ pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
         }
     }
     Ok(out)
-}
-
-fn v4(a: &RouteAddress) -> Option<Ipv4Addr> {
-    match a {
-        RouteAddress::Inet(v) => Some(*v),
-        _ => None,
-    }
-}
-
-/// Is this route message one of ours (main table, our protocol)?
-pub fn is_ours(m: &RouteMessage) -> bool {
-    m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && m.header.table == RouteHeader::RT_TABLE_MAIN
-}
-
-/// The IPv4 destination of a route message, if it has a valid one (no destination: the default).
-pub fn destination(m: &RouteMessage) -> Option<IpNetwork> {
-    let dst = m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(d) => v4(d),
-        _ => None,
-    });
-    IpNetwork::new(
-        IpAddr::V4(dst.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-        m.header.destination_prefix_length,
-    )
-    .ok()
 }
 
 /// Adds or replaces `dst via gw`, through the nexthop object `nh` when there is one.
