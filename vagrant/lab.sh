@@ -15,7 +15,8 @@
 # Containment: libvirtd, virtlogd, dnsmasq, qemu and vagrant (with its ssh and rsync) all run
 # inside one network namespace that has only `lo` and the lab's own bridges, and one mount
 # namespace in which libvirt's directories (/etc/libvirt, /var/lib/libvirt, /var/cache/libvirt,
-# /var/log/libvirt), /run and /tmp are the lab's own. Both libvirt networks are isolated (no
+# /var/log/libvirt), /run and /tmp are the lab's own (a checkout, state or cache under /tmp or
+# /run is carried into them, so the lab runs from a clone in /tmp). Both libvirt networks are isolated (no
 # forwarding, no NAT). Nothing is configured in the machine's own network namespace and no packet
 # can leave the machine. When `up` or `test` fails, everything is torn down as by `down`
 # (CBRNET_LAB_KEEP=1 keeps the lab for a look instead).
@@ -179,9 +180,28 @@ start_namespaces() {
     setsid ip netns exec "$netns" unshare --mount --propagation private -- bash -c '
       set -e
       s=$1
+      drv=$2
+      shift 2
+      # The lab works in the repository, its state and its cache: any of them under /run or /tmp
+      # (a clone in /tmp, say) is carried into the private ones, through a descriptor opened
+      # before they are covered.
+      keep=()
+      fd=10
+      for p in "$@"; do
+        case "$p" in
+          /run/*|/tmp/*) eval "exec $fd<\"\$p\""; keep+=("$fd:$p"); fd=$((fd + 1)) ;;
+        esac
+      done
       mount -t tmpfs -o mode=0755 cbrnet-lab-run /run
       mkdir -p /run/lock
       mount -t tmpfs -o mode=1777 cbrnet-lab-tmp /tmp
+      for k in "${keep[@]}"; do
+        f=${k%%:*}
+        p=${k#*:}
+        mkdir -p "$p"
+        mount --no-canonicalize --bind "/proc/self/fd/$f" "$p"
+        eval "exec $f<&-"
+      done
       mount --bind "$s/libvirt/etc" /etc/libvirt
       mount --bind "$s/libvirt/lib" /var/lib/libvirt
       mount --bind "$s/libvirt/cache" /var/cache/libvirt
@@ -190,13 +210,14 @@ start_namespaces() {
       # where it exists but cannot be used, libvirt probes KVM as usable yet finds it unusable
       # for the qemu user, throws its capability cache away on every call and probes qemu again
       # (tens of seconds each under load).
-      if [ "$2" = qemu ] && [ -e /dev/kvm ]; then
+      if [ "$drv" = qemu ] && [ -e /dev/kvm ]; then
         install -m 0600 /dev/null "$s/no-kvm"
         mount --bind "$s/no-kvm" /dev/kvm
       fi
       echo $$ >"$s/holder.pid.tmp"
       mv "$s/holder.pid.tmp" "$s/holder.pid"
-      exec sleep infinity' cbrnet-lab-holder "$state" "$CBRNET_LIBVIRT_DRIVER" </dev/null >"$state/logs/holder.log" 2>&1 8>&- &
+      exec sleep infinity' cbrnet-lab-holder "$state" "$CBRNET_LIBVIRT_DRIVER" \
+      "$(cd "$here/.." && pwd -P)" "$state" "$CBRNET_LAB_CACHE" </dev/null >"$state/logs/holder.log" 2>&1 8>&- &
     for _ in $(seq 1 50); do lab_running && break; sleep 0.1; done
     lab_running || { cat "$state/logs/holder.log" >&2; die "the namespace holder did not start"; }
   fi
