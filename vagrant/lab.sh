@@ -16,9 +16,9 @@
 # inside one network namespace that has only `lo` and the lab's own bridges, and one mount
 # namespace in which libvirt's directories (/etc/libvirt, /var/lib/libvirt, /var/cache/libvirt,
 # /var/log/libvirt), /run and /tmp are the lab's own (a checkout, state or cache under /tmp or
-# /run is carried into them, so the lab runs from a clone in /tmp). Both libvirt networks are isolated (no
-# forwarding, no NAT). Nothing is configured in the machine's own network namespace and no packet
-# can leave the machine. When `up` or `test` fails, everything is torn down as by `down`
+# /run is carried into them, so the lab runs from a clone in /tmp). Both libvirt networks are
+# isolated (no forwarding, no NAT). Nothing is configured in the machine's own network namespace
+# and no packet can leave the machine. When `up` or `test` fails, everything is torn down as by `down`
 # (CBRNET_LAB_KEEP=1 keeps the lab for a look instead).
 #
 # Environment:
