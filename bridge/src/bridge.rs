@@ -34,34 +34,45 @@ pub struct Bridge {
     pub ipv4: Option<IpNetwork>,
 }
 
+/// The bridge, if it is there and as `spec` wants it (up, promiscuous if asked): the common case,
+/// answered by six ioctls, with no netlink socket. That the link is a bridge shows when a port is
+/// added to it; `is_bridge` says so for the error.
+pub fn found(spec: &Spec) -> Result<Option<Bridge>> {
+    let Some(p) = crate::probe::probe(&spec.name)? else {
+        return Ok(None);
+    };
+    Ok((p.up && (p.promisc || !spec.promisc)).then(|| Bridge {
+        name: spec.name.clone(),
+        index: p.index,
+        mac: p.mac,
+        mtu: p.mtu,
+        created: false,
+        ipv4: p
+            .ipv4
+            .and_then(|(a, len)| IpNetwork::new(IpAddr::V4(a), len).ok()),
+    }))
+}
+
 /// Makes sure the bridge exists, is a bridge and is up; tolerates a concurrent ADD creating it
 /// first.
 pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<Bridge> {
-    let name = spec.name.as_str();
-    // The common case, a bridge that is there and up, costs six ioctls and no round trip. That
-    // the link is a bridge shows when a port is added to it; `is_bridge` says so for the error.
-    if let Some(p) = crate::probe::probe(name)? {
-        if p.up && (p.promisc || !spec.promisc) {
-            return Ok(Bridge {
-                name: name.into(),
-                index: p.index,
-                mac: p.mac,
-                mtu: p.mtu,
-                created: false,
-                ipv4: p
-                    .ipv4
-                    .and_then(|(a, len)| IpNetwork::new(IpAddr::V4(a), len).ok()),
-            });
-        }
+    if let Some(b) = found(spec)? {
+        return Ok(b);
     }
+    let name = spec.name.as_str();
     let mut created = false;
     let link = match nl.link(name).await? {
         Some(l) => l,
         None => {
+            // Without multicast snooping: with it, every port that comes up re-arms the snooping
+            // timers of every other port (the kernel's port state selection), so each pod start
+            // costs more the more pods the node has; and with no querier on the bridge it would
+            // not restrict multicast to listeners anyway. A bridge found is left as it is.
             let msg = LinkBridge::new(name)
                 .mtu(spec.mtu)
                 .address(spec.mac.to_vec())
                 .promiscuous(spec.promisc)
+                .mcast_snooping(false)
                 .build();
             match nl.handle.link().add(msg).execute().await {
                 Ok(()) => created = true,
@@ -100,14 +111,25 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<Bridge> {
     })
 }
 
+/// Does the bridge's primary address, as the probe found it, show that it has the gateway?
+/// (`false` may still mean it has it: as another address, or not probed.)
+pub fn has_gateway(bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> bool {
+    bridge
+        .ipv4
+        .is_some_and(|a| a.ip() == gateway && a.prefix() == subnet.prefix())
+}
+
+/// The request that puts `gateway` (with the subnet's prefix) on the bridge, for a
+/// [`crate::batch::Batch`] (with [`crate::batch::CREATE`]; EEXIST means it was there).
+pub fn address_message(bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> AddressMessage {
+    netlink::address_message(bridge.index, gateway, subnet.prefix())
+}
+
 /// Puts the gateway address (with the subnet's prefix) on the bridge; already there is fine.
 /// `Ok(true)` if this call added it. The bridge's primary address, when the probe found it to be
 /// the gateway's, costs no request.
 pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> Result<bool> {
-    if bridge
-        .ipv4
-        .is_some_and(|a| a.ip() == gateway && a.prefix() == subnet.prefix())
-    {
+    if has_gateway(bridge, gateway, subnet) {
         return Ok(false);
     }
     match nl

@@ -3,9 +3,11 @@
 //!
 //! [`bridge`] owns the bridge itself (stable MAC, up, gateway addresses), [`forwarding`] the IP
 //! forwarding sysctls, [`masq`] the masquerade table, [`netlink`] the rtnetlink socket and link
-//! queries everything above is built on, [`mac`] the stable MACs derived by hashing, and [`port`]
+//! queries everything above is built on, [`batch`] requests sent together in one write on a plain
+//! netlink socket (ADD's round trips), [`mac`] the stable MACs derived by hashing, and [`port`]
 //! the names of the pods' ports (the host ends of their veth pairs).
 
+pub mod batch;
 pub mod bridge;
 pub mod error;
 pub mod forwarding;

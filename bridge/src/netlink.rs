@@ -2,8 +2,10 @@
 
 use crate::error::{errno, BridgeError, Result, ENODEV};
 use futures::TryStreamExt;
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::Handle;
+use rtnetlink::{AddressMessageBuilder, Handle};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An rtnetlink socket bound to the namespace it was opened in.
 pub struct Nl {
@@ -28,6 +30,20 @@ impl Nl {
             Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
             Err(e) => Err(BridgeError::Netlink(format!("looking up link {name}"), e)),
         }
+    }
+}
+
+/// The message that adds `ip`/`prefix` to link `index` (or, sent as a delete, removes it).
+pub fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
+    match ip {
+        IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(a, prefix)
+            .build(),
+        IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(index)
+            .address(a, prefix)
+            .build(),
     }
 }
 

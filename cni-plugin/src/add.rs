@@ -7,9 +7,12 @@ use crate::ipam::{Ipam, Reservation};
 use crate::netns::NetNs;
 use crate::plan::{self, AddPlan};
 use crate::{pod, veth};
+use cbrnet_bridge::batch::{Batch, Sock, CHANGE, CREATE};
+use cbrnet_bridge::error::{errno, EEXIST};
 use cbrnet_bridge::{bridge, forwarding, masq, BridgeError, Nl};
 use cni_spec::{CniResult, Env};
 use futures::FutureExt;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
 
@@ -18,11 +21,21 @@ use std::panic::AssertUnwindSafe;
 /// masquerade table are shared by every pod and stay.
 #[derive(Default)]
 struct Done<'a> {
+    /// The node's rtnetlink connection, opened only for what the batches do not do (making the
+    /// bridge, telling why a port was refused, the undo).
     host: Option<Nl>,
     ipam: Option<Ipam<'a>>,
     reservation: Option<Reservation>,
     /// The host end of the veth pair this ADD created.
     veth: Option<String>,
+}
+
+/// The node's rtnetlink connection, opened on first use.
+fn nl(slot: &mut Option<Nl>) -> Result<&Nl> {
+    match slot {
+        Some(nl) => Ok(nl),
+        None => Ok(slot.insert(Nl::connect()?)),
+    }
 }
 
 /// Lets tests stop the plugin (`CBRNET_TEST_STOP_AT`, so that it can be killed there) or make it
@@ -47,8 +60,10 @@ pub async fn add(l: &Loaded, env: &Env, stdin: &[u8]) -> Result<Value> {
         Err(panic) => PluginError::Panic(crate::error::panic_message(&*panic)),
     };
     let mut undo = ErrorList::default();
-    if let (Some(host), Some(name)) = (&done.host, &done.veth) {
-        undo.keep(veth::delete(host, name).await);
+    if let Some(name) = &done.veth {
+        if let Some(host) = undo.keep(nl(&mut done.host)) {
+            undo.keep(veth::delete(host, name).await);
+        }
     }
     if let (Some(ipam), Some(r)) = (&done.ipam, &done.reservation) {
         ipam.undo(r, l, env, stdin, &mut undo);
@@ -77,12 +92,12 @@ async fn steps<'a>(l: &'a Loaded, env: &Env, stdin: &[u8], done: &mut Done<'a>) 
     let home = NetNs::current()?;
     let pod_ns = NetNs::open_pod(&env.netns, &home)?;
     let ipam = done.ipam.insert(Ipam::new(l, env)?);
-    let host = done.host.insert(Nl::connect()?);
+    let host_sock = Sock::open()?;
 
     let reservation = done.reservation.insert(ipam.add(l, env, stdin)?);
     test_point("reserved");
     let p = plan::plan(l, env, &reservation.granted)?;
-    let result = apply(&p, host, &pod_ns, &home, &mut done.veth).await?;
+    let result = apply(&p, &host_sock, &mut done.host, &pod_ns, &home, &mut done.veth).await?;
     Ok(match prev {
         Some(prev) => plan::chain(prev, result),
         None => result,
@@ -91,55 +106,83 @@ async fn steps<'a>(l: &'a Loaded, env: &Env, stdin: &[u8], done: &mut Done<'a>) 
 }
 
 /// Carries out the plan: bridge, veth, pod side, masquerading. Records in `veth` the pair it made,
-/// for the undo.
+/// for the undo. The node's requests go out as one batch on `sock`, the pod's as another; `host`
+/// is connected only if the bridge must be made or a port was refused.
 async fn apply(
     p: &AddPlan,
-    host: &Nl,
+    sock: &Sock,
+    host: &mut Option<Nl>,
     pod_ns: &NetNs,
     home: &NetNs,
     veth_made: &mut Option<String>,
 ) -> Result<CniResult> {
-    let br = bridge::ensure(host, &p.bridge).await?;
-    // The gateway addresses, the pair and hairpin mode go out in one batch: the kernel takes a
-    // socket's requests in order, so the port exists before its hairpin flag is set.
-    let mtu = p.veth.mtu.unwrap_or(br.mtu);
-    let addresses = futures::future::join_all(
-        p.gateways
-            .iter()
-            .map(|(gw, subnet)| bridge::ensure_address(host, &br, *gw, *subnet)),
-    );
-    let pair = veth::create(host, &p.veth, mtu, &br, pod_ns.fd());
-    let hairpin = async {
-        if p.hairpin {
-            veth::set_hairpin(host, &p.veth.host_name, true).await
-        } else {
-            Ok(())
-        }
+    let br = match bridge::found(&p.bridge)? {
+        Some(br) => br,
+        None => bridge::ensure(nl(host)?, &p.bridge).await?,
     };
-    let (added, pair, hairpin) = futures::join!(addresses, pair, hairpin);
+    // The missing gateway addresses, the pair, and the host end's set-up in one batch: the kernel
+    // takes a socket's requests in order, so the port exists before it is set up.
+    let mtu = p.veth.mtu.unwrap_or(br.mtu);
+    let mut b = Batch::default();
+    let mut gateways = 0;
+    for (gw, subnet) in p
+        .gateways
+        .iter()
+        .filter(|(gw, s)| !bridge::has_gateway(&br, *gw, *s))
+    {
+        let what = format!("adding {gw}/{} to {}", subnet.prefix(), br.name);
+        b.push(
+            what,
+            RouteNetlinkMessage::NewAddress(bridge::address_message(&br, *gw, *subnet)),
+            CREATE,
+        );
+        gateways += 1;
+    }
+    b.push("", veth::pair(&p.veth, mtu, &br, pod_ns.fd()), CREATE);
+    b.push("", veth::no_link_local(&p.veth.host_name, 0), CHANGE);
+    b.push("", veth::host_up(&p.veth.host_name, p.hairpin), CHANGE);
+    let mut answers = b.send(sock)?.into_iter();
+    let mut changed = br.created;
+    let mut gateway_error = None;
+    for (what, a) in answers.by_ref().take(gateways) {
+        match a {
+            Ok(()) => changed = true,
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => gateway_error = gateway_error.or(Some(BridgeError::Netlink(what, e))),
+        }
+    }
+    let mut next = || {
+        answers
+            .next()
+            .map(|(_, a)| a)
+            .expect("Batch::send answers every request pushed")
+    };
+    let pair = veth::pair_answer(&p.veth, &br, next());
+    let quiet = veth::no_link_local_answer(&p.veth.host_name, next());
+    let up = next().map_err(PluginError::netlink(format!("setting {} up", p.veth.host_name)));
     if pair.is_ok() {
         *veth_made = Some(p.veth.host_name.clone());
     }
     // A port refused by a link that is no bridge: say that, not what the kernel said.
     if let Err(e) = &pair {
-        if matches!(e, PluginError::Netlink(..)) && !bridge::is_bridge(host, &br.name).await? {
+        if matches!(e, PluginError::Netlink(..)) && !bridge::is_bridge(nl(host)?, &br.name).await? {
             return Err(BridgeError::NotABridge(br.name.clone()).into());
         }
     }
-    let mut changed = br.created;
-    for a in added {
-        changed |= a?;
+    if let Some(e) = gateway_error {
+        return Err(e.into());
     }
     pair?;
     test_point("veth");
-    hairpin?;
+    quiet?;
+    up?;
     // Forwarding can only have been turned off with the bridge or its address gone: reading the
     // sysctl on every ADD costs more the more links the node has.
     if let (Some(v6), true) = (p.forwarding, changed) {
         forwarding::enable(v6)?;
     }
     let (pod, index) = pod::enter(pod_ns, home, &p.veth.pod_ifname)?;
-    pod::configure(&pod, &p.veth.pod_ifname, index, &p.ips, &p.routes).await?;
+    pod::configure(&pod, &p.veth, index, &p.ips, &p.routes)?;
     test_point("pod");
     if let Some(m) = &p.masq {
         masq::ensure(&m.table, m.subnet, m.cluster)?;

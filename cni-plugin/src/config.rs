@@ -35,6 +35,9 @@ pub struct NetConf {
     pub hairpin_mode: bool,
     #[serde(default)]
     pub promisc_mode: bool,
+    /// Give the pod interface an IPv6 link-local address even when the pod has no IPv6 address.
+    #[serde(rename = "ipv6LinkLocal", default)]
+    pub ipv6_link_local: bool,
     #[serde(default = "yes")]
     pub is_gateway: bool,
     #[serde(default = "yes")]
@@ -193,7 +196,7 @@ mod tests {
             })
         }
 
-        const KEYS: [&str; 14] = [
+        const KEYS: [&str; 15] = [
             "cniVersion",
             "name",
             "type",
@@ -201,6 +204,7 @@ mod tests {
             "mtu",
             "hairpinMode",
             "promiscMode",
+            "ipv6LinkLocal",
             "isGateway",
             "isDefaultGateway",
             "ipMasq",

@@ -52,15 +52,9 @@ pub const CODE_CHECK_FAILED: u32 = 113;
 pub const CODE_MASQ: u32 = 114;
 pub const CODE_BRIDGE_FULL: u32 = 115;
 /// A panic (a bug in cbrnet), caught and reported instead of aborting.
-pub const CODE_PANIC: u32 = 999;
+pub const CODE_PANIC: u32 = cni_spec::skel::PANIC;
 
-/// The message of a caught panic.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
+pub use cni_spec::skel::panic_message;
 
 impl PluginError {
     pub fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PluginError {

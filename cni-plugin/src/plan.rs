@@ -49,6 +49,10 @@ pub struct VethPlan {
     pub mtu: Option<u32>,
     /// The pod's namespace path, for the result.
     pub sandbox: String,
+    /// Whether the pod interface gets the kernel's IPv6 link-local address: with an IPv6 address
+    /// or `ipv6LinkLocal`. An IPv4 pod without one sends no IPv6 multicast, which the bridge would
+    /// flood to every other pod.
+    pub pod_link_local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +143,7 @@ pub fn plan(l: &Loaded, env: &Env, got: &Granted) -> Result<AddPlan> {
             pod_mac,
             mtu,
             sandbox: env.netns.clone(),
+            pod_link_local: c.ipv6_link_local || ips.iter().any(|ip| ip.address.is_ipv6()),
         },
         hairpin: c.hairpin_mode,
         ips: ips.clone(),
@@ -311,6 +316,22 @@ mod tests {
         assert_eq!(p.masq, None);
         // the same attachment always gets the same names and MACs
         assert_eq!(plan_of(json!({}), &v4()).unwrap(), p);
+    }
+
+    #[test]
+    fn ipv6_link_local_only_with_an_ipv6_address_or_the_key() {
+        assert!(!plan_of(json!({}), &v4()).unwrap().veth.pod_link_local);
+        assert!(
+            plan_of(json!({"ipv6LinkLocal": true}), &v4())
+                .unwrap()
+                .veth
+                .pod_link_local
+        );
+        let v6 = granted(vec![ip("fd00::5/64", Some("fd00::1"))]);
+        assert!(plan_of(json!({}), &v6).unwrap().veth.pod_link_local);
+        let bad = json!({"cniVersion": "1.1.0", "name": "n", "type": "cbrnet", "ipv6LinkLocal": "yes"});
+        let e = crate::config::load(bad.to_string().as_bytes()).err().unwrap();
+        assert_eq!(CniError::from(e).code, 7);
     }
 
     #[test]

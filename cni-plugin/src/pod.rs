@@ -2,6 +2,9 @@
 
 use crate::error::{PluginError, Result};
 use crate::netns::NetNs;
+use crate::plan::VethPlan;
+use crate::veth;
+use cbrnet_bridge::batch::{Batch, Sock, CHANGE, CREATE};
 use cbrnet_bridge::error::{errno, EEXIST};
 use cbrnet_bridge::netlink;
 use cbrnet_bridge::Nl;
@@ -10,67 +13,68 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope};
 use netlink_packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use std::net::IpAddr;
 
 /// Opens a netlink socket in the pod (`pod`, left again for `home` at once) and finds the index
 /// of `ifname` there, by ioctl: no round trip.
-pub fn enter(pod: &NetNs, home: &NetNs, ifname: &str) -> Result<(Nl, u32)> {
+pub fn enter(pod: &NetNs, home: &NetNs, ifname: &str) -> Result<(Sock, u32)> {
     pod.run_in(home, || {
-        let nl = Nl::connect()?;
+        let sock = Sock::open()?;
         let index = nix::net::if_::if_nametoindex(ifname)
             .map_err(|_| PluginError::Check(format!("{ifname} vanished from the pod")))?;
-        Ok((nl, index))
+        Ok((sock, index))
     })?
 }
 
-/// Brings link `index` (`ifname`) up and adds every address, then every route, in one batch: the
-/// kernel takes a socket's requests in order, so the link is up and its addresses are there
-/// before the routes that need them.
-pub async fn configure(nl: &Nl, ifname: &str, index: u32, ips: &[IpConfig], routes: &[Route]) -> Result<()> {
-    let messages: Vec<_> = routes
-        .iter()
-        .map(|r| route_message(r, index))
-        .collect::<Result<_>>()?;
-    let up = async {
-        nl.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(PluginError::netlink(format!("setting {ifname} up")))
-    };
-    let addresses = futures::future::join_all(ips.iter().map(|ip| async move {
-        let mut req = nl
-            .handle
-            .address()
-            .add(index, ip.address.ip(), ip.address.prefix());
+/// Brings the pod interface (link `index`) up and adds every address, then every route, in one
+/// batch: the kernel takes a socket's requests in order, so the link is up and its addresses are
+/// there before the routes that need them. Unless the plan keeps it, IPv6 address generation is
+/// turned off first, while the link is still down.
+pub fn configure(sock: &Sock, v: &VethPlan, index: u32, ips: &[IpConfig], routes: &[Route]) -> Result<()> {
+    let ifname = &v.pod_ifname;
+    let mut b = Batch::default();
+    if !v.pod_link_local {
+        b.push(ifname.as_str(), veth::no_link_local(ifname, index), CHANGE);
+    }
+    let up = LinkUnspec::new_with_index(index).up().build();
+    b.push(
+        format!("setting {ifname} up"),
+        RouteNetlinkMessage::SetLink(up),
+        CHANGE,
+    );
+    for ip in ips {
+        let mut m = netlink::address_message(index, ip.address.ip(), ip.address.prefix());
         if ip.address.is_ipv6() {
             // The address is ours by allocation: waiting for DAD only delays the pod.
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        req.execute()
-            .await
-            .map_err(PluginError::netlink(format!("adding {} to {ifname}", ip.address)))
-    }));
-    let route_adds = futures::future::join_all(routes.iter().zip(messages).map(|(r, msg)| async move {
-        match nl.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(PluginError::Netlink(
-                format!("adding route {} in the pod", r.dst),
-                e,
-            )),
+        let what = format!("adding {} to {ifname}", ip.address);
+        b.push(what, RouteNetlinkMessage::NewAddress(m), CREATE);
+    }
+    for r in routes {
+        let what = format!("adding route {} in the pod", r.dst);
+        b.push(
+            what,
+            RouteNetlinkMessage::NewRoute(route_message(r, index)?),
+            CREATE,
+        );
+    }
+    let mut answers = b.send(sock)?.into_iter();
+    if !v.pod_link_local {
+        if let Some((_, a)) = answers.next() {
+            veth::no_link_local_answer(ifname, a)?;
         }
-    }));
-    let (up, addresses, route_adds) = futures::join!(up, addresses, route_adds);
-    up?;
-    addresses
-        .into_iter()
-        .chain(route_adds)
-        .collect::<Result<Vec<()>>>()?;
+    }
+    // Up, the addresses, then the routes; a route that exists already is fine.
+    for (i, (what, a)) in answers.enumerate() {
+        match a {
+            Ok(()) => {}
+            Err(e) if i > ips.len() && errno(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(PluginError::Netlink(what, e)),
+        }
+    }
     Ok(())
 }
 

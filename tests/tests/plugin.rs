@@ -468,3 +468,77 @@ fn an_add_puts_back_the_gateway_and_forwarding_that_went_missing() {
     );
     assert!(pods[2].can_ping("10.244.70.1"));
 }
+
+/// The bridge floods IPv6 multicast (duplicate address detection, listener reports, router
+/// solicitations) to every port, so each link-local address costs every pod on the node. A port
+/// never gets one; an IPv4 pod only when `ipv6LinkLocal` asks; an IPv6 pod always (IPv6 needs it).
+#[test]
+fn new_pods_make_no_multicast_noise_on_the_bridge() {
+    let node = Node::new("ll");
+    let plain = node.conf("1.1.0", "10.244.27.0/24");
+    let mut asked = plain.clone();
+    asked["ipv6LinkLocal"] = json!(true);
+    let v6 = json!({
+        "cniVersion": "1.1.0", "name": "testnet6", "type": "cbrnet", "bridge": "cbr6",
+        "ipam": {"type": "cbrnet-ipam", "subnet": "fd00:27::/64", "dataDir": node.data_dir()},
+    });
+    let pods = [Netns::new("ll-pod"), Netns::new("ll-pod"), Netns::new("ll-pod")];
+    let confs = [&plain, &asked, &v6];
+    let mut results = Vec::new();
+    for (i, (p, c)) in pods.iter().zip(confs).enumerate() {
+        let r = Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, c)
+            .expect_ok();
+        // Let the kernel's address generation run, if it is on, before looking.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        results.push(r);
+    }
+    let link_local = |ns: &Netns, dev: &str| {
+        ns.ok(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"])
+            .contains("fe80::")
+    };
+    for (r, name) in results.iter().zip(["plain", "asked", "v6"]) {
+        let host_end = r["interfaces"][1]["name"].as_str().unwrap();
+        assert!(
+            !link_local(&node.ns, host_end),
+            "{name}: the port has a link-local address"
+        );
+        let d = node.ns.ok(&["ip", "-d", "link", "show", host_end]);
+        assert!(d.contains("addrgenmode none"), "{name}: {d}");
+    }
+    // The bridges cbrnet made do no multicast snooping, whose per-port timers every new port
+    // re-arms.
+    for br in ["cbr0", "cbr6"] {
+        let d = node.ns.ok(&["ip", "-d", "link", "show", br]);
+        assert!(d.contains("mcast_snooping 0"), "{br}: {d}");
+    }
+    assert!(
+        !link_local(&pods[0], "eth0"),
+        "an IPv4 pod got a link-local address"
+    );
+    assert!(pods[0]
+        .ok(&["ip", "-d", "link", "show", "eth0"])
+        .contains("addrgenmode none"));
+    assert!(
+        link_local(&pods[1], "eth0"),
+        "ipv6LinkLocal gave no link-local address"
+    );
+    assert!(
+        link_local(&pods[2], "eth0"),
+        "an IPv6 pod has no link-local address"
+    );
+    assert!(pods[2]
+        .ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
+        .contains(result_ip(&results[2]).as_str()));
+    // IPv4 between the first two, and the loopback's IPv6, work as before.
+    assert!(pods[0].can_ping(&result_ip(&results[1])));
+    assert!(pods[0]
+        .ok(&["ip", "-6", "addr", "show", "dev", "lo"])
+        .contains("::1"));
+    for (i, (p, c)) in pods.iter().zip(confs).enumerate() {
+        Call::new("DEL", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, c)
+            .expect_ok();
+    }
+    assert!(node.veths().is_empty());
+}

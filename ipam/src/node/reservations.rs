@@ -139,14 +139,29 @@ pub struct Store {
     _lock: Flock<File>,
 }
 
-/// Opens `path` for flock without following a symlink someone put there.
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)
+/// Opens `dir/name` for flock without following a symlink someone put there, creating `dir` if
+/// it is not there (tried only then: the directory exists on every call but a network's first).
+fn open_lock_file(dir: &Path, name: &str) -> Result<(File, PathBuf), IpamError> {
+    let path = dir.join(name);
+    let open = || {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+    };
+    let f = match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            open()
+        }
+        r => r,
+    };
+    match f {
+        Ok(f) => Ok((f, path)),
+        Err(e) => Err(IpamError::Io(format!("opening {}", path.display()), e)),
+    }
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> IpamError {
@@ -158,9 +173,7 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, IpamError> {
         validate_network_name(network)?;
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let lock_path = dir.join(LOCK);
-        let f = open_lock_file(&lock_path).map_err(io(format!("opening {}", lock_path.display())))?;
+        let (f, lock_path) = open_lock_file(&dir, LOCK)?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, errno)| IpamError::io(format!("locking {}", lock_path.display()), errno.into()))?;
         let store = Store { dir, _lock: lock };
@@ -426,9 +439,7 @@ impl Adding {
     pub fn begin(data_dir: &Path, network: &str, owner: &Owner) -> Result<Adding, IpamError> {
         validate_network_name(network)?;
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let path = dir.join(format!("{ADDING_PREFIX}{}", owner.key()));
-        let f = open_lock_file(&path).map_err(io(format!("opening {}", path.display())))?;
+        let (f, path) = open_lock_file(&dir, &format!("{ADDING_PREFIX}{}", owner.key()))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, errno)| IpamError::io(format!("locking {}", path.display()), errno.into()))?;
         Ok(Adding { path, _lock: lock })
@@ -468,8 +479,14 @@ fn remove(p: &Path) -> std::io::Result<()> {
 /// Replaces symlink `dir/name` with one to `target`, atomically (temp + rename).
 fn replace_symlink(dir: &Path, name: &str, target: &str) -> std::io::Result<()> {
     let tmp = dir.join(format!(".tmp.{name}.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    symlink(target, &tmp)?;
+    if let Err(e) = symlink(target, &tmp) {
+        // A writer that died with the same process ID left its temp: take it away.
+        if e.kind() != ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        fs::remove_file(&tmp)?;
+        symlink(target, &tmp)?;
+    }
     fs::rename(&tmp, dir.join(name)).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })

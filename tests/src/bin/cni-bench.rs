@@ -127,6 +127,15 @@ fn main() {
         our_dir.join("cbrnet").is_file() && our_dir.join("cni-floor").is_file(),
         "build first: cargo build --release --workspace"
     );
+    // The plugin as shipped (`cargo static-cbrnet`, into target/plugin/), else the release build.
+    let shipped = our_dir
+        .parent()
+        .map(|t| t.join("plugin"))
+        .filter(|d| d.join("cbrnet").is_file());
+    if shipped.is_none() {
+        eprintln!("no target/plugin/cbrnet (cargo static-cbrnet): timing the release build instead");
+    }
+    let plugin_dir = shipped.unwrap_or_else(|| our_dir.clone());
     // A node keeps IPAM state on tmpfs (cbrnet's default dataDir is under /run): so does the
     // bench, for both IPAMs, unless told --disk or no tmpfs is at hand.
     let state = (!a.disk)
@@ -153,16 +162,25 @@ fn main() {
             name: "cbrnet",
             node,
             conf,
-            bin: our_dir.join("cbrnet"),
-            cni_path: our_dir.display().to_string(),
+            bin: plugin_dir.join("cbrnet"),
+            cni_path: plugin_dir.display().to_string(),
             floor_net: None,
         }
     };
     let floor = |tag: &str| {
         let node = Node::new(tag);
-        // The floor does not make the bridge: the node has it, with the gateway, as cbrnet's has
-        // after its first ADD.
-        node.ns.ok(&["ip", "link", "add", "cbr0", "type", "bridge"]);
+        // The floor does not make the bridge: the node has it, with the gateway and without
+        // multicast snooping, as cbrnet's has after its first ADD.
+        node.ns.ok(&[
+            "ip",
+            "link",
+            "add",
+            "cbr0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         node.ns.ok(&["ip", "link", "set", "cbr0", "up"]);
         node.ns
             .ok(&["ip", "addr", "add", "10.244.48.1/22", "dev", "cbr0"]);
@@ -193,7 +211,7 @@ fn main() {
     };
     let plugins = [cbrnet("bench-cbr"), floor("bench-floor"), reference];
     println!(
-        "kernel {}, nproc {}, IPAM state on {}, cbrnet {}",
+        "kernel {}, nproc {}, IPAM state on {}, cbrnet {} ({})",
         command_out("uname", &["-r"]),
         std::thread::available_parallelism().map_or(0, |c| c.get()),
         if state.is_some() {
@@ -203,11 +221,12 @@ fn main() {
         },
         command_out(
             "file",
-            &["-b", our_dir.join("cbrnet").to_str().unwrap_or_default()]
+            &["-b", plugin_dir.join("cbrnet").to_str().unwrap_or_default()]
         )
         .split(',')
         .take(2)
-        .collect::<String>()
+        .collect::<String>(),
+        plugin_dir.join("cbrnet").display()
     );
 
     // Warm-up: the page cache, the bridges; not counted.
@@ -324,12 +343,20 @@ fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str) -> Vec<Row> {
         .iter()
         .map(|_| (0..n).map(|_| Netns::new("bench-pod")).collect())
         .collect();
-    // For each op, pod i of every plugin before pod i + 1 of any.
+    // For each op, pod i of every plugin before pod i + 1 of any. The order rotates with i, so
+    // that each plugin follows each other one equally often: a call leaves work behind in the
+    // kernel (timers, the new links' first packets) that slows whichever call comes next.
     let timed = |op: &str| -> Vec<Vec<Duration>> {
         let mut out = vec![Vec::new(); plugins.len()];
         for i in 0..n {
-            for ((p, pods), samples) in plugins.iter().zip(&pods).zip(out.iter_mut()) {
-                samples.push(p.timed(op, &format!("{tag}-{i}"), first + i, &pods[i]));
+            let rotated = plugins
+                .iter()
+                .zip(&pods)
+                .enumerate()
+                .cycle()
+                .skip(i % plugins.len());
+            for (k, (p, pods)) in rotated.take(plugins.len()) {
+                out[k].push(p.timed(op, &format!("{tag}-{i}"), first + i, &pods[i]));
             }
         }
         out

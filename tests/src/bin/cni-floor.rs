@@ -1,6 +1,7 @@
 //! `cni-floor`: the floor `cni-bench` measures `cbrnet` against. The same kernel work as a `cbrnet`
 //! ADD or DEL (veth pair born with its pod end in the pod, the host end on the bridge and up,
-//! hairpin; in the pod: link up, address, default route), done by the smallest process that can:
+//! hairpin, neither end with an IPv6 link-local address; in the pod: link up, address, default
+//! route), done by the smallest process that can:
 //! no runtime, no IPAM (the address comes as `CNI_ARGS=IP=a.b.c.d/len;GW=a.b.c.d`), hand-encoded
 //! netlink with every request of a namespace in one write. A benchmark tool, not a plugin.
 
@@ -167,12 +168,9 @@ fn main() {
     let netns = File::open(var("CNI_NETNS")).unwrap_or_else(|_| fail("netns"));
     let bridge = nix::net::if_::if_nametoindex("cbr0").unwrap_or_else(|_| fail("bridge")) as i32;
 
-    // Host: the pair (pod end born in the pod, host end on the bridge and up), then hairpin.
-    let mut m = Msg::new(
-        RTM_NEWLINK,
-        NLM_F_CREATE | NLM_F_EXCL,
-        &ifinfomsg(0, IFF_UP, IFF_UP),
-    );
+    // Host: the pair (pod end born in the pod, host end on the bridge), no IPv6 link-local on the
+    // host end, then the host end up with hairpin.
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0));
     m.attr(3, &cstr(&host));
     m.attr(10, &bridge.to_ne_bytes());
     let linkinfo = m.open(18);
@@ -186,9 +184,10 @@ fn main() {
     m.close(data);
     m.close(linkinfo);
     let pair = m.done(1);
-    // The port's hairpin flag, by name: IFLA_LINKINFO { slave kind "bridge", slave data
+    let quiet = no_link_local(0, &host).done(2);
+    // The port up, and its hairpin flag, by name: IFLA_LINKINFO { slave kind "bridge", slave data
     // { IFLA_BRPORT_MODE = 1 } }.
-    let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfomsg(0, 0, 0));
+    let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfomsg(0, IFF_UP, IFF_UP));
     m.attr(3, &cstr(&host));
     let linkinfo = m.open(18);
     m.attr(4, b"bridge\0");
@@ -196,12 +195,12 @@ fn main() {
     m.attr(4, &[1]);
     m.close(slave);
     m.close(linkinfo);
-    let hairpin = m.done(2);
-    if let Err(e) = exchange(vec![pair, hairpin]) {
+    let hairpin = m.done(3);
+    if let Err(e) = exchange(vec![pair, quiet, hairpin]) {
         fail(&format!("host side: errno {e}"));
     }
 
-    // Pod: up, address, default route, in one write.
+    // Pod: no IPv6 link-local, up, address, default route, in one write.
     nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|_| fail("setns"));
     let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap_or_else(|_| fail("pod link")) as i32;
     let up = Msg::new(RTM_SETLINK, 0, &ifinfomsg(index, IFF_UP, IFF_UP));
@@ -220,10 +219,26 @@ fn main() {
     );
     route.attr(5, &gw.octets());
     route.attr(4, &(index as u32).to_ne_bytes());
-    if let Err(e) = exchange(vec![up.done(3), addr.done(4), route.done(5)]) {
+    let quiet = no_link_local(index, &ifname).done(4);
+    if let Err(e) = exchange(vec![quiet, up.done(5), addr.done(6), route.done(7)]) {
         fail(&format!("pod side: errno {e}"));
     }
     println!("{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}/{len}\",\"gateway\":\"{gw}\"}}]}}");
+}
+
+/// SETLINK of a down link: IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }, by index
+/// or, with index 0, by name.
+fn no_link_local(index: i32, name: &str) -> Msg {
+    let mut m = Msg::new(RTM_SETLINK, 0, &ifinfomsg(index, 0, 0));
+    if index == 0 {
+        m.attr(3, &cstr(name));
+    }
+    let spec = m.open(26);
+    let inet6 = m.open(10);
+    m.attr(8, &[1]);
+    m.close(inet6);
+    m.close(spec);
+    m
 }
 
 fn fnv(s: &str) -> u64 {
