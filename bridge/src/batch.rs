@@ -9,30 +9,51 @@ use crate::error::{BridgeError, Result};
 use rtnetlink::packet_core::{ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
 
 /// Flags of a request that creates something that must not exist yet.
 pub const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL;
 /// Flags of a request that changes something.
 pub const CHANGE: u16 = 0;
 
-const HEADER: usize = 16;
+/// A netlink message header's length.
+pub const HEADER: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 
 /// A netlink socket in the namespace it was opened in.
 pub struct Sock(Socket);
 
 impl Sock {
-    /// Opens a socket in the calling thread's current namespace.
+    /// Opens a socket in the calling thread's current namespace. No bind or connect: the kernel
+    /// binds the socket on its first send, which goes to the kernel when no address is given.
     pub fn open() -> Result<Sock> {
-        let io = BridgeError::io("opening a netlink socket");
-        let mut s = Socket::new(NETLINK_ROUTE).map_err(io)?;
-        s.bind_auto()
-            .map_err(BridgeError::io("binding a netlink socket"))?;
-        s.connect(&SocketAddr::new(0, 0))
-            .map_err(BridgeError::io("connecting a netlink socket"))?;
+        let s = Socket::new(NETLINK_ROUTE).map_err(BridgeError::io("opening a netlink socket"))?;
         Ok(Sock(s))
     }
+}
+
+pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Splits a receive buffer into (type, seq, payload) messages; stops at anything malformed.
+pub fn messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let (Some(len), Some(kind), Some(seq)) = (u32_at(buf, at), u16_at(buf, at + 4), u32_at(buf, at + 8))
+    {
+        let len = len as usize;
+        if len < HEADER || at + len > buf.len() {
+            break;
+        }
+        out.push((kind, seq, &buf[at + HEADER..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
 }
 
 /// Requests to send together, each with what it does (for its error).
@@ -75,29 +96,23 @@ impl Batch {
         let mut buf = vec![0u8; 16384 + self.buf.len()];
         while left > 0 {
             let got = sock.0.recv(&mut &mut buf[..], 0).map_err(io)?;
-            let mut at = 0;
-            while at + HEADER <= got {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
-                if len < HEADER || at + len > got {
-                    break;
+            for (kind, seq, payload) in messages(&buf[..got]) {
+                let Some(slot) = (seq as usize).checked_sub(1).and_then(|i| answers.get_mut(i)) else {
+                    continue;
+                };
+                if kind != NLMSG_ERROR || slot.is_some() {
+                    continue;
                 }
-                if kind == NLMSG_ERROR && (1..=n).contains(&seq) && answers[seq - 1].is_none() {
-                    let code = buf
-                        .get(at + HEADER..at + HEADER + 4)
-                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
-                    answers[seq - 1] = Some(match std::num::NonZeroI32::new(code) {
-                        None => Ok(()),
-                        Some(code) => {
-                            let mut e = ErrorMessage::default();
-                            e.code = Some(code);
-                            Err(rtnetlink::Error::NetlinkError(e))
-                        }
-                    });
-                    left -= 1;
-                }
-                at += (len + 3) & !3;
+                let code = u32_at(payload, 0).map_or(0, |c| c as i32);
+                *slot = Some(match std::num::NonZeroI32::new(code) {
+                    None => Ok(()),
+                    Some(code) => {
+                        let mut e = ErrorMessage::default();
+                        e.code = Some(code);
+                        Err(rtnetlink::Error::NetlinkError(e))
+                    }
+                });
+                left -= 1;
             }
         }
         Ok(self

@@ -138,9 +138,18 @@ async fn apply(
         );
         gateways += 1;
     }
-    b.push("", veth::pair(&p.veth, mtu, &br, pod_ns.fd()), CREATE);
-    b.push("", veth::no_link_local(&p.veth.host_name, 0), CHANGE);
-    b.push("", veth::host_up(&p.veth.host_name, p.hairpin), CHANGE);
+    let end = &p.veth.host_name;
+    b.push(
+        format!("creating veth {end}"),
+        veth::pair(&p.veth, mtu, &br, pod_ns.fd()),
+        CREATE,
+    );
+    b.push(
+        format!("turning off IPv6 link-local on {end}"),
+        veth::no_link_local(end),
+        CHANGE,
+    );
+    b.push(format!("setting {end} up"), veth::host_up(end, p.hairpin), CHANGE);
     let mut answers = b.send(sock)?.into_iter();
     let mut changed = br.created;
     let mut gateway_error = None;
@@ -151,15 +160,11 @@ async fn apply(
             Err(e) => gateway_error = gateway_error.or(Some(BridgeError::Netlink(what, e))),
         }
     }
-    let mut next = || {
-        answers
-            .next()
-            .map(|(_, a)| a)
-            .expect("Batch::send answers every request pushed")
-    };
-    let pair = veth::pair_answer(&p.veth, &br, next());
-    let quiet = veth::no_link_local_answer(&p.veth.host_name, next());
-    let up = next().map_err(PluginError::netlink(format!("setting {} up", p.veth.host_name)));
+    let mut next = || answers.next().expect("Batch::send answers every request pushed");
+    let pair = veth::pair_answer(&p.veth, &br, next().1);
+    let quiet = veth::no_link_local_answer(end, next().1);
+    let (what, up) = next();
+    let up = up.map_err(PluginError::netlink(what));
     if pair.is_ok() {
         *veth_made = Some(p.veth.host_name.clone());
     }

@@ -36,7 +36,7 @@ pub fn configure(sock: &Sock, v: &VethPlan, index: u32, ips: &[IpConfig], routes
     let ifname = &v.pod_ifname;
     let mut b = Batch::default();
     if !v.pod_link_local {
-        b.push(ifname.as_str(), veth::no_link_local(ifname, index), CHANGE);
+        b.push(ifname.as_str(), veth::no_link_local(ifname), CHANGE);
     }
     let up = LinkUnspec::new_with_index(index).up().build();
     b.push(

@@ -59,16 +59,12 @@ pub fn pair_answer(
     }
 }
 
-/// The request (with `batch::CHANGE`) that turns off IPv6 address generation on link `name` (by name,
-/// or by `index` if not 0): no link-local address, so no duplicate address detection, multicast
-/// listener reports or router solicitations from it, which the bridge would flood to every pod.
-/// It must reach the kernel while the link is down: the address is made when the link goes up.
-pub fn no_link_local(name: &str, index: u32) -> RouteNetlinkMessage {
-    let mut m = if index == 0 {
-        LinkUnspec::new_with_name(name).build()
-    } else {
-        LinkUnspec::new_with_index(index).build()
-    };
+/// The request (with `batch::CHANGE`) that turns off IPv6 address generation on link `name`: no
+/// link-local address, so no duplicate address detection, multicast listener reports or router
+/// solicitations from it, which the bridge would flood to every pod. It must reach the kernel
+/// while the link is down: the address is made when the link goes up.
+pub fn no_link_local(name: &str) -> RouteNetlinkMessage {
+    let mut m = LinkUnspec::new_with_name(name).build();
     m.attributes
         .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
             AfSpecInet6::AddrGenMode(In6AddrGenMode::None),

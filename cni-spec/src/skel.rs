@@ -24,8 +24,7 @@ pub fn stdio_or_dev_null() {
     use std::os::fd::BorrowedFd;
     // SAFETY: descriptors 0-2 are only polled, never read, written or closed here; a closed one
     // is reported as POLLNVAL, which is what is asked.
-    let fds = [0, 1, 2].map(|fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::empty()));
-    let mut fds = fds;
+    let mut fds = [0, 1, 2].map(|fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::empty()));
     if poll(&mut fds, PollTimeout::ZERO).is_err() {
         return;
     }

@@ -39,7 +39,7 @@ const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
 const AF_INET: u8 = 2;
-pub(crate) const HEADER: usize = 16;
+pub(crate) use cbrnet_bridge::batch::HEADER;
 /// Requests per write: each acknowledgement takes about a kilobyte of the socket's receive buffer
 /// (the default holds some 200), and one that does not fit is lost (ENOBUFS).
 const BATCH: usize = 64;
@@ -87,29 +87,7 @@ fn message(kind: u16, flags: u16, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     m
 }
 
-pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Splits a receive buffer into (type, seq, payload) messages; stops at anything malformed.
-pub(crate) fn messages(buf: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let (Some(len), Some(kind), Some(seq)) = (u32_at(buf, at), u16_at(buf, at + 4), u32_at(buf, at + 8))
-    {
-        let len = len as usize;
-        if len < HEADER || at + len > buf.len() {
-            break;
-        }
-        out.push((kind, seq, &buf[at + HEADER..at + len]));
-        at += (len + 3) & !3;
-    }
-    out
-}
+pub(crate) use cbrnet_bridge::batch::{messages, u16_at, u32_at};
 
 /// A nexthop message's protocol and attributes, if it is one of ours with a gateway.
 fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {

@@ -489,8 +489,6 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
         let r = Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
             .run(&node.ns, c)
             .expect_ok();
-        // Let the kernel's address generation run, if it is on, before looking.
-        std::thread::sleep(std::time::Duration::from_millis(100));
         results.push(r);
     }
     let link_local = |ns: &Netns, dev: &str| {
