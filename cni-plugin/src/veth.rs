@@ -22,7 +22,7 @@ pub use cbrnet_bridge::port::host_veth_name as host_name;
 
 /// The request that creates the pair (with `batch::CREATE`): the pod end is born in the pod namespace
 /// under its final name (no rename, no move), the host end is born attached to the bridge, down
-/// ([`host_up`] follows in the same batch). The pod end is brought up from inside the pod (the
+/// ([`host_up`] follows, after the pod side). The pod end is brought up from inside the pod (the
 /// kernel refuses IFF_UP for a peer created in another namespace).
 pub fn pair(p: &VethPlan, mtu: u32, bridge: &Bridge, pod_ns_fd: RawFd) -> RouteNetlinkMessage {
     let peer = LinkUnspec::new_with_name(&p.pod_ifname)

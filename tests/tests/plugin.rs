@@ -471,7 +471,8 @@ fn an_add_puts_back_the_gateway_and_forwarding_that_went_missing() {
 
 /// The bridge floods IPv6 multicast (duplicate address detection, listener reports, router
 /// solicitations) to every port, so each link-local address costs every pod on the node. A port
-/// never gets one; an IPv4 pod only when `ipv6LinkLocal` asks; an IPv6 pod always (IPv6 needs it).
+/// never gets one; an IPv4 pod only when `ipv6LinkLocal` asks; an IPv6 pod always (IPv6 needs it),
+/// and IPv6 pods reach each other across ports that have none.
 #[test]
 fn new_pods_make_no_multicast_noise_on_the_bridge() {
     let node = Node::new("ll");
@@ -482,8 +483,13 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
         "cniVersion": "1.1.0", "name": "testnet6", "type": "cbrnet", "bridge": "cbr6",
         "ipam": {"type": "cbrnet-ipam", "subnet": "fd00:27::/64", "dataDir": node.data_dir()},
     });
-    let pods = [Netns::new("ll-pod"), Netns::new("ll-pod"), Netns::new("ll-pod")];
-    let confs = [&plain, &asked, &v6];
+    let pods = [
+        Netns::new("ll-pod"),
+        Netns::new("ll-pod"),
+        Netns::new("ll-pod"),
+        Netns::new("ll-pod"),
+    ];
+    let confs = [&plain, &asked, &v6, &v6];
     let mut results = Vec::new();
     for (i, (p, c)) in pods.iter().zip(confs).enumerate() {
         let r = Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
@@ -495,7 +501,7 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
         ns.ok(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"])
             .contains("fe80::")
     };
-    for (r, name) in results.iter().zip(["plain", "asked", "v6"]) {
+    for (r, name) in results.iter().zip(["plain", "asked", "v6", "v6b"]) {
         let host_end = r["interfaces"][1]["name"].as_str().unwrap();
         assert!(
             !link_local(&node.ns, host_end),
@@ -528,8 +534,10 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
     assert!(pods[2]
         .ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
         .contains(result_ip(&results[2]).as_str()));
-    // IPv4 between the first two, and the loopback's IPv6, work as before.
+    // IPv4 between the first two, IPv6 between the last two (neighbour discovery through two
+    // ports without link-local addresses), and the loopback's IPv6 work.
     assert!(pods[0].can_ping(&result_ip(&results[1])));
+    assert!(pods[2].can_ping(&result_ip(&results[3])));
     assert!(pods[0]
         .ok(&["ip", "-6", "addr", "show", "dev", "lo"])
         .contains("::1"));

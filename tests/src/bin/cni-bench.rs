@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace && cargo static-cbrnet && cargo static-cbrnet-ipam \
-//!   && ./target/release/cni-bench [--pods 100] [--prefill 900] [--concurrent 200]
+//!   && ./target/release/cni-bench [--pods 100] [--prefill 900] [--concurrent 200] [--gap-ms 0]
 //! ```
 //!
 //! 1. Quiet node: each plugin gets a node namespace of its own and N pod namespaces; ADDs, then
@@ -13,6 +13,9 @@
 //!    within a bridge's 1,023 ports), then the same again.
 //! 3. Concurrency: `--concurrent` ADDs at once on a fresh node, wall time from the first spawn to
 //!    the last exit, for cbrnet and the floor.
+//!
+//! `--gap-ms N` pauses N ms after each call of rounds 1 and 2 (calls otherwise come back to back,
+//! with the kernel's structures of the last call still warm in the CPU caches).
 
 use cbrnet_tests::{Call, CniOut, Netns, Node, REFERENCE_CNI_DIR};
 use serde_json::{json, Value};
@@ -79,6 +82,9 @@ struct Args {
     /// Keep the IPAM state (cbrnet's reservations, host-local's) in the nodes' temp dirs on disk
     /// instead of on tmpfs.
     disk: bool,
+    /// A pause after each timed call of rounds 1 and 2, as between pod starts on a real node: the
+    /// kernel's structures of the last call are no longer warm in the CPU caches.
+    gap: Duration,
 }
 
 fn parse_args() -> Args {
@@ -87,6 +93,7 @@ fn parse_args() -> Args {
         prefill: 900,
         concurrent: 200,
         disk: false,
+        gap: Duration::ZERO,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -100,6 +107,7 @@ fn parse_args() -> Args {
             "--pods" if v > 0 => a.pods = v,
             "--prefill" => a.prefill = v,
             "--concurrent" if v > 0 => a.concurrent = v,
+            "--gap-ms" => a.gap = Duration::from_millis(v as u64),
             _ => usage(),
         }
     }
@@ -111,7 +119,7 @@ fn parse_args() -> Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cni-bench [--pods N] [--prefill N] [--concurrent N] [--disk]");
+    eprintln!("usage: cni-bench [--pods N] [--prefill N] [--concurrent N] [--gap-ms N] [--disk]");
     std::process::exit(2)
 }
 
@@ -242,7 +250,7 @@ fn main() {
         "\n1. a quiet node: {} pods each, ADDs then DELs, interleaved\n",
         a.pods
     );
-    let quiet = round(&plugins, a.pods, 0, "q");
+    let quiet = round(&plugins, a.pods, 0, "q", a.gap);
     table(&quiet);
 
     println!(
@@ -259,7 +267,7 @@ fn main() {
             p.timed("ADD", &format!("fill-{i}"), a.pods + i, pod);
         }
     }
-    let busy = round(busy_plugins, a.pods, 0, "b");
+    let busy = round(busy_plugins, a.pods, 0, "b", a.gap);
     table(&busy);
 
     println!("\n3. {} ADDs at once on a fresh node\n", a.concurrent);
@@ -337,8 +345,9 @@ struct Row {
     n: usize,
 }
 
-/// N pods per plugin: every ADD (interleaved across plugins), then every DEL; the rows.
-fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str) -> Vec<Row> {
+/// N pods per plugin: every ADD (interleaved across plugins), then every DEL, with `gap` after
+/// each call; the rows.
+fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str, gap: Duration) -> Vec<Row> {
     let pods: Vec<Vec<Netns>> = plugins
         .iter()
         .map(|_| (0..n).map(|_| Netns::new("bench-pod")).collect())
@@ -357,6 +366,9 @@ fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str) -> Vec<Row> {
                 .skip(i % plugins.len());
             for (k, (p, pods)) in rotated.take(plugins.len()) {
                 out[k].push(p.timed(op, &format!("{tag}-{i}"), first + i, &pods[i]));
+                if !gap.is_zero() {
+                    std::thread::sleep(gap);
+                }
             }
         }
         out

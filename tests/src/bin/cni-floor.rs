@@ -3,7 +3,8 @@
 //! hairpin, neither end with an IPv6 link-local address; in the pod: link up, address, default
 //! route), done by the smallest process that can:
 //! no runtime, no IPAM (the address comes as `CNI_ARGS=IP=a.b.c.d/len;GW=a.b.c.d`), hand-encoded
-//! netlink with every request of a namespace in one write. A benchmark tool, not a plugin.
+//! netlink in three writes as cbrnet makes them (the node's, the pod's, the host end up). A
+//! benchmark tool, not a plugin.
 
 use std::fs::File;
 use std::io::Read;
@@ -82,9 +83,8 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// Sends every message in one write and waits for each acknowledgement; the first error.
-fn exchange(msgs: Vec<Vec<u8>>) -> Result<(), i32> {
-    let fd = netlink_socket();
+/// Sends every message in one write on `fd` and waits for each acknowledgement; the first error.
+fn exchange(fd: i32, msgs: Vec<Vec<u8>>) -> Result<(), i32> {
     let batch: Vec<u8> = msgs.concat();
     // SAFETY: fd is a netlink socket opened above; the buffer outlives the call.
     let sent = unsafe { nix::libc::send(fd, batch.as_ptr().cast(), batch.len(), 0) };
@@ -117,8 +117,6 @@ fn exchange(msgs: Vec<Vec<u8>>) -> Result<(), i32> {
             at += (len + 3) & !3;
         }
     }
-    // SAFETY: closing the socket opened above, once.
-    unsafe { nix::libc::close(fd) };
     first
 }
 
@@ -150,7 +148,7 @@ fn main() {
         let mut m = Msg::new(RTM_DELLINK, 0, &ifinfomsg(0, 0, 0));
         m.attr(3, &cstr(&host));
         // Gone already is fine.
-        let _ = exchange(vec![m.done(1)]);
+        let _ = exchange(netlink_socket(), vec![m.done(1)]);
         return;
     }
     let args = var("CNI_ARGS");
@@ -169,7 +167,7 @@ fn main() {
     let bridge = nix::net::if_::if_nametoindex("cbr0").unwrap_or_else(|_| fail("bridge")) as i32;
 
     // Host: the pair (pod end born in the pod, host end on the bridge), no IPv6 link-local on the
-    // host end, then the host end up with hairpin.
+    // host end; the host end goes up with hairpin after the pod side.
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0));
     m.attr(3, &cstr(&host));
     m.attr(10, &bridge.to_ne_bytes());
@@ -196,7 +194,8 @@ fn main() {
     m.close(slave);
     m.close(linkinfo);
     let hairpin = m.done(3);
-    if let Err(e) = exchange(vec![pair, quiet, hairpin]) {
+    let host_sock = netlink_socket();
+    if let Err(e) = exchange(host_sock, vec![pair, quiet]) {
         fail(&format!("host side: errno {e}"));
     }
 
@@ -220,8 +219,15 @@ fn main() {
     route.attr(5, &gw.octets());
     route.attr(4, &(index as u32).to_ne_bytes());
     let quiet = no_link_local(index, &ifname).done(4);
-    if let Err(e) = exchange(vec![quiet, up.done(5), addr.done(6), route.done(7)]) {
+    if let Err(e) = exchange(
+        netlink_socket(),
+        vec![quiet, up.done(5), addr.done(6), route.done(7)],
+    ) {
         fail(&format!("pod side: errno {e}"));
+    }
+    // The host end up last, on the socket opened in the node, with the pod end already up.
+    if let Err(e) = exchange(host_sock, vec![hairpin]) {
+        fail(&format!("host side: errno {e}"));
     }
     println!("{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}/{len}\",\"gateway\":\"{gw}\"}}]}}");
 }
