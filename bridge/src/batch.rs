@@ -77,10 +77,6 @@ impl Batch {
         self.what.push(what.into());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.what.is_empty()
-    }
-
     /// Sends every request in one write and returns each one's answer, in the order pushed: the
     /// kernel's error as an `rtnetlink::Error`, so that callers judge it as any other.
     pub fn send(self, sock: &Sock) -> Result<Vec<(String, std::result::Result<(), rtnetlink::Error>)>> {
