@@ -10,7 +10,8 @@
 //!    DELs, interleaved across the plugins as a runtime would make them, each timed from spawn
 //!    to exit.
 //! 2. Busy node: the cbrnet and floor nodes get `--prefill` pods first (a node with ~1,000 pods,
-//!    within a bridge's 1,023 ports), then the same again.
+//!    within a bridge's 1,023 ports), then the same again, call by call beside a fresh node of
+//!    each with no pods, so that busy/quiet also comes from one round.
 //! 3. Concurrency: `--concurrent` ADDs at once on a fresh node, wall time from the first spawn to
 //!    the last exit, for cbrnet and the floor.
 //!
@@ -238,23 +239,24 @@ fn main() {
     );
 
     // Warm-up: the page cache, the bridges; not counted.
-    for p in &plugins {
+    let warm_up = |p: &Plugin| {
         let pod = Netns::new("bench-warm");
         for _ in 0..WARMUP {
             p.timed("ADD", "warmup", 999, &pod);
             p.timed("DEL", "warmup", 999, &pod);
         }
-    }
+    };
+    plugins.iter().for_each(warm_up);
 
     println!(
         "\n1. a quiet node: {} pods each, ADDs then DELs, interleaved\n",
         a.pods
     );
-    let quiet = round(&plugins, a.pods, 0, "q", a.gap);
+    let quiet = round(&plugins.iter().collect::<Vec<_>>(), a.pods, 0, "q", a.gap);
     table(&quiet);
 
     println!(
-        "\n2. a node with {} pods already: {} more each\n",
+        "\n2. a node with {} pods already: {} more each, call by call beside a node of each with none\n",
         a.prefill, a.pods
     );
     let busy_plugins = &plugins[..2];
@@ -267,7 +269,19 @@ fn main() {
             p.timed("ADD", &format!("fill-{i}"), a.pods + i, pod);
         }
     }
-    let busy = round(busy_plugins, a.pods, 0, "b", a.gap);
+    // A node of each with no pods, timed call by call beside the busy ones: busy/quiet from one
+    // round does not depend on how the machine's speed drifted since round 1.
+    let mut beside = [cbrnet("bench-cbr0"), floor("bench-floor0")];
+    beside[0].name = "cbrnet, 0 pods";
+    beside[1].name = "floor, 0 pods";
+    beside.iter().for_each(warm_up);
+    let busy = round(
+        &busy_plugins.iter().chain(&beside).collect::<Vec<_>>(),
+        a.pods,
+        0,
+        "b",
+        a.gap,
+    );
     table(&busy);
 
     println!("\n3. {} ADDs at once on a fresh node\n", a.concurrent);
@@ -318,6 +332,11 @@ fn main() {
         med(&busy, "cbrnet", "ADD") / med(&busy, "floor", "ADD")
     );
     println!(
+        "  ADD busy/quiet in round 2 (beside a node with 0 pods): cbrnet {:.2} (target <= 1.2), floor {:.2}",
+        med(&busy, "cbrnet", "ADD") / med(&busy, "cbrnet, 0 pods", "ADD"),
+        med(&busy, "floor", "ADD") / med(&busy, "floor, 0 pods", "ADD")
+    );
+    println!(
         "  DEL cbrnet/floor, quiet: {:.2}, busy: {:.2} (target <= 1.1)",
         med(&quiet, "cbrnet", "DEL") / med(&quiet, "floor", "DEL"),
         med(&busy, "cbrnet", "DEL") / med(&busy, "floor", "DEL")
@@ -345,27 +364,36 @@ struct Row {
     n: usize,
 }
 
+/// The `i`-th (modulo `len`!) of the orders of `0..len`, in lexicographic order.
+fn nth_order(len: usize, i: usize) -> Vec<usize> {
+    let factorial = |k: usize| (1..=k).product::<usize>();
+    let mut rest = i % factorial(len);
+    let mut pool: Vec<usize> = (0..len).collect();
+    let mut order = Vec::with_capacity(len);
+    for k in (0..len).rev() {
+        order.push(pool.remove(rest / factorial(k)));
+        rest %= factorial(k);
+    }
+    order
+}
+
 /// N pods per plugin: every ADD (interleaved across plugins), then every DEL, with `gap` after
 /// each call; the rows.
-fn round(plugins: &[Plugin], n: usize, first: usize, tag: &str, gap: Duration) -> Vec<Row> {
-    let pods: Vec<Vec<Netns>> = plugins
-        .iter()
-        .map(|_| (0..n).map(|_| Netns::new("bench-pod")).collect())
+fn round(plugins: &[&Plugin], n: usize, first: usize, tag: &str, gap: Duration) -> Vec<Row> {
+    // pods[i][k]: pod i of plugin k.
+    let pods: Vec<Vec<Netns>> = (0..n)
+        .map(|_| plugins.iter().map(|_| Netns::new("bench-pod")).collect())
         .collect();
-    // For each op, pod i of every plugin before pod i + 1 of any. The order rotates with i, so
-    // that each plugin follows each other one equally often: a call leaves work behind in the
-    // kernel (timers, the new links' first packets) that slows whichever call comes next.
+    // For each op, pod i of every plugin before pod i + 1 of any, in the i-th of all the orders
+    // of the plugins in turn: a call leaves work behind in the kernel (timers, the new links'
+    // first packets) that slows whichever call comes next, so each plugin must come after each
+    // other one equally often. (A rotation of one order would not do: it keeps every plugin's
+    // predecessor.)
     let timed = |op: &str| -> Vec<Vec<Duration>> {
         let mut out = vec![Vec::new(); plugins.len()];
-        for i in 0..n {
-            let rotated = plugins
-                .iter()
-                .zip(&pods)
-                .enumerate()
-                .cycle()
-                .skip(i % plugins.len());
-            for (k, (p, pods)) in rotated.take(plugins.len()) {
-                out[k].push(p.timed(op, &format!("{tag}-{i}"), first + i, &pods[i]));
+        for (i, pods) in pods.iter().enumerate() {
+            for k in nth_order(plugins.len(), i) {
+                out[k].push(plugins[k].timed(op, &format!("{tag}-{i}"), first + i, &pods[k]));
                 if !gap.is_zero() {
                     std::thread::sleep(gap);
                 }
@@ -423,4 +451,32 @@ fn command_out(cmd: &str, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nth_order;
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn every_plugin_follows_every_other_equally_often() {
+        for len in 1..=4 {
+            let fact: usize = (1..=len).product();
+            let orders: Vec<Vec<usize>> = (0..fact).map(|i| nth_order(len, i)).collect();
+            let distinct: HashSet<_> = orders.iter().collect();
+            assert_eq!(distinct.len(), fact, "{len}: every order once");
+            assert_eq!(nth_order(len, fact), orders[0], "{len}: then again");
+            let mut follows: HashMap<(usize, usize), usize> = HashMap::new();
+            for o in &orders {
+                for w in o.windows(2) {
+                    *follows.entry((w[0], w[1])).or_default() += 1;
+                }
+            }
+            let counts: HashSet<usize> = follows.values().copied().collect();
+            assert!(counts.len() <= 1, "{len}: {follows:?}");
+            assert_eq!(follows.len(), len * (len - 1), "{len}: every pair");
+        }
+        assert_eq!(nth_order(3, 0), [0, 1, 2]);
+        assert_eq!(nth_order(3, 5), [2, 1, 0]);
+    }
 }
