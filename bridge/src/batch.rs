@@ -125,6 +125,23 @@ impl Batch {
     }
 }
 
+/// Sends one request (`flags` as for [`Batch::push`]) and returns the kernel's answer to it;
+/// `what` names it in an I/O error.
+pub fn request(
+    sock: &Sock,
+    what: impl Into<String>,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<std::result::Result<(), rtnetlink::Error>> {
+    let mut b = Batch::default();
+    b.push(what, msg, flags);
+    let (_, answer) = b
+        .send(sock)?
+        .pop()
+        .expect("a batch of one request has one answer: send answers every request pushed");
+    Ok(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use crate::ipam::{Ipam, Reservation};
 use crate::netns::NetNs;
 use crate::plan::{self, AddPlan};
 use crate::{pod, veth};
-use cbrnet_bridge::batch::{Batch, Sock, CHANGE, CREATE};
+use cbrnet_bridge::batch::{self, Batch, Sock, CHANGE, CREATE};
 use cbrnet_bridge::error::{errno, EEXIST};
 use cbrnet_bridge::{bridge, forwarding, masq, BridgeError, Nl};
 use cni_spec::{CniResult, Env};
@@ -189,14 +189,9 @@ async fn apply(
     // The host end goes up last, with the pod end up and configured: the port then comes up with
     // its carrier at once, instead of coming up without it and getting it from the pod's
     // requests, and an ADD takes about 6% less time.
-    let mut b = Batch::default();
-    b.push(format!("setting {end} up"), veth::host_up(end, p.hairpin), CHANGE);
-    let (what, up) = b
-        .send(sock)?
-        .into_iter()
-        .next()
-        .expect("Batch::send answers every request pushed");
-    up.map_err(PluginError::netlink(what))?;
+    let what = format!("setting {end} up");
+    batch::request(sock, &what, veth::host_up(end, p.hairpin), CHANGE)?
+        .map_err(PluginError::netlink(what))?;
     test_point("pod");
     if let Some(m) = &p.masq {
         masq::ensure(&m.table, m.subnet, m.cluster)?;

@@ -483,12 +483,7 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
         "cniVersion": "1.1.0", "name": "testnet6", "type": "cbrnet", "bridge": "cbr6",
         "ipam": {"type": "cbrnet-ipam", "subnet": "fd00:27::/64", "dataDir": node.data_dir()},
     });
-    let pods = [
-        Netns::new("ll-pod"),
-        Netns::new("ll-pod"),
-        Netns::new("ll-pod"),
-        Netns::new("ll-pod"),
-    ];
+    let pods: [Netns; 4] = std::array::from_fn(|_| Netns::new("ll-pod"));
     let confs = [&plain, &asked, &v6, &v6];
     let mut results = Vec::new();
     for (i, (p, c)) in pods.iter().zip(confs).enumerate() {

@@ -86,7 +86,7 @@ fn cstr(s: &str) -> Vec<u8> {
 /// Sends every message in one write on `fd` and waits for each acknowledgement; the first error.
 fn exchange(fd: i32, msgs: Vec<Vec<u8>>) -> Result<(), i32> {
     let batch: Vec<u8> = msgs.concat();
-    // SAFETY: fd is a netlink socket opened above; the buffer outlives the call.
+    // SAFETY: fd is a netlink socket from `netlink_socket`; the buffer outlives the call.
     let sent = unsafe { nix::libc::send(fd, batch.as_ptr().cast(), batch.len(), 0) };
     if sent < 0 {
         return Err(-1);
