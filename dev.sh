@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # What the lab and the tests use from Debian: the build needs protoc and its .proto files (etcd
-# client); the tests run the reference plugins, etcd, `sysctl` (procps), and real runtimes
-# (containerd, podman) on an image made from busybox-static.
+# client); the tests run the reference plugins, etcd, `sysctl` (procps), `ethtool` (to check the
+# VXLAN device's offloads against), and real runtimes (containerd, podman) on an image made from
+# busybox-static.
 PACKAGES=(
   iproute2 nftables iputils-ping procps etcd-server protobuf-compiler libprotobuf-dev
-  containernetworking-plugins containerd runc podman conmon busybox-static
+  containernetworking-plugins containerd runc podman conmon busybox-static ethtool
 )
 
 die() { echo "dev.sh: $*" >&2; exit 1; }

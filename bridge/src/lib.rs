@@ -5,11 +5,13 @@
 //! forwarding sysctls, [`masq`] the masquerade table, [`netlink`] the rtnetlink socket and link
 //! queries everything above is built on, [`batch`] requests sent together in one write on a plain
 //! netlink socket (ADD's round trips), [`mac`] the stable MACs derived by hashing, and [`port`]
-//! the names of the pods' ports (the host ends of their veth pairs).
+//! the names of the pods' ports (the host ends of their veth pairs). [`ethtool`] reads and sets a
+//! link's TX checksum offload, which the daemon keeps off on its VXLAN device.
 
 pub mod batch;
 pub mod bridge;
 pub mod error;
+pub mod ethtool;
 pub mod forwarding;
 pub mod mac;
 pub mod masq;

@@ -39,8 +39,13 @@ pub fn for_bridge(gateway: Option<IpAddr>, name: &str) -> [u8; 6] {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff` → bytes, if it is a unicast MAC.
+/// `aa:bb:cc:dd:ee:ff` (hex digits of either case) → bytes, if it is a unicast MAC.
 pub fn parse_unicast(s: &str) -> Option<[u8; 6]> {
+    parse(s).filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+}
+
+/// `aa:bb:cc:dd:ee:ff` (hex digits of either case) → bytes, whatever kind of MAC it is.
+pub fn parse(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
@@ -50,10 +55,7 @@ pub fn parse_unicast(s: &str) -> Option<[u8; 6]> {
         }
         *b = u8::from_str_radix(p, 16).ok()?;
     }
-    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
-        return None;
-    }
-    Some(mac)
+    parts.next().is_none().then_some(mac)
 }
 
 pub fn format(m: &[u8]) -> String {

@@ -2,6 +2,7 @@
 //! anything is opened, created or written; an error retrying cannot fix names its flag and exits
 //! with status 2.
 
+use crate::backend::Mode;
 use cbrnet_ipam::cluster::lease::LeaseConfig;
 use cbrnet_ipam::cluster::record::MAX_NODE_NAME;
 use cbrnet_ipam::cluster::store::StoreSpec;
@@ -66,6 +67,10 @@ pub struct LeasesArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// This node's subnet file: where it is readable (on a node), a PATH column says how this
+    /// node reaches each peer (direct, vxlan, unroutable), read from its routes.
+    #[arg(long, env = "CBRNET_SUBNET_FILE", default_value = "/run/cbrnet/subnet.json")]
+    pub subnet_file: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +131,31 @@ pub struct RunArgs {
     /// The CNI config directory: addresses of vanished pods of its cbrnet networks are reclaimed.
     #[arg(long, env = "CBRNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
+    /// How other nodes' pod subnets are reached: host-gw (directly, every node on one of this
+    /// node's networks), vxlan (through the VXLAN device), auto (directly where the peer is on one
+    /// of this node's networks, VXLAN elsewhere).
+    #[arg(long, env = "CBRNET_BACKEND", value_enum, default_value = "auto")]
+    pub backend: Mode,
+    /// The VXLAN network identifier of the cluster (vxlan and auto).
+    #[arg(long, env = "CBRNET_VXLAN_VNI", default_value_t = 1)]
+    pub vxlan_vni: u32,
+    /// The UDP port of VXLAN traffic (8472: the kernel's and flannel's).
+    #[arg(long, env = "CBRNET_VXLAN_PORT", default_value_t = 8472)]
+    pub vxlan_port: u16,
+    /// TX checksum offload on the VXLAN device: on|off. Off by default: with it on, some kernels
+    /// and NICs send encapsulated packets with bad checksums (dropped, retransmitted late).
+    #[arg(long, env = "CBRNET_VXLAN_TX_CSUM_OFFLOAD", default_value = "off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub vxlan_tx_csum_offload: bool,
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
 }
 
 fn parse_store(s: &str) -> Result<StoreSpec, String> {
@@ -175,6 +205,16 @@ impl RunArgs {
             .map_err(|e| flag("first-subnet/--last-subnet", e.to_string()))?;
         if self.resync_interval.is_zero() {
             return Err(flag("resync-interval", "must be more than 0".into()));
+        }
+        // 24 bits; 0 is valid for the kernel but reads as "unset" in many tools.
+        if !(1..=0xff_ffff).contains(&self.vxlan_vni) {
+            return Err(flag(
+                "vxlan-vni",
+                format!("{} is out of range (1-16777215)", self.vxlan_vni),
+            ));
+        }
+        if self.vxlan_port == 0 {
+            return Err(flag("vxlan-port", "must be a UDP port (1-65535)".into()));
         }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
@@ -244,6 +284,23 @@ mod tests {
         assert!(c.args.ip_masq);
         assert_eq!(c.args.resync_interval, Duration::from_secs(10));
         assert_eq!(c.args.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(c.args.backend, Mode::Auto);
+        assert_eq!((c.args.vxlan_vni, c.args.vxlan_port), (1, 8472));
+        assert!(!c.args.vxlan_tx_csum_offload);
+        let c = run(&[
+            "--backend",
+            "host-gw",
+            "--vxlan-vni",
+            "42",
+            "--vxlan-port",
+            "4789",
+            "--vxlan-tx-csum-offload",
+            "on",
+        ])
+        .unwrap();
+        assert_eq!(c.args.backend, Mode::HostGw);
+        assert_eq!((c.args.vxlan_vni, c.args.vxlan_port), (42, 4789));
+        assert!(c.args.vxlan_tx_csum_offload);
         let c = Cli::try_parse_from(["cbrnet-routed", "leases", "--store", "file:/tmp/x", "--json"]).unwrap();
         assert!(matches!(
             c.command,
@@ -285,6 +342,12 @@ mod tests {
             (&["--mtu", "20"][..], "--mtu"),
             (&["--bridge", "a-very-long-bridge"][..], "--bridge"),
             (&["--subnet-file", "rel.json"][..], "--subnet-file"),
+            (&["--backend", "ipip"][..], "--backend"),
+            (&["--vxlan-vni", "0"][..], "--vxlan-vni"),
+            (&["--vxlan-vni", "16777216"][..], "--vxlan-vni"),
+            (&["--vxlan-port", "0"][..], "--vxlan-port"),
+            (&["--vxlan-port", "65536"][..], "--vxlan-port"),
+            (&["--vxlan-tx-csum-offload", "yes"][..], "--vxlan-tx-csum-offload"),
             (&["--cluster-cidr", "10.244.1.0/16"][..], "--cluster-cidr"),
         ] {
             let e = run(args).unwrap_err();

@@ -5,13 +5,14 @@
 //! on link and address events that touch the bridge and on every resync; the lease on its renewal
 //! timer and whenever a reconcile finds it missing, expired or changed.
 
+use crate::backend::{self, routes, vxlan, Desired, Path};
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, Neigh};
 use crate::known::Known;
 use crate::metrics::{self, ErrorKind, Metrics};
 use crate::raw::{self, Nexthop, Raw};
-use crate::{instance, reclaim, routes, setup};
+use crate::{instance, reclaim, setup};
 use cbrnet_bridge::Nl;
 use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
 use cbrnet_ipam::cluster::record::{subnet_key, unix_now};
@@ -154,9 +155,18 @@ struct Node {
     ours: Option<routes::Ours>,
     /// When the next live lease expires (unix seconds): its route must go then.
     next_expiry: Option<u64>,
-    /// The routes wanted, worked out from `known` and the links they were worked out with;
-    /// `None`: work them out again (the store, the links or the time changed them).
-    want: Option<(routes::Want, Vec<(IpNetwork, u32)>)>,
+    /// What the backend should have (routes, VXLAN entries), worked out from `known` and the
+    /// links it was worked out with; `None`: work it out again (the store, the links, the time or
+    /// the VXLAN device changed it).
+    want: Option<(Desired, Vec<(IpNetwork, u32)>)>,
+    /// The VXLAN device's index while it is ours and usable, and our FDB and neighbour entries
+    /// on it as last seen (`None`: ask).
+    vx_index: Option<u32>,
+    vx_entries: Option<vxlan::Entries>,
+    /// Why the VXLAN device cannot be used, if it cannot (logged when it changes).
+    vxlan_down: Option<String>,
+    /// The underlay link (the one with the node IP) and its MTU, as last seen.
+    underlay: Option<(u32, u32)>,
     /// The plain netlink socket for our route dumps and nexthop objects; whether nexthop objects
     /// are used (where the kernel has them), and ours as last seen (`None`: ask).
     raw: Raw,
@@ -251,6 +261,11 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         node_name: cfg.args.node_name.clone(),
         node_ip: IpAddr::V4(cfg.node_ip),
         holder: instance::holder(),
+        vtep_mac: cfg
+            .args
+            .backend
+            .uses_vxlan()
+            .then(|| cbrnet_bridge::mac::format(&vxlan::vtep_mac(&cfg.args.node_name))),
     };
     let mut seen = Seen::default();
     let held = {
@@ -304,6 +319,10 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         nexthops,
         nh_known: None,
         want: None,
+        vx_index: None,
+        vx_entries: None,
+        vxlan_down: None,
+        underlay: None,
     };
     let mut b = Backoff::new();
     while let Err(e) = node.set_up().await {
@@ -379,6 +398,7 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                 if last_full.elapsed() >= FULL_CHECK_EVERY {
                     node.pending.all = true;
                     node.ours = None;
+                    node.vx_entries = None;
                     last_full = Instant::now();
                 }
             }
@@ -400,6 +420,8 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                     retry_at = Some(Instant::now() + backoff.next());
                 }
             }
+            // The set-up may have changed which peers the backend can reach.
+            routes_dirty |= node.want.is_none();
         }
         if routes_dirty {
             match node.reconcile().await {
@@ -464,14 +486,54 @@ impl Node {
             }
             // A link that goes down or away (a flap) takes its routes along, silently: read
             // ours again. Pods' veths come and go by the hundred and change nothing for them.
+            // The VXLAN device and the underlay link are part of the set-up (the device itself,
+            // the MTU that follows the underlay's).
             Event::Link { index, name } => {
                 let is_bridge =
                     Some(*index) == self.bridge_index || name.as_deref() == Some(&self.cfg.args.bridge);
                 let pod_port = name.as_deref().is_some_and(|n| n.starts_with("veth"));
+                let backend = Some(*index) == self.vx_index
+                    || name.as_deref() == Some(vxlan::DEVICE)
+                    || self.underlay.is_some_and(|(u, _)| u == *index);
                 if !pod_port && !is_bridge {
                     self.ours = None;
                 }
-                (!pod_port && !is_bridge, is_bridge)
+                if Some(*index) == self.vx_index {
+                    self.vx_entries = None;
+                }
+                (!pod_port && !is_bridge, is_bridge || backend)
+            }
+            // Our FDB and neighbour entries on the VXLAN device: one that went, or one that is
+            // not what we wrote, is put back. Every other device's are none of ours.
+            Event::Neigh {
+                index,
+                deleted,
+                entry,
+            } => {
+                let (Some(vx), Some(known)) = (self.vx_index, self.vx_entries.as_mut()) else {
+                    return (Some(*index) == self.vx_index, false);
+                };
+                if *index != vx {
+                    return (false, false);
+                }
+                if *deleted {
+                    let ours = match entry {
+                        Neigh::Fdb { mac, .. } => known.fdb.remove(mac).is_some(),
+                        Neigh::Ip { ip, .. } => known.neigh.remove(ip).is_some(),
+                    };
+                    return (ours, false);
+                }
+                // Our own writes are announced too; a change to an entry of ours is not one of
+                // them. Entries of other addresses (the kernel's own, while it resolves one) are
+                // none of ours.
+                let changed = match entry {
+                    Neigh::Fdb { mac, dst } => known.fdb.get(mac).is_some_and(|d| Some(*d) != *dst),
+                    Neigh::Ip { ip, mac } => known.neigh.get(ip).is_some_and(|m| Some(*m) != *mac),
+                };
+                if changed {
+                    self.vx_entries = None;
+                }
+                (changed, false)
             }
             // Addresses decide which peers are neighbours, and the bridge carries the gateway;
             // an address that goes takes the routes through its network along, silently.
@@ -491,10 +553,13 @@ impl Node {
     }
 
     async fn set_up(&mut self) -> Result<()> {
-        let repaired = setup::reconcile(&self.nl, &self.cfg, &self.held.lease).await?;
+        let vxlan_mtu = self.vxlan_mtu().await?;
+        let pod_mtu = self.cfg.args.mtu.or(vxlan_mtu);
+        let mut repaired = setup::reconcile(&self.nl, &self.cfg, &self.held.lease, pod_mtu).await?;
         if let Ok(Some(l)) = self.nl.link(&self.cfg.args.bridge).await {
             self.bridge_index = Some(l.header.index);
         }
+        repaired.extend(self.set_up_vxlan(vxlan_mtu).await?);
         if !repaired.is_empty() && self.metrics.is_ready() {
             for r in &repaired {
                 tracing::warn!("repaired: {r}");
@@ -502,6 +567,84 @@ impl Node {
             self.metrics.repairs.inc_by(repaired.len() as u64);
         }
         Ok(())
+    }
+
+    /// The VXLAN device's MTU (`None` without one): the underlay link's less the encapsulation.
+    /// While the node IP is on no link, the underlay's MTU as last seen.
+    async fn vxlan_mtu(&mut self) -> Result<Option<u32>> {
+        if !self.cfg.args.backend.uses_vxlan() {
+            return Ok(None);
+        }
+        let links = routes::connected_links(&self.nl.handle).await?;
+        let node_ip = IpAddr::V4(self.cfg.node_ip);
+        if let Some((_, index)) = links.iter().find(|(n, _)| n.ip() == node_ip) {
+            let mut s = self.nl.handle.link().get().match_index(*index).execute();
+            if let Ok(Some(l)) = futures::TryStreamExt::try_next(&mut s).await {
+                if let Some(mtu) = cbrnet_bridge::netlink::mtu(&l) {
+                    self.underlay = Some((*index, mtu));
+                }
+            }
+        }
+        let underlay = self.underlay.map_or(1500, |(_, mtu)| mtu);
+        // The smallest MTU an IPv4 link may have, whatever the underlay says.
+        Ok(Some(underlay.saturating_sub(vxlan::OVERHEAD_V4).max(68)))
+    }
+
+    /// The VXLAN device as the backend wants it (or gone, on host-gw); returns what was repaired.
+    /// A device of our name that is not ours is reported once and makes the node unhealthy; the
+    /// peers that need it are unroutable meanwhile.
+    async fn set_up_vxlan(&mut self, mtu: Option<u32>) -> Result<Vec<String>> {
+        let args = &self.cfg.args;
+        let Some(mtu) = mtu else {
+            self.vx_index = None;
+            self.vx_entries = None;
+            return Ok(if vxlan::remove(&self.nl, args.vxlan_vni).await? {
+                vec![format!("{} removed (--backend host-gw)", vxlan::DEVICE)]
+            } else {
+                Vec::new()
+            });
+        };
+        let IpAddr::V4(address) = self.held.lease.subnet.network() else {
+            return Err(RoutedError::Config(format!(
+                "the held subnet {} is not IPv4",
+                self.held.lease.subnet
+            )));
+        };
+        let spec = vxlan::Spec {
+            vni: args.vxlan_vni,
+            port: args.vxlan_port,
+            local: self.cfg.node_ip,
+            mac: vxlan::vtep_mac(&args.node_name),
+            mtu,
+            address,
+            cluster_cidr: self.cfg.cluster_cidr,
+            tx_csum_offload: args.vxlan_tx_csum_offload,
+        };
+        let (index, repaired, down) = match vxlan::ensure(&self.nl, &spec).await? {
+            Ok((index, repaired)) => (Some(index), repaired, None),
+            Err(why) => (None, Vec::new(), Some(why)),
+        };
+        if index != self.vx_index || down != self.vxlan_down {
+            // Another device (or none): its entries and routes are not what we knew, and the
+            // peers' paths may change.
+            self.vx_entries = None;
+            self.ours = None;
+            self.nh_known = None;
+            self.want = None;
+        }
+        if down != self.vxlan_down {
+            match &down {
+                Some(why) => {
+                    tracing::error!("the VXLAN device cannot be used: {why}");
+                    self.metrics.error(ErrorKind::Setup);
+                }
+                None if self.vxlan_down.is_some() => tracing::info!("{} is usable again", vxlan::DEVICE),
+                None => {}
+            }
+            self.metrics.set_backend_problem(down.clone());
+        }
+        (self.vx_index, self.vxlan_down) = (index, down);
+        Ok(repaired)
     }
 
     /// Renews the lease; returns when to renew next.
@@ -583,12 +726,30 @@ impl Node {
         let reassert = self.own_lease_check(now);
         let links = routes::connected_links(&self.nl.handle).await?;
         let expired = self.next_expiry.is_some_and(|e| e <= now);
-        let want = match self.want.take() {
-            Some((want, seen)) if seen == links && !expired => want,
-            _ => self.work_out_want(&links, now),
+        let desired = match self.want.take() {
+            Some((d, seen)) if seen == links && !expired => d,
+            _ => self.work_out_desired(&links, now),
         };
-        self.want = Some((want, links.clone()));
-        let want = &self.want.as_ref().expect("set just above").0;
+        self.want = Some((desired, links.clone()));
+        let desired = &self.want.as_ref().expect("set just above").0;
+        let want = &desired.routes;
+
+        // A new peer's FDB and neighbour entries go in before its route, a gone peer's after it.
+        let mut first_error = None;
+        let vx_plan = match self.vx_index {
+            Some(index) => {
+                if self.vx_entries.is_none() {
+                    self.vx_entries = Some(vxlan::dump(&self.nl.handle, index).await?);
+                }
+                let have = self.vx_entries.get_or_insert_with(Default::default);
+                let plan = vxlan::plan(&desired.vxlan, have);
+                if let Err(e) = vxlan::apply(&self.nl.handle, index, &plan, false, have).await {
+                    first_error.get_or_insert(e);
+                }
+                Some((index, plan))
+            }
+            None => None,
+        };
 
         let h = self.nl.handle.clone();
         if self.ours.is_none() {
@@ -604,7 +765,13 @@ impl Node {
         };
         let plan = routes::plan(want, ours, &foreign);
         let via = if self.nexthops && !plan.put.is_empty() {
-            match ensure_nexthops(&mut self.raw, &mut self.nh_known, &plan.put, &links) {
+            match ensure_nexthops(
+                &mut self.raw,
+                &mut self.nh_known,
+                &plan.put,
+                &links,
+                self.vx_index,
+            ) {
                 Ok(via) => via,
                 Err(e) => {
                     self.nh_known = None;
@@ -619,10 +786,17 @@ impl Node {
         // Each change is logged, but a cluster's worth at start is one line.
         let each = plan.put.len() + plan.delete.len() <= LOG_EACH;
         // Results are taken as they come, not gathered: a cluster's worth is tens of thousands.
-        let puts = futures::stream::iter(plan.put.iter().map(|(dst, gw)| {
+        let vx_index = self.vx_index;
+        let puts = futures::stream::iter(plan.put.iter().map(|(dst, hop)| {
             let h = h.clone();
-            let nh = via.get(gw).copied();
-            async move { (*dst, Some(*gw), routes::put(&h, *dst, *gw, nh).await) }
+            let nh = via.get(&hop.gw).copied();
+            async move {
+                (
+                    *dst,
+                    Some(hop.gw),
+                    routes::put(&h, *dst, *hop, nh, vx_index).await,
+                )
+            }
         }))
         .buffer_unordered(IN_FLIGHT);
         let dels = futures::stream::iter(plan.delete.iter().map(|dst| {
@@ -631,7 +805,6 @@ impl Node {
         }))
         .buffer_unordered(IN_FLIGHT);
         let mut done = futures::stream::select(puts, dels);
-        let mut first_error = None;
         let (mut put, mut removed) = (0, 0);
         while let Some((dst, gw, r)) = done.next().await {
             match (r, gw) {
@@ -664,8 +837,8 @@ impl Node {
         ) {
             let used: HashSet<u32> = want
                 .values()
-                .filter_map(|gw| match gw {
-                    IpAddr::V4(g) => Some(raw::id(*g)),
+                .filter_map(|hop| match hop.gw {
+                    IpAddr::V4(g) => Some(raw::id(g)),
                     IpAddr::V6(_) => None,
                 })
                 .collect();
@@ -679,12 +852,32 @@ impl Node {
                 }
             }
         }
+        if let (Some((index, vx_plan)), Some(have)) = (&vx_plan, self.vx_entries.as_mut()) {
+            if first_error.is_none() && !vx_plan.is_empty() {
+                if let Err(e) = vxlan::apply(&self.nl.handle, *index, vx_plan, true, have).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if !vx_plan.is_empty() {
+                let (put, gone) = (vx_plan.fdb_put.len(), vx_plan.fdb_delete.len());
+                tracing::info!(
+                    "VXLAN peers: {put} FDB entries written, {gone} removed; {} neighbour entries written, {} removed",
+                    vx_plan.neigh_put.len(),
+                    vx_plan.neigh_delete.len()
+                );
+            }
+        }
         self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
         self.metrics.route_conflicts.set(plan.conflicts.len() as i64);
         let conflicts = plan
             .conflicts
             .iter()
-            .map(|(d, gw)| format!("{d} (via {gw}) is held by a route of another protocol; left alone"))
+            .map(|(d, hop)| {
+                format!(
+                    "{d} (via {}) is held by a route of another protocol; left alone",
+                    hop.gw
+                )
+            })
             .collect();
         for c in self.conflicts.fresh(conflicts) {
             tracing::warn!("route conflict: {c}");
@@ -698,6 +891,7 @@ impl Node {
             Some(e) => {
                 self.ours = None;
                 self.nh_known = None;
+                self.vx_entries = None;
                 Err(e)
             }
             None => Ok(reassert),
@@ -723,7 +917,7 @@ impl Node {
 
     /// The routes the live, valid leases call for; reports what cannot be used (once each) and
     /// notes when the next lease expires.
-    fn work_out_want(&mut self, links: &[(IpNetwork, u32)], now: u64) -> routes::Want {
+    fn work_out_desired(&mut self, links: &[(IpNetwork, u32)], now: u64) -> Desired {
         let mut problems: HashSet<String> = self
             .known
             .invalid()
@@ -751,18 +945,35 @@ impl Node {
         self.metrics.node_ip_present.set(i64::from(
             local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
         ));
-        let (want, skipped) = routes::want(live, &self.cfg.args.node_name, &local);
-        for s in &skipped {
-            problems.insert(format!(
-                "lease {} of node {}: not routed: {}",
-                s.lease.subnet, s.lease.node_name, s.why
-            ));
+        let me = backend::Local {
+            mode: self.cfg.args.backend,
+            node_name: &self.cfg.args.node_name,
+            networks: &local,
+            vxlan_down: self.vxlan_down.is_some(),
+            own_vtep: self
+                .cfg
+                .args
+                .backend
+                .uses_vxlan()
+                .then(|| vxlan::vtep_mac(&self.cfg.args.node_name)),
+        };
+        let desired = backend::choose(live, &me);
+        for path in Path::ALL {
+            let n = desired.counts.get(&path).copied().unwrap_or(0) as i64;
+            self.metrics
+                .peers
+                .get_or_create(&metrics::PathLabel { path: path.as_str() })
+                .set(n);
+            if path == Path::Unroutable {
+                self.metrics.peers_unroutable.set(n);
+            }
         }
+        problems.extend(desired.problems.iter().cloned());
         self.metrics.invalid_records.set(problems.len() as i64);
         for p in self.invalid.fresh(problems) {
             tracing::error!("skipped: {p}");
         }
-        want
+        desired
     }
 
     /// When the next live lease expires, on this process's clock.
@@ -821,28 +1032,35 @@ impl Node {
     }
 }
 
-/// Makes sure a nexthop object exists for the gateway of each route to `put`, on the link of
-/// the connected network it is on; returns the nexthop id to use per gateway (a gateway the
-/// kernel refused a nexthop for is routed the plain way).
+/// Makes sure a nexthop object exists for the gateway of each route to `put`: a direct hop on
+/// the link of the connected network it is on, a VXLAN hop on-link on the VXLAN device
+/// (`vxlan_dev`); returns the nexthop id to use per gateway (a gateway the kernel refused a
+/// nexthop for is routed the plain way).
 fn ensure_nexthops(
     nx: &mut Raw,
     known: &mut Option<HashMap<u32, Nexthop>>,
-    put: &[(IpNetwork, IpAddr)],
+    put: &[(IpNetwork, routes::Hop)],
     links: &[(IpNetwork, u32)],
+    vxlan_dev: Option<u32>,
 ) -> Result<HashMap<IpAddr, u32>> {
     let known = match known {
         Some(k) => k,
         None => known.insert(nx.dump()?),
     };
     let mut want: HashMap<IpAddr, Nexthop> = HashMap::new();
-    for (_, gw) in put {
-        let IpAddr::V4(g) = gw else { continue };
-        if let Some((_, oif)) = links.iter().find(|(n, _)| n.contains(*gw)) {
+    for (_, hop) in put {
+        let IpAddr::V4(g) = hop.gw else { continue };
+        let oif = match hop.vxlan {
+            true => vxlan_dev,
+            false => links.iter().find(|(n, _)| n.contains(hop.gw)).map(|(_, i)| *i),
+        };
+        if let Some(oif) = oif {
             want.insert(
-                *gw,
+                hop.gw,
                 Nexthop {
-                    gateway: *g,
-                    oif: *oif,
+                    gateway: g,
+                    oif,
+                    onlink: hop.vxlan,
                 },
             );
         }

@@ -1,4 +1,4 @@
-//! The kernel's link, address and route events, read from a plain netlink socket in the daemon's
+//! The kernel's link, address, route and neighbour (FDB and ARP) events, read from a plain netlink socket in the daemon's
 //! loop and reduced to what a reconcile needs. Reading them where they are used (no task that
 //! parses and queues full messages ahead of the loop) keeps memory flat while the daemon installs
 //! tens of thousands of routes, each of which the kernel also announces; when the socket's buffer
@@ -9,6 +9,7 @@ use crate::error::{Result, RoutedError};
 use crate::raw::{messages, parse_route, u16_at, u32_at};
 use ipnetwork::IpNetwork;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+use std::net::Ipv4Addr;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -18,8 +19,11 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_NEXTHOP: u32 = 32;
@@ -27,6 +31,11 @@ const NHMSG: usize = 8;
 const NHA_ID: u16 = 1;
 const IFINFOMSG: usize = 16;
 const IFLA_IFNAME: u16 = 3;
+const NDMSG: usize = 12;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const AF_INET: u8 = 2;
+const AF_BRIDGE: u8 = 7;
 
 /// What happened, as far as the daemon cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +51,19 @@ pub enum Event {
     Link { index: u32, name: Option<String> },
     /// An IPv4 address was added to or removed from link `index`.
     Address { index: u32 },
+    /// An FDB or IPv4 neighbour entry of link `index` was added, changed or deleted.
+    Neigh { index: u32, deleted: bool, entry: Neigh },
     /// The kernel dropped events: anything may have changed.
     Lost,
+}
+
+/// An FDB or neighbour entry, as far as an event tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Neigh {
+    /// MAC → remote address.
+    Fdb { mac: [u8; 6], dst: Option<Ipv4Addr> },
+    /// IPv4 address → MAC.
+    Ip { ip: Ipv4Addr, mac: Option<[u8; 6]> },
 }
 
 /// A socket subscribed to link, IPv4 address, IPv4 route and nexthop events of the calling
@@ -58,7 +78,12 @@ impl Events {
         let io = |e| RoutedError::Io("netlink events".into(), e);
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(io)?;
         socket.bind_auto().map_err(io)?;
-        for g in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE] {
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_NEIGH,
+        ] {
             socket.add_membership(g).map_err(io)?;
         }
         // A kernel without nexthop objects has no such group: their events cannot happen there.
@@ -129,6 +154,11 @@ fn parse(buf: &[u8], out: &mut Vec<Event>) {
                     });
                 }
             }
+            RTM_NEWNEIGH | RTM_DELNEIGH => {
+                if let Some(e) = neigh(p, kind == RTM_DELNEIGH) {
+                    out.push(e);
+                }
+            }
             RTM_NEWADDR | RTM_DELADDR => {
                 if let Some(index) = u32_at(p, 4) {
                     out.push(Event::Address { index });
@@ -154,6 +184,25 @@ fn attribute(p: &[u8], fixed: usize, kind: u16) -> Option<&[u8]> {
         at += (len + 3) & !3;
     }
     None
+}
+
+/// An ndmsg payload of an FDB or IPv4 neighbour entry.
+fn neigh(p: &[u8], deleted: bool) -> Option<Event> {
+    let index = u32_at(p, 4)?;
+    let mac = attribute(p, NDMSG, NDA_LLADDR).and_then(|v| <[u8; 6]>::try_from(v).ok());
+    let ip = attribute(p, NDMSG, NDA_DST)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(Ipv4Addr::from);
+    let entry = match *p.first()? {
+        AF_BRIDGE => Neigh::Fdb { mac: mac?, dst: ip },
+        AF_INET => Neigh::Ip { ip: ip?, mac },
+        _ => return None,
+    };
+    Some(Event::Neigh {
+        index,
+        deleted,
+        entry,
+    })
 }
 
 /// NHA_ID of an nhmsg payload.
@@ -206,6 +255,25 @@ mod tests {
         buf.extend(msg(RTM_NEWROUTE, &route));
         let nh = with_attr(vec![2u8, 0, 0, 0, 0, 0, 0, 0], NHA_ID, &77u32.to_ne_bytes());
         buf.extend(msg(RTM_DELNEXTHOP, &nh));
+        let mut fdb = vec![AF_BRIDGE, 0, 0, 0];
+        fdb.extend_from_slice(&5u32.to_ne_bytes());
+        fdb.extend_from_slice(&[0x80, 0, 0x02, 0]);
+        let fdb = with_attr(
+            with_attr(fdb, NDA_LLADDR, &[0x0e, 0, 0, 0, 0, 2]),
+            NDA_DST,
+            &[172, 16, 0, 2],
+        );
+        buf.extend(msg(RTM_NEWNEIGH, &fdb));
+        let mut arp = vec![AF_INET, 0, 0, 0];
+        arp.extend_from_slice(&5u32.to_ne_bytes());
+        arp.extend_from_slice(&[0x80, 0, 0, 0]);
+        let arp = with_attr(arp, NDA_DST, &[10, 244, 2, 0]);
+        buf.extend(msg(RTM_DELNEIGH, &arp));
+        // an IPv6 neighbour is of no interest
+        let mut v6 = vec![10u8, 0, 0, 0];
+        v6.extend_from_slice(&5u32.to_ne_bytes());
+        v6.extend_from_slice(&[0x80, 0, 0, 0]);
+        buf.extend(msg(RTM_NEWNEIGH, &v6));
         // a truncated message and one of no interest change nothing
         buf.extend(msg(RTM_DELLINK, &[0u8; 3]));
         buf.extend(msg(RTM_DELNEXTHOP, &[0u8; 3]));
@@ -223,6 +291,22 @@ mod tests {
                 Event::RouteGone(157, "10.244.3.0/24".parse().unwrap()),
                 Event::RouteNew(157, "10.244.3.0/24".parse().unwrap(), None),
                 Event::NexthopGone(77),
+                Event::Neigh {
+                    index: 5,
+                    deleted: false,
+                    entry: Neigh::Fdb {
+                        mac: [0x0e, 0, 0, 0, 0, 2],
+                        dst: Some(Ipv4Addr::new(172, 16, 0, 2))
+                    }
+                },
+                Event::Neigh {
+                    index: 5,
+                    deleted: true,
+                    entry: Neigh::Ip {
+                        ip: Ipv4Addr::new(10, 244, 2, 0),
+                        mac: None
+                    }
+                },
             ]
         );
         // a name attribute that claims more than the message has

@@ -59,6 +59,7 @@ mod tests {
                 node_ip: "192.168.1.1".parse().unwrap(),
                 expires: 1,
                 holder: None,
+                vtep_mac: None,
             },
             version: 1,
         };

@@ -1,11 +1,42 @@
-//! `cbrnet-routed leases`: the cluster's leases as a table, or JSON for scripts.
+//! `cbrnet-routed leases`: the cluster's leases as a table, or JSON for scripts; run on a node,
+//! with how that node reaches each peer, as its kernel has it.
 
+use crate::backend::routes::Ours;
 use cbrnet_ipam::cluster::record::{unix_now, Listing};
+use ipnetwork::IpNetwork;
 use serde_json::json;
+use std::collections::HashMap;
+
+/// How the node reaches each subnet, from its subnet and its routes of ours: `self`, `direct`
+/// (a route via another address), `vxlan` (a route via the subnet's own network address, which
+/// only the VXLAN device's routes have), `unroutable` (no route of ours).
+pub fn paths(
+    own: Option<IpNetwork>,
+    ours: &Ours,
+    subnets: impl IntoIterator<Item = IpNetwork>,
+) -> HashMap<IpNetwork, &'static str> {
+    subnets
+        .into_iter()
+        .map(|s| {
+            let path = match ours.get(&s) {
+                _ if Some(s) == own => "self",
+                Some(Some(gw)) if *gw == s.network() => "vxlan",
+                Some(_) => "direct",
+                None => "unroutable",
+            };
+            (s, path)
+        })
+        .collect()
+}
 
 /// The leases as a table (or JSON), and a line per store entry that is no valid lease (for
-/// stderr: scripts read the JSON).
-pub fn render(listing: &Listing, as_json: bool) -> (String, String) {
+/// stderr: scripts read the JSON). With `paths` (run on a node), a column of how the node reaches
+/// each live lease's subnet.
+pub fn render(
+    listing: &Listing,
+    as_json: bool,
+    paths: Option<&HashMap<IpNetwork, &'static str>>,
+) -> (String, String) {
     let mut problems = String::new();
     for i in &listing.invalid {
         problems += &format!(
@@ -13,28 +44,46 @@ pub fn render(listing: &Listing, as_json: bool) -> (String, String) {
             i.key, i.why
         );
     }
-    (leases(&listing.leases, as_json), problems)
+    (leases(&listing.leases, as_json, paths), problems)
 }
 
-fn leases(leases: &[cbrnet_ipam::cluster::Versioned], as_json: bool) -> String {
+fn leases(
+    leases: &[cbrnet_ipam::cluster::Versioned],
+    as_json: bool,
+    paths: Option<&HashMap<IpNetwork, &'static str>>,
+) -> String {
     let now = unix_now();
+    // An expired lease is nobody's to reach.
+    let path = |l: &cbrnet_ipam::cluster::Lease| match paths {
+        Some(_) if l.expired(now) => Some("-"),
+        Some(p) => Some(p.get(&l.subnet).copied().unwrap_or("unroutable")),
+        None => None,
+    };
     if as_json {
         let v: Vec<_> = leases
             .iter()
             .map(|v| {
-                json!({
+                let mut j = json!({
                     "subnet": v.lease.subnet, "nodeName": v.lease.node_name, "nodeIP": v.lease.node_ip,
                     "expires": v.lease.expires, "expired": v.lease.expired(now),
-                    "holder": v.lease.holder,
-                })
+                    "holder": v.lease.holder, "vtepMAC": v.lease.vtep_mac,
+                });
+                if let Some(p) = path(&v.lease) {
+                    j["path"] = p.into();
+                }
+                j
             })
             .collect();
         return serde_json::Value::Array(v).to_string() + "\n";
     }
-    let mut out = format!(
-        "{:<20} {:<24} {:<16} {}\n",
+    let head = format!(
+        "{:<20} {:<24} {:<16} {:<12}",
         "SUBNET", "NODE", "NODE-IP", "EXPIRES"
     );
+    let mut out = match paths {
+        Some(_) => format!("{head} PATH\n"),
+        None => format!("{}\n", head.trim_end()),
+    };
     for v in leases {
         let l = &v.lease;
         let left = if l.expired(now) {
@@ -42,13 +91,17 @@ fn leases(leases: &[cbrnet_ipam::cluster::Versioned], as_json: bool) -> String {
         } else {
             human(l.expires.saturating_sub(now))
         };
-        out += &format!(
-            "{:<20} {:<24} {:<16} {}\n",
+        let row = format!(
+            "{:<20} {:<24} {:<16} {:<12}",
             l.subnet.to_string(),
             l.node_name,
             l.node_ip.to_string(),
             left
         );
+        out += &match path(l) {
+            Some(p) => format!("{row} {p}\n"),
+            None => format!("{}\n", row.trim_end()),
+        };
     }
     out
 }
@@ -77,6 +130,7 @@ mod tests {
                     node_ip: "192.168.1.2".parse().unwrap(),
                     expires: unix_now() + 7200,
                     holder: Some("m:netns:1".into()),
+                    vtep_mac: None,
                 },
                 version: 1,
             }],
@@ -86,7 +140,7 @@ mod tests {
                 why: "the key names no subnet".into(),
             }],
         };
-        let (t, problems) = render(&listing, false);
+        let (t, problems) = render(&listing, false, None);
         assert!(
             t.lines()
                 .nth(1)
@@ -99,10 +153,35 @@ mod tests {
             problems.contains("store entry junk: the key names no subnet"),
             "{problems}"
         );
-        let (j, _) = render(&listing, true);
+        let (j, _) = render(&listing, true, None);
         let j: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(j[0]["nodeIP"], "192.168.1.2");
         assert_eq!(j[0]["expired"], false);
         assert_eq!(j[0]["holder"], "m:netns:1");
+        assert!(j[0].get("path").is_none());
+        // on a node: a column of paths
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let mut ours = Ours::new();
+        let p = paths(None, &ours, [net("10.244.3.0/24")]);
+        assert_eq!(p[&net("10.244.3.0/24")], "unroutable");
+        ours.insert(net("10.244.3.0/24"), Some("10.244.3.0".parse().unwrap()));
+        let p = paths(None, &ours, [net("10.244.3.0/24")]);
+        assert_eq!(p[&net("10.244.3.0/24")], "vxlan");
+        let (t, _) = render(&listing, false, Some(&p));
+        assert!(t.lines().next().unwrap().ends_with(" PATH"), "{t}");
+        assert!(t.lines().nth(1).unwrap().ends_with(" vxlan"), "{t}");
+        let (j, _) = render(&listing, true, Some(&p));
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(j[0]["path"], "vxlan");
+        ours.insert(net("10.244.3.0/24"), Some("192.168.1.2".parse().unwrap()));
+        assert_eq!(
+            paths(None, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
+            "direct"
+        );
+        let own = Some(net("10.244.3.0/24"));
+        assert_eq!(
+            paths(own, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
+            "self"
+        );
     }
 }

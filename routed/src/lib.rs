@@ -1,7 +1,8 @@
 //! `cbrnet-routed`: holds this node's subnet lease, publishes the subnet for the plugin, and keeps
-//! a host-gw route to every other node's pod subnet.
+//! every other node's pod subnet reachable, directly (host-gw) or through VXLAN.
 //!
-//! [`daemon`] is the event loop; [`routes`] owns the routes we install; [`setup`] keeps the node
+//! [`daemon`] is the event loop (lease, store watch, kernel events, timers); [`backend`] owns how
+//! each peer is reached (the choice per peer, our routes, the VXLAN device and its entries); [`setup`] keeps the node
 //! set up (bridge, gateway, forwarding, masquerading, subnet file); [`instance`] is the daemon's
 //! identity in the store and its one-per-node lock; [`reclaim`] takes back addresses of vanished
 //! pods; [`metrics`] serves `/healthz` and `/metrics`; [`cli`] is the command line (and judges
@@ -9,6 +10,7 @@
 //! The node's bridge comes from `cbrnet-bridge`; leases, stores and the subnet file from
 //! `cbrnet-ipam`.
 
+pub mod backend;
 pub mod cli;
 pub mod daemon;
 pub mod error;
@@ -20,5 +22,4 @@ pub mod leases;
 pub mod metrics;
 pub mod raw;
 pub mod reclaim;
-pub mod routes;
 pub mod setup;

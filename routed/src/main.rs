@@ -67,7 +67,18 @@ fn main() {
                     .await
                     .map_err(|e| e.to_string())?;
                 let listing = s.list().await.map_err(|e| e.to_string())?;
-                let (table, problems) = cbrnet_routed::leases::render(&listing, a.json);
+                // On a node (its subnet file is there), how it reaches each peer.
+                let paths = match cbrnet_ipam::SubnetFile::read(&a.subnet_file) {
+                    Ok(f) => {
+                        let ours = cbrnet_routed::raw::Raw::open()
+                            .and_then(|mut r| r.our_routes())
+                            .map_err(|e| format!("reading this node's routes: {e}"))?;
+                        let subnets = listing.leases.iter().map(|v| v.lease.subnet);
+                        Some(cbrnet_routed::leases::paths(Some(f.subnet), &ours, subnets))
+                    }
+                    Err(_) => None,
+                };
+                let (table, problems) = cbrnet_routed::leases::render(&listing, a.json, paths.as_ref());
                 print!("{table}");
                 let _ = std::io::stderr().write_all(problems.as_bytes());
                 Ok(())

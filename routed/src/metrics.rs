@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What failed, for `cbrnet_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -36,6 +36,12 @@ pub struct KindLabel {
     pub kind: ErrorKind,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    /// direct, vxlan or unroutable.
+    pub path: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Live valid leases in the store, this node's included.
@@ -50,8 +56,13 @@ pub struct Metrics {
     pub repairs: Counter,
     pub reclaimed: Counter,
     pub node_ip_present: Gauge,
+    /// Other nodes' live leases, by how this node reaches them.
+    pub peers: Family<PathLabel, Gauge>,
+    pub peers_unroutable: Gauge,
     /// A lease is held and the node is set up.
     ready: AtomicBool,
+    /// Why the node's data path cannot work as configured (a device of ours taken by another).
+    backend_problem: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -70,7 +81,10 @@ impl Default for Metrics {
             repairs: Counter::default(),
             reclaimed: Counter::default(),
             node_ip_present: Gauge::default(),
+            peers: Family::default(),
+            peers_unroutable: Gauge::default(),
             ready: AtomicBool::new(false),
+            backend_problem: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +139,16 @@ impl Default for Metrics {
             m.node_ip_present.clone(),
         );
         registry.register(
+            "cbrnet_peers",
+            "Other nodes with a live lease, by how this node reaches them",
+            m.peers.clone(),
+        );
+        registry.register(
+            "cbrnet_peers_unroutable",
+            "Other nodes with a live lease that this node cannot reach with its backend",
+            m.peers_unroutable.clone(),
+        );
+        registry.register(
             "cbrnet_build",
             "The running cbrnet-routed",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -146,16 +170,24 @@ impl Metrics {
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }
 
+    /// Sets (or clears) why the backend cannot work as configured.
+    pub fn set_backend_problem(&self, why: Option<String>) {
+        // A poisoned lock only means a panic elsewhere, which ends the process anyway.
+        if let Ok(mut p) = self.backend_problem.lock() {
+            *p = why;
+        }
+    }
+
     /// Why the node is not healthy, if it is not.
-    pub fn unhealthy(&self) -> Option<&'static str> {
+    pub fn unhealthy(&self) -> Option<String> {
         if self.node_ip_present.get() == 0 {
-            Some("--node-ip is on no local interface")
+            Some("--node-ip is on no local interface".into())
         } else if !self.is_ready() {
-            Some("no lease yet, or the node is not set up")
+            Some("no lease yet, or the node is not set up".into())
         } else if self.store_up.get() == 0 {
-            Some("the lease store does not answer")
+            Some("the lease store does not answer".into())
         } else {
-            None
+            self.backend_problem.lock().ok().and_then(|p| p.clone())
         }
     }
 
@@ -222,11 +254,20 @@ mod tests {
         ] {
             assert!(s.contains(line), "{line} not in:\n{s}");
         }
-        assert_eq!(m.unhealthy(), Some("--node-ip is on no local interface"));
+        assert_eq!(
+            m.unhealthy().as_deref(),
+            Some("--node-ip is on no local interface")
+        );
         m.node_ip_present.set(1);
         m.set_ready(true);
-        assert_eq!(m.unhealthy(), Some("the lease store does not answer"));
+        assert_eq!(m.unhealthy().as_deref(), Some("the lease store does not answer"));
         m.store_up.set(1);
         assert_eq!(m.unhealthy(), None);
+        m.set_backend_problem(Some("cbrnet.vxlan is not ours".into()));
+        assert_eq!(m.unhealthy().as_deref(), Some("cbrnet.vxlan is not ours"));
+        m.set_backend_problem(None);
+        assert_eq!(m.unhealthy(), None);
+        m.peers.get_or_create(&PathLabel { path: "vxlan" }).set(2);
+        assert!(m.render().contains("cbrnet_peers{path=\"vxlan\"} 2"));
     }
 }

@@ -11,8 +11,8 @@
 //!   checking), and only the three attributes we need are read from each message, without
 //!   building a message object per route.
 
+use crate::backend::routes::ROUTE_PROTOCOL;
 use crate::error::{Result, RoutedError};
-use crate::routes::ROUTE_PROTOCOL;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -56,7 +56,12 @@ pub fn id(gw: Ipv4Addr) -> u32 {
 pub struct Nexthop {
     pub gateway: Ipv4Addr,
     pub oif: u32,
+    /// The gateway is taken as on the link without a route to it (the VXLAN device's hops).
+    pub onlink: bool,
 }
+
+/// RTNH_F_ONLINK, in an nhmsg's flags.
+const RTNH_F_ONLINK: u32 = 4;
 
 /// A netlink socket for these requests.
 pub struct Raw {
@@ -72,10 +77,11 @@ fn attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     buf.resize(buf.len() + (4 - len % 4) % 4, 0);
 }
 
-/// One message: header, `nhmsg`, attributes.
-fn message(kind: u16, flags: u16, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+/// One message: header, `nhmsg` (with `nh_flags`), attributes.
+fn message(kind: u16, flags: u16, seq: u32, nh_flags: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let mut m = vec![0u8; HEADER];
-    m.extend_from_slice(&[AF_INET, 0, ROUTE_PROTOCOL, 0, 0, 0, 0, 0]);
+    m.extend_from_slice(&[AF_INET, 0, ROUTE_PROTOCOL, 0]);
+    m.extend_from_slice(&nh_flags.to_ne_bytes());
     for (k, v) in attrs {
         attr(&mut m, *k, v);
     }
@@ -94,6 +100,7 @@ fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {
     if payload.get(2) != Some(&ROUTE_PROTOCOL) {
         return None;
     }
+    let onlink = u32_at(payload, 4)? & RTNH_F_ONLINK != 0;
     let (mut id, mut gw, mut oif) = (None, None, None);
     let mut at = NHMSG;
     while let (Some(len), Some(kind)) = (u16_at(payload, at), u16_at(payload, at + 2)) {
@@ -115,6 +122,7 @@ fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {
         Nexthop {
             gateway: gw?,
             oif: oif?,
+            onlink,
         },
     ))
 }
@@ -164,8 +172,8 @@ impl Raw {
 
     /// Our routes in the main table: destination → gateway (through a nexthop of ours, the
     /// gateway its id stands for).
-    pub fn our_routes(&mut self) -> Result<crate::routes::Ours> {
-        let mut out = crate::routes::Ours::new();
+    pub fn our_routes(&mut self) -> Result<crate::backend::routes::Ours> {
+        let mut out = crate::backend::routes::Ours::new();
         self.dump_routes(ROUTE_PROTOCOL, |proto, dst, gw| {
             if proto == ROUTE_PROTOCOL {
                 out.insert(dst, gw);
@@ -273,7 +281,7 @@ impl Raw {
     /// Our nexthops: id → nexthop.
     pub fn dump(&mut self) -> Result<HashMap<u32, Nexthop>> {
         let seq = self.next_seq();
-        let req = message(RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, seq, &[]);
+        let req = message(RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, &[]);
         self.socket
             .send(&req, 0)
             .map_err(|e| RoutedError::Io("listing nexthops".into(), e))?;
@@ -318,6 +326,7 @@ impl Raw {
                     RTM_NEWNEXTHOP,
                     NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                     seq,
+                    if nh.onlink { RTNH_F_ONLINK } else { 0 },
                     &[
                         (NHA_ID, &id(nh.gateway).to_ne_bytes()),
                         (NHA_OIF, &nh.oif.to_ne_bytes()),
@@ -347,6 +356,7 @@ impl Raw {
                         RTM_DELNEXTHOP,
                         NLM_F_REQUEST | NLM_F_ACK,
                         seq,
+                        0,
                         &[(NHA_ID, &i.to_ne_bytes())],
                     ),
                 )
@@ -394,6 +404,7 @@ mod tests {
             RTM_NEWNEXTHOP,
             NLM_F_REQUEST,
             7,
+            RTNH_F_ONLINK,
             &[
                 (NHA_ID, &9u32.to_ne_bytes()),
                 (NHA_OIF, &3u32.to_ne_bytes()),
@@ -411,7 +422,8 @@ mod tests {
                 9,
                 Nexthop {
                     gateway: Ipv4Addr::new(192, 168, 1, 2),
-                    oif: 3
+                    oif: 3,
+                    onlink: true,
                 }
             ))
         );

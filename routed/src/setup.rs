@@ -13,15 +13,16 @@ use ipnetwork::IpNetwork;
 /// The nftables table of `--ip-masq`.
 pub const MASQ_TABLE: &str = "cbrnet_routed";
 
-/// Makes the node match `lease`; returns what had drifted and was put back. The subnet file comes
-/// last: the plugin may add pods as soon as it exists, so it only ever names a set-up node.
-pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease) -> Result<Vec<String>> {
+/// Makes the node match `lease`, with pods of MTU `mtu` (`None`: the plugin's default); returns
+/// what had drifted and was put back. The subnet file comes last: the plugin may add pods as soon
+/// as it exists, so it only ever names a set-up node.
+pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease, mtu: Option<u32>) -> Result<Vec<String>> {
     let args = &cfg.args;
     let gw = lease.gateway();
     let mut repaired = Vec::new();
     let spec = bridge::Spec {
         name: args.bridge.clone(),
-        mtu: args.mtu.unwrap_or(1500),
+        mtu: mtu.unwrap_or(1500),
         mac: mac::for_bridge(Some(gw), &args.bridge),
         promisc: false,
     };
@@ -56,7 +57,7 @@ pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease) -> Result<Vec<Strin
         subnet: lease.subnet,
         gateway: gw,
         cluster_cidr: Some(cfg.cluster_cidr),
-        mtu: args.mtu,
+        mtu,
     };
     let written = file
         .write(&args.subnet_file)

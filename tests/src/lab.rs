@@ -1,5 +1,6 @@
-//! A cluster on one machine: nodes (namespaces) joined by an underlay bridge in a namespace of its
-//! own, each running `cbrnet-routed`, with pods added through the `cbrnet` binary.
+//! A cluster on one machine: nodes (namespaces) joined by an underlay in a namespace of its own,
+//! each running `cbrnet-routed`, with pods added through the `cbrnet` binary. The underlay is one
+//! bridge, or several (segments, one subnet each) with the underlay namespace routing between them.
 
 pub use crate::etcd::Etcd;
 use crate::{bin, result_ip, Call, Netns, Node};
@@ -8,6 +9,35 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// The device through which the daemon routes the subnets of peers it reaches over VXLAN.
+pub const VXLAN_DEV: &str = "cbrnet.vxlan";
+
+/// How a route of ours reaches its subnet: "vxlan" through [`VXLAN_DEV`], else "direct" (via the
+/// peer's node IP).
+pub fn route_path(line: &str) -> &'static str {
+    if line.contains(&format!("dev {VXLAN_DEV}")) {
+        "vxlan"
+    } else {
+        "direct"
+    }
+}
+
+/// Segment `s` of the underlay: 192.168.(50+s).0/24.
+fn segment_prefix(s: usize) -> String {
+    format!("192.168.{}", 50 + s)
+}
+
+/// What a node routes to the router of its segment: the underlay's segments and nothing else, so
+/// that no pod traffic to an unknown destination reaches the router. 192.168.48.0/20 holds
+/// segments 0-13; 192.168.64.0/20 the rest.
+fn underlay_aggregates(segments: usize) -> &'static [&'static str] {
+    if segments <= 14 {
+        &["192.168.48.0/20"]
+    } else {
+        &["192.168.48.0/20", "192.168.64.0/20"]
+    }
+}
 
 pub struct LabNode {
     pub name: String,
@@ -78,6 +108,12 @@ pub struct Lab {
     pub cluster_cidr: String,
     /// `--resync-interval` of the daemons started from now on (1s: tests see resyncs soon).
     pub resync_interval: String,
+    /// Underlay segments (one bridge and /24 each); set before the first node is added.
+    pub segments: usize,
+    /// `--backend` of the daemons started from now on (None: the daemon's default).
+    pub backend: Option<String>,
+    /// Segments the underlay namespace has been built with so far.
+    built_segments: usize,
     tag: String,
 }
 
@@ -104,13 +140,51 @@ impl Lab {
             dir,
             cluster_cidr: CLUSTER_CIDR.into(),
             resync_interval: "1s".into(),
+            segments: 1,
+            backend: None,
+            built_segments: 1,
             tag: tag.into(),
         }
     }
 
-    /// Adds a node on the underlay (192.168.50.(10+i)/24); does not start its daemon.
+    /// The underlay segment of node `i`.
+    pub fn segment_of(&self, i: usize) -> usize {
+        i % self.segments
+    }
+
+    /// With more than one segment: the bridges `ul1`.. and the underlay namespace as the router
+    /// between them (192.168.(50+s).1 on each, forwarding on, in that namespace only).
+    fn build_segments(&mut self) {
+        if self.built_segments == self.segments {
+            return;
+        }
+        assert!(self.segments >= 1, "a lab has at least one segment");
+        assert!(
+            self.nodes.is_empty() && self.built_segments == 1,
+            "set the lab's segments ({}) before adding nodes",
+            self.segments
+        );
+        for s in 0..self.segments {
+            let bridge = format!("ul{s}");
+            if s > 0 {
+                self.underlay
+                    .ok(&["ip", "link", "add", &bridge, "type", "bridge"]);
+                self.underlay.ok(&["ip", "link", "set", &bridge, "up"]);
+            }
+            let router = format!("{}.1/24", segment_prefix(s));
+            self.underlay.ok(&["ip", "addr", "add", &router, "dev", &bridge]);
+        }
+        self.underlay.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        self.built_segments = self.segments;
+    }
+
+    /// Adds a node on its segment's bridge (192.168.(50+s).(10+i)/24, s = i % segments, with a
+    /// route to the other segments through the router when there are several); does not start
+    /// its daemon.
     pub fn add_node(&mut self) -> usize {
+        self.build_segments();
         let i = self.nodes.len();
+        let s = self.segment_of(i);
         let node = Node::new(&format!("{}-n{i}", self.tag));
         let port = format!("port{i}");
         self.underlay.ok(&[
@@ -127,11 +201,17 @@ impl Lab {
             &node.ns.name,
         ]);
         self.underlay
-            .ok(&["ip", "link", "set", &port, "master", "ul0", "up"]);
-        let ip = format!("192.168.50.{}", 10 + i);
+            .ok(&["ip", "link", "set", &port, "master", &format!("ul{s}"), "up"]);
+        let ip = format!("{}.{}", segment_prefix(s), 10 + i);
         node.ns
             .ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         node.ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        if self.segments > 1 {
+            let router = format!("{}.1", segment_prefix(s));
+            for net in underlay_aggregates(self.segments) {
+                node.ns.ok(&["ip", "route", "add", net, "via", &router]);
+            }
+        }
         self.nodes.push(LabNode {
             name: format!("node-{i}"),
             node,
@@ -177,10 +257,11 @@ impl Lab {
     /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
     /// network) without waiting for it.
     pub fn spawn(&mut self, i: usize) {
-        let (store, cidr, resync) = (
+        let (store, cidr, resync, backend) = (
             self.store.clone(),
             self.cluster_cidr.clone(),
             self.resync_interval.clone(),
+            self.backend.clone(),
         );
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
@@ -211,6 +292,13 @@ impl Lab {
         .arg("--cni-conf-dir")
         .arg(&conf_dir)
         .args(["--resync-interval", &resync])
+        // A node's own --backend (a node of another kind) wins over the lab's.
+        .args(
+            backend
+                .iter()
+                .filter(|_| !n.flags.iter().any(|f| f == "--backend"))
+                .flat_map(|b| ["--backend", b.as_str()]),
+        )
         .args(&n.flags)
         .envs(n.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -281,6 +369,50 @@ impl Lab {
         bad
     }
 
+    /// The MTU of node `i`'s pods: their `eth0`'s, or (before any pod) the subnet file's.
+    pub fn pod_mtu(&self, i: usize) -> usize {
+        let n = &self.nodes[i];
+        let from_pod = n.pods.first().and_then(|(pod, _, _)| {
+            let link = pod.ok(&["ip", "-o", "link", "show", "eth0"]);
+            let mut words = link.split_whitespace();
+            words.find(|w| *w == "mtu")?;
+            words.next()?.parse().ok()
+        });
+        from_pod
+            .or_else(|| {
+                let s = std::fs::read_to_string(n.node.subnet_file()).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+                usize::try_from(v["mtu"].as_u64()?).ok()
+            })
+            .unwrap_or_else(|| panic!("node {i}: no pod and no mtu in its subnet file"))
+    }
+
+    /// Every pod pings every other pod, plainly and then with DF set at its full MTU (ICMP and
+    /// IPv4 headers take 28 bytes), which fails where an encapsulation leaves less room than the
+    /// pods think they have; returns the pairs that failed and which ping did ("ping" or "df").
+    pub fn unreachable_pairs_df(&self) -> Vec<(String, String, &'static str)> {
+        let mut bad = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.pods.is_empty() {
+                continue;
+            }
+            let size = self.pod_mtu(i) - 28;
+            for a in &n.pods {
+                for b in self.nodes.iter().flat_map(|m| &m.pods) {
+                    if a.1 == b.1 {
+                        continue;
+                    }
+                    if !a.0.can_ping(&b.2) {
+                        bad.push((a.1.clone(), b.1.clone(), "ping"));
+                    } else if !a.0.can_ping_df(&b.2, size) {
+                        bad.push((a.1.clone(), b.1.clone(), "df"));
+                    }
+                }
+            }
+        }
+        bad
+    }
+
     /// Runs `cbrnet-routed ARGS --store <the lab's store>` inside the first node (the store's
     /// address exists only on the lab's underlay) and insists it succeeds; returns its stdout.
     pub fn routed_cli(&self, args: &[&str]) -> String {
@@ -301,14 +433,39 @@ impl Lab {
         serde_json::from_str(&self.routed_cli(&["leases", "--json"])).unwrap()
     }
 
-    /// Full-mesh expectation: node `i` has a route to every other node's subnet via its IP.
+    /// How node `i` should reach node `j`'s subnet: "direct" (via `j`'s node IP) or "vxlan".
+    /// Without a backend (the daemon's default) or with "auto", directly on the same segment only.
+    pub fn expected_path(&self, i: usize, j: usize) -> &'static str {
+        match self.backend.as_deref() {
+            Some("vxlan") => "vxlan",
+            Some("host-gw") => "direct",
+            _ if self.segment_of(i) == self.segment_of(j) => "direct",
+            _ => "vxlan",
+        }
+    }
+
+    /// Full-mesh expectation: node `i` has a route to every other node's subnet, of its
+    /// [`Lab::expected_path`]: `SUBNET via NODE_IP ...` directly, `SUBNET via SUBNET_ADDRESS dev
+    /// cbrnet.vxlan ...` over VXLAN.
     pub fn routes_complete(&self, i: usize) -> bool {
         let table = self.nodes[i].route_table();
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(j, n)| *j != i && n.subnet().is_some())
-            .all(|(_, n)| table.contains(&format!("{} via {}", n.subnet().unwrap(), n.ip)))
+        let has = |want: &[&str]| {
+            table
+                .lines()
+                .any(|l| l.split_whitespace().take(want.len()).eq(want.iter().copied()))
+        };
+        self.nodes.iter().enumerate().all(|(j, n)| {
+            let Some(subnet) = n.subnet().filter(|_| j != i) else {
+                return true;
+            };
+            match self.expected_path(i, j) {
+                "direct" => has(&[&subnet, "via", &n.ip]),
+                _ => {
+                    let net = subnet.split('/').next().unwrap_or_default();
+                    has(&[&subnet, "via", net, "dev", VXLAN_DEV])
+                }
+            }
+        })
     }
 }
 
@@ -415,13 +572,13 @@ impl Lab {
         let mut dirs = vec![self.dir.path().display().to_string()];
         dirs.extend(self.etcd.iter().map(|e| e.dir().display().to_string()));
         let mut nodes = Vec::new();
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
             namespaces.push(n.node.ns.name.clone());
             namespaces.extend(n.pods.iter().map(|(p, _, _)| p.name.clone()));
             pids.extend(n.daemon.as_ref().map(Child::id));
             dirs.push(n.node.dir.path().display().to_string());
             nodes.push(json!({
-                "name": n.name, "ip": n.ip, "netns": n.node.ns.name,
+                "name": n.name, "ip": n.ip, "segment": self.segment_of(i), "netns": n.node.ns.name,
                 "subnetFile": n.node.subnet_file(), "log": n.node.dir.path().join("routed.log"),
                 "pods": n.pods.iter().map(|(p, id, ip)| json!({"id": id, "ip": ip, "netns": p.name})).collect::<Vec<_>>(),
             }));

@@ -82,6 +82,18 @@ impl Netns {
             .success()
     }
 
+    /// Does one of two pings (200 ms apart) of `size` bytes of data to `ip`, with Don't Fragment
+    /// set, get an answer? Nothing on the way may fragment them: a path whose MTU is smaller
+    /// fails.
+    pub fn can_ping_df(&self, ip: &str, size: usize) -> bool {
+        let size = size.to_string();
+        self.run(&[
+            "ping", "-M", "do", "-s", &size, "-c", "2", "-i", "0.2", "-W", "2", "-q", ip,
+        ])
+        .status
+        .success()
+    }
+
     /// Makes `cmd` run inside this namespace.
     pub fn enter(&self, cmd: &mut Command) {
         enter_netns(cmd, &self.path());

@@ -106,6 +106,7 @@ fn a_listing_larger_than_one_answer_is_read_in_pages_and_whole() {
                     node_ip: "192.168.1.1".parse().unwrap(),
                     expires: unix_now() + 3600,
                     holder: None,
+                    vtep_mac: None,
                 };
                 let key = cbrnet_ipam::cluster::record::subnet_key(l.subnet);
                 let body = if k == 1234 {
@@ -143,6 +144,7 @@ fn etcd_deletes_a_lease_that_is_not_renewed() {
             node_ip: "192.168.1.7".parse().unwrap(),
             expires: unix_now() + 2,
             holder: None,
+            vtep_mac: None,
         };
         assert!(s.create(&l, Duration::from_secs(2)).await.unwrap().is_some());
         assert_eq!(s.create(&l, Duration::from_secs(2)).await.unwrap(), None);

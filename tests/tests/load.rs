@@ -121,6 +121,7 @@ fn five_hundred_simulated_nodes_churn_for_a_minute_against_three_daemons() {
             node_ip: ip,
             expires,
             holder: Some(format!("sim-{n}")),
+            vtep_mac: None,
         };
         for n in 0..SIMULATED {
             let l = lease(n, sim_ip(n), unix_now() + 3600);

@@ -197,8 +197,11 @@ fn a_route_deleted_by_hand_comes_back_and_foreign_routes_are_left_alone() {
 }
 
 #[test]
-fn a_node_off_the_underlay_is_skipped_with_an_error() {
-    let mut lab = lab_of("offnet", 1, StoreKind::File);
+fn a_node_off_the_underlay_is_skipped_with_an_error_on_host_gw() {
+    let mut lab = Lab::new("offnet", StoreKind::File);
+    lab.backend = Some("host-gw".into());
+    lab.add_node();
+    lab.start(0);
     let i = lab.add_node();
     // this node's address is one that no other node can reach directly
     lab.nodes[i].ip = "172.31.0.5".into();

@@ -20,6 +20,7 @@ pub fn node(name: &str, ip: &str, holder: &str) -> Claimant {
         node_name: name.into(),
         node_ip: ip.parse().unwrap(),
         holder: holder.into(),
+        vtep_mac: None,
     }
 }
 
@@ -162,6 +163,7 @@ where
         node_ip: ip.parse().unwrap(),
         expires: u64::MAX / 2,
         holder: None,
+        vtep_mac: None,
     };
     let key = |subnet: &str| subnet_key(subnet.parse::<IpNetwork>().unwrap());
     put_raw(key("10.244.0.0/24"), b"{not json".to_vec()).await;
@@ -244,6 +246,7 @@ where
         node_ip: "192.168.1.26".parse().unwrap(),
         expires: u64::MAX / 2,
         holder: Some("hz".into()),
+        vtep_mac: None,
         ..b2.lease.clone()
     };
     assert!(s.create(&theirs, c.ttl).await.unwrap().is_some());

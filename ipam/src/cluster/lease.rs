@@ -155,6 +155,8 @@ pub struct Claimant {
     /// This daemon instance's identity: the same for a restart on the same node, another for a
     /// daemon elsewhere.
     pub holder: String,
+    /// The MAC of the node's VXLAN device, published with the lease (`None`: no VXLAN device).
+    pub vtep_mac: Option<String>,
 }
 
 impl Claimant {
@@ -165,6 +167,7 @@ impl Claimant {
             node_ip: self.node_ip,
             expires: unix_now().saturating_add(cfg.ttl.as_secs()),
             holder: Some(self.holder.clone()),
+            vtep_mac: self.vtep_mac.clone(),
         }
     }
 }
@@ -404,6 +407,7 @@ mod tests {
                 node_ip: "192.168.1.1".parse().unwrap(),
                 expires: 0,
                 holder: None,
+                vtep_mac: None,
             },
             version,
         };

@@ -22,6 +22,27 @@ pub struct Lease {
     /// node name that another, live one holds must not take that node's subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
+    /// The MAC of the node's VXLAN device (`cbrnet-routed --backend vxlan|auto`), as written: a
+    /// value that is no MAC, or no string, leaves the lease valid (the daemon judges it, and
+    /// does not reach the node through VXLAN). Records of nodes without a VXLAN device, and of
+    /// versions before it, have none.
+    #[serde(
+        rename = "vtepMAC",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "any_as_text"
+    )]
+    pub vtep_mac: Option<String>,
+}
+
+/// Any JSON value: a string as it is, anything else as its JSON text (judged later), so that a
+/// bad optional field never makes the whole record unreadable.
+fn any_as_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        v => Some(v.to_string()),
+    })
 }
 
 impl Lease {
@@ -145,6 +166,7 @@ mod tests {
             node_ip: "192.168.1.2".parse().unwrap(),
             expires: 100,
             holder: Some("m:1".into()),
+            vtep_mac: None,
         }
     }
 
@@ -183,9 +205,26 @@ mod tests {
             .contains("not a lease"));
         let e = parse("junk", &ok).unwrap_err();
         assert_eq!(e.subnet, None);
-        // a record from before `holder` existed still parses
+        // a record from before `holder` and `vtepMAC` existed still parses
         let old = br#"{"subnet":"10.244.3.0/24","nodeName":"n1","nodeIP":"192.168.1.2","expires":5}"#;
-        assert_eq!(parse("10.244.3.0-24", old).unwrap().holder, None);
+        let old = parse("10.244.3.0-24", old).unwrap();
+        assert_eq!((old.holder, old.vtep_mac), (None, None));
+        // a VTEP MAC that is no string leaves the lease valid, and is kept as its JSON text
+        let mut l = serde_json::to_value(lease()).unwrap();
+        for (v, text) in [
+            (serde_json::json!(5), "5"),
+            (serde_json::json!({"a": 1}), "{\"a\":1}"),
+            (serde_json::json!("0E:11:22:33:44:55"), "0E:11:22:33:44:55"),
+        ] {
+            l["vtepMAC"] = v;
+            let got = parse("10.244.3.0-24", l.to_string().as_bytes()).unwrap();
+            assert_eq!(got.vtep_mac.as_deref(), Some(text));
+        }
+        l["vtepMAC"] = serde_json::Value::Null;
+        assert_eq!(
+            parse("10.244.3.0-24", l.to_string().as_bytes()).unwrap().vtep_mac,
+            None
+        );
     }
 
     proptest! {
@@ -201,10 +240,13 @@ mod tests {
         fn valid_records_round_trip(
             a in any::<u32>(), len in 8u8..=30, ip in any::<u32>(), expires in any::<u64>(),
             name in "[a-z0-9.-]{1,40}", holder in proptest::option::of("[a-z0-9:/]{1,40}"),
+            vtep_mac in proptest::option::of(".{0,20}"),
         ) {
             let subnet = IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(a), len).unwrap());
             let subnet = IpNetwork::new(subnet.network(), len).unwrap();
-            let l = Lease { subnet, node_name: name, node_ip: IpAddr::V4(Ipv4Addr::from(ip)), expires, holder };
+            let l = Lease {
+                subnet, node_name: name, node_ip: IpAddr::V4(Ipv4Addr::from(ip)), expires, holder, vtep_mac,
+            };
             let key = subnet_key(subnet);
             match parse(&key, &serde_json::to_vec(&l).unwrap()) {
                 Ok(back) => prop_assert_eq!(back, l),

@@ -1,10 +1,10 @@
-//! `cbrnet-lab`: a whole cluster on this machine. Nodes are network namespaces on an underlay
-//! bridge, each running `cbrnet-routed` on the embedded file store (or a real etcd), with pods
-//! added through the `cbrnet` binary; every pod pings every other pod. `run` (the default)
-//! removes everything when it ends, whether it passes, fails or is interrupted; `up` leaves the lab
-//! running for `status` and `down`.
+//! `cbrnet-lab`: a whole cluster on this machine. Nodes are network namespaces on an underlay (one
+//! bridge, or several routed segments), each running `cbrnet-routed` on the embedded file store
+//! (or a real etcd), with pods added through the `cbrnet` binary; every pod pings every other pod.
+//! `run` (the default) removes everything when it ends, whether it passes, fails or is
+//! interrupted; `up` leaves the lab running for `status` and `down`.
 
-use cbrnet_tests::lab::{Lab, StoreKind};
+use cbrnet_tests::lab::{route_path, Lab, StoreKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::path::Path;
@@ -53,6 +53,14 @@ struct Shape {
     /// Where the leases live: the embedded file store, or a real etcd inside the lab.
     #[arg(long, value_enum, default_value_t = Store::File)]
     store: Store,
+    /// Underlay segments: one subnet (192.168.(50+s).0/24) and bridge each, routed to each other
+    /// by the underlay namespace; node i is on segment i % N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    segments: u16,
+    /// The daemons' --backend: routes via the peer's node IP (host-gw), over VXLAN (vxlan), or
+    /// direct on a shared segment and VXLAN across (auto). Not given: the daemon's default.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
 }
 
 #[derive(Args, Clone)]
@@ -68,6 +76,13 @@ struct RunArgs {
 enum Store {
     File,
     Etcd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    HostGw,
+    Vxlan,
+    Auto,
 }
 
 fn fail(msg: &str) -> ! {
@@ -100,6 +115,13 @@ fn build(shape: &Shape) -> Lab {
         Store::Etcd => StoreKind::Etcd,
     };
     let mut lab = Lab::new("lab", kind);
+    lab.segments = shape.segments.into();
+    lab.backend = shape.backend.map(|b| {
+        b.to_possible_value()
+            .expect("no variant is skipped")
+            .get_name()
+            .to_owned()
+    });
     println!("store: {}", lab.store);
     for _ in 0..shape.nodes {
         let i = lab.add_node();
@@ -110,28 +132,30 @@ fn build(shape: &Shape) -> Lab {
             lab.add_pod(i);
         }
     }
-    for i in 0..lab.nodes.len() {
-        if lab
-            .wait_routes(i, Duration::from_secs(10), |_| lab.routes_complete(i))
-            .is_none()
-        {
-            eprintln!(
-                "{} is missing routes:\n{}",
-                lab.nodes[i].name,
-                lab.nodes[i].route_table()
-            );
-        }
+    // One wait for all nodes: a node that cannot complete (no route across segments without
+    // VXLAN) then costs the wait once, not once per node.
+    let n = lab.nodes.len();
+    lab.wait_for(Duration::from_secs(10), |lab| {
+        (0..n).all(|i| lab.routes_complete(i))
+    });
+    for i in (0..n).filter(|i| !lab.routes_complete(*i)) {
+        eprintln!(
+            "{} is missing routes:\n{}",
+            lab.nodes[i].name,
+            lab.nodes[i].route_table()
+        );
     }
     lab
 }
 
 /// The nodes, their pods and routes, and the leases with their expiry.
 fn print_lab(lab: &Lab) {
-    for n in &lab.nodes {
+    for (i, n) in lab.nodes.iter().enumerate() {
         println!(
-            "\n{} ip {} subnet {}",
+            "\n{} ip {} segment {} subnet {}",
             n.name,
             n.ip,
+            lab.segment_of(i),
             n.subnet().unwrap_or_else(|| "(none)".into())
         );
         for (_, id, ip) in &n.pods {
@@ -139,7 +163,7 @@ fn print_lab(lab: &Lab) {
         }
         println!("  routes (proto 157 = cbrnet):");
         for r in n.route_table().lines() {
-            println!("    {r}");
+            println!("    {r} [{}]", route_path(r));
         }
     }
     println!("\nleases:\n{}", lab.routed_cli(&["leases"]));
@@ -150,10 +174,22 @@ fn run(a: &RunArgs) {
     print_lab(&lab);
     let pods: usize = lab.nodes.iter().map(|n| n.pods.len()).sum();
     let total = pods * pods.saturating_sub(1);
-    let bad = lab.unreachable_pairs();
-    println!("{} of {total} pod pairs reachable (ping)", total - bad.len());
-    for (a, b) in &bad {
-        println!("  unreachable: {a} -> {b}");
+    let mtus: std::collections::BTreeSet<usize> = (0..lab.nodes.len())
+        .filter(|i| !lab.nodes[*i].pods.is_empty())
+        .map(|i| lab.pod_mtu(i))
+        .collect();
+    let mtus: Vec<String> = mtus.iter().map(usize::to_string).collect();
+    let bad = lab.unreachable_pairs_df();
+    if !mtus.is_empty() {
+        println!("\npod MTU {}: DF pings of MTU - 28 bytes of data", mtus.join("/"));
+    }
+    println!(
+        "{} of {total} pod pairs reachable (ping and DF ping)",
+        total - bad.len()
+    );
+    for (a, b, what) in &bad {
+        let what = if *what == "df" { "DF ping" } else { "ping" };
+        println!("  unreachable: {a} -> {b} ({what})");
     }
     if a.hold {
         println!("\nholding: `ip netns list | grep cbt-lab` shows the namespaces. Enter or Ctrl-C tears it all down.");
@@ -216,9 +252,10 @@ fn status() {
             .and_then(|v| v["subnet"].as_str().map(str::to_owned))
             .unwrap_or_else(|| "(none)".into());
         println!(
-            "{} ip {} subnet {subnet} (netns {ns}, log {})",
+            "{} ip {} segment {} subnet {subnet} (netns {ns}, log {})",
             n["name"].as_str().unwrap_or_default(),
             n["ip"].as_str().unwrap_or_default(),
+            n["segment"].as_u64().unwrap_or_default(),
             n["log"].as_str().unwrap_or_default()
         );
         for p in n["pods"].as_array().into_iter().flatten() {
@@ -231,7 +268,7 @@ fn status() {
         }
         println!("  routes (proto 157 = cbrnet):");
         for r in in_ns(ns, &["ip", "route", "show", "proto", "157"]).lines() {
-            println!("    {r}");
+            println!("    {} [{}]", r.trim_end(), route_path(r));
         }
     }
     if let Some(ns) = st["nodes"][0]["netns"].as_str() {

@@ -33,6 +33,7 @@ fn lease(subnet: &str, node: String, ip: Ipv4Addr) -> Lease {
         node_ip: IpAddr::V4(ip),
         expires: unix_now() + 3600,
         holder: None,
+        vtep_mac: None,
     }
 }
 

@@ -489,6 +489,7 @@ mod tests {
             node_ip: "192.168.1.1".parse().unwrap(),
             expires: 1,
             holder: None,
+            vtep_mac: None,
         };
         assert_eq!(s.update(&lease, 1, Duration::from_secs(60)).await.unwrap(), None);
         assert!(!s.delete(lease.subnet, 1).await.unwrap());

@@ -1,0 +1,22 @@
+//! The direct path (host-gw): a peer on one of this node's own networks is routed `SUBNET via
+//! NODE_IP`, the underlay delivering its packets as they are.
+
+use cbrnet_ipam::cluster::Lease;
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
+/// Can `l`'s subnet be routed through its node IP as a neighbour of this node, whose addresses
+/// (with their prefixes) are `local`? The IP must be on one of our networks, and not our own
+/// address, nor a network's or broadcast address; `Err` says why not.
+pub fn judge(l: &Lease, local: &[IpNetwork]) -> Result<(), String> {
+    let ip = l.node_ip;
+    match local.iter().find(|n| n.contains(ip)) {
+        Some(IpNetwork::V4(n)) => match ip {
+            IpAddr::V4(v4) if n.prefix() < 31 && (v4 == n.network() || v4 == n.broadcast()) => {
+                Err(format!("node IP {ip} is the network or broadcast address of {n}"))
+            }
+            _ => Ok(()),
+        },
+        _ => Err(format!("node IP {ip} is not on a directly connected network")),
+    }
+}
