@@ -369,6 +369,13 @@ impl Lab {
         bad
     }
 
+    /// The `mtu` node `i`'s subnet file publishes, if any.
+    pub fn pod_mtu_published(&self, i: usize) -> Option<usize> {
+        let s = std::fs::read_to_string(self.nodes[i].node.subnet_file()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        usize::try_from(v["mtu"].as_u64()?).ok()
+    }
+
     /// The MTU of node `i`'s pods: their `eth0`'s, or (before any pod) the subnet file's.
     pub fn pod_mtu(&self, i: usize) -> usize {
         let n = &self.nodes[i];
@@ -379,11 +386,7 @@ impl Lab {
             words.next()?.parse().ok()
         });
         from_pod
-            .or_else(|| {
-                let s = std::fs::read_to_string(n.node.subnet_file()).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-                usize::try_from(v["mtu"].as_u64()?).ok()
-            })
+            .or_else(|| self.pod_mtu_published(i))
             .unwrap_or_else(|| panic!("node {i}: no pod and no mtu in its subnet file"))
     }
 

@@ -543,3 +543,42 @@ fn old_and_new_nodes_mixed() {
     // the new nodes reach each other through VXLAN
     assert!(lab.nodes[1].pods[0].0.can_ping(&lab.nodes[2].pods[0].2));
 }
+
+#[test]
+fn the_pod_mtu_follows_the_underlay_and_the_offload_stays_off() {
+    let mut lab = lab("bk-mtu", 1, 2, Some("auto"));
+    lab.add_pod(0);
+    let mtu_of = |l: &Lab| l.pod_mtu_published(0);
+    assert_eq!(mtu_of(&lab), Some(1450));
+    let ns = &lab.nodes[0].node.ns;
+    // the underlay's MTU changes: the device and the subnet file follow at once
+    ns.ok(&["ip", "link", "set", "eth0", "mtu", "1400"]);
+    assert!(
+        lab.wait_for(Duration::from_secs(1), |l| mtu_of(l) == Some(1350)),
+        "{:?}\n{}",
+        mtu_of(&lab),
+        lab.nodes[0].log()
+    );
+    let d = ns.ok(&["ip", "link", "show", VXLAN_DEV]);
+    assert!(d.contains("mtu 1350"), "{d}");
+    // new pods get it; the pod started before keeps its own
+    lab.add_pod(0);
+    let second = &lab.nodes[0].pods[1].0;
+    assert!(second.ok(&["ip", "link", "show", "eth0"]).contains("mtu 1350"));
+    // TX checksum offload turned on by hand is turned off again
+    lab.nodes[0]
+        .node
+        .ns
+        .ok(&["ethtool", "-K", VXLAN_DEV, "tx", "on"]);
+    assert!(
+        lab.wait_for(Duration::from_secs(3), |l| l.nodes[0]
+            .node
+            .ns
+            .ok(&["ethtool", "-k", VXLAN_DEV])
+            .contains("tx-checksumming: off")),
+        "offload not put back"
+    );
+    assert!(lab.nodes[0]
+        .log()
+        .contains("TX checksum offload of cbrnet.vxlan was on"));
+}
