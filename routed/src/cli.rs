@@ -16,7 +16,7 @@ use std::time::Duration;
 #[command(
     name = "cbrnet-routed",
     version,
-    about = "cbrnet's per-node subnet lease and host-gw route daemon",
+    about = "cbrnet's per-node subnet lease and route daemon (host-gw, VXLAN)",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
