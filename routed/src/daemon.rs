@@ -1011,7 +1011,10 @@ impl Node {
                 continue;
             }
             match reclaim::sweep(net) {
-                Ok(gone) => {
+                // Its lock is held (an ADD in progress, or a plugin stopped holding it): the
+                // loop never waits for it; the next sweep tries again.
+                Ok(None) => tracing::debug!(network = %net.name, "reclaim: the network is locked; skipped"),
+                Ok(Some(gone)) => {
                     for r in &gone {
                         tracing::warn!(network = %net.name, "reclaimed {} of {}: its pod is gone", r.ip, r.owner);
                     }

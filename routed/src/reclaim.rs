@@ -6,7 +6,7 @@
 use cbrnet_bridge::port;
 use cbrnet_ipam::node::allocator::Network;
 use cbrnet_ipam::node::reservations::{validate_network_name, Owner, Reserved};
-use cbrnet_ipam::IpamConf;
+use cbrnet_ipam::{IpamConf, IpamError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -110,13 +110,20 @@ pub fn is_ours(net: &CbrnetNetwork, subnet_file: &Path) -> Result<(), String> {
 
 /// Reclaims the addresses of vanished pods of `net`: those whose host veth is gone from this
 /// network namespace (the daemon runs where the plugin puts the host ends).
-pub fn sweep(net: &CbrnetNetwork) -> Result<Vec<Reserved>, String> {
+///
+/// Never waits: `Ok(None)` while another process holds the network's lock (a plugin in the
+/// middle of an ADD, or stopped holding it); the next sweep tries again.
+pub fn sweep(net: &CbrnetNetwork) -> Result<Option<Vec<Reserved>>, String> {
     let n = Network {
         conf: &net.ipam,
         name: &net.name,
     };
     let is_gone = |o: &Owner| !port::exists(&port::host_veth_name(&net.name, &o.container_id, &o.ifname));
-    n.reclaim(&is_gone).map_err(|e| e.to_string())
+    match n.reclaim(&is_gone) {
+        Ok(gone) => Ok(Some(gone)),
+        Err(IpamError::Busy(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -566,10 +566,7 @@ fn the_pod_mtu_follows_the_underlay_and_the_offload_stays_off() {
     let second = &lab.nodes[0].pods[1].0;
     assert!(second.ok(&["ip", "link", "show", "eth0"]).contains("mtu 1350"));
     // TX checksum offload turned on by hand is turned off again
-    lab.nodes[0]
-        .node
-        .ns
-        .ok(&["ethtool", "-K", VXLAN_DEV, "tx", "on"]);
+    lab.nodes[0].node.ns.ok(&["ethtool", "-K", VXLAN_DEV, "tx", "on"]);
     assert!(
         lab.wait_for(Duration::from_secs(3), |l| l.nodes[0]
             .node

@@ -536,6 +536,31 @@ fn the_daemon_reclaims_addresses_of_pods_that_vanished() {
 }
 
 #[test]
+fn a_plugin_holding_the_ipam_lock_never_stalls_the_daemon() {
+    let mut lab = lab_of("stucklock", 2, StoreKind::File);
+    lab.add_pod(0);
+    let subnet = lab.nodes[1].subnet().unwrap();
+    assert!(lab.wait_for(Duration::from_secs(3), |l| l.routes_complete(0)));
+    // What a plugin stopped in the middle of an ADD holds: the network's lock, for as long as
+    // it pleases.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(lab.nodes[0].node.data_dir().join("labnet").join("lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    // resyncs pass, each with a reclaim sweep that must not wait for the lock
+    std::thread::sleep(Duration::from_millis(2500));
+    lab.nodes[0].node.ns.ok(&["ip", "route", "del", &subnet]);
+    assert!(
+        lab.wait_for(Duration::from_secs(1), |l| l.routes_complete(0)),
+        "the route was not restored within 1 s while the lock was held:\n{}",
+        lab.nodes[0].log()
+    );
+    assert_eq!(lab.http_get(0, "/healthz").0, 200);
+    drop(held);
+}
+
+#[test]
 fn a_daemon_never_reclaims_the_pods_of_another_nodes_network() {
     let mut lab = lab_of("noreclaim", 2, StoreKind::File);
     lab.add_pod(0);

@@ -267,7 +267,7 @@ impl Network<'_> {
 
     /// DEL: releases what `owner` holds (nothing to do if the network has no store yet).
     pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
-        match Store::open_existing(self.conf.data_dir(), self.name)? {
+        match Store::try_open_existing(self.conf.data_dir(), self.name)? {
             Some(store) => release(&store, owner),
             None => Ok(Vec::new()),
         }
@@ -284,7 +284,7 @@ impl Network<'_> {
     /// else does not belong in the directory.
     pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Owner)>, IpamError> {
         let valid: HashSet<Owner> = valid.iter().map(Owner::from).collect();
-        match Store::open_existing(self.conf.data_dir(), self.name)? {
+        match Store::try_open_existing(self.conf.data_dir(), self.name)? {
             Some(store) => gc(&store, &valid),
             None => Ok(Vec::new()),
         }
@@ -292,11 +292,13 @@ impl Network<'_> {
 
     /// Reclaim outside an ADD (the route daemon's background sweep); `None` if the network has
     /// no store yet or reclaim is off for it.
+    /// Background reclaim (the daemon's): never waits for the network's lock; while another
+    /// process holds it, [`IpamError::Busy`] and nothing done.
     pub fn reclaim(&self, is_gone: &dyn Fn(&Owner) -> bool) -> Result<Vec<Reserved>, IpamError> {
         let Some(older_than) = self.conf.reclaim_after()? else {
             return Ok(Vec::new());
         };
-        match Store::open_existing(self.conf.data_dir(), self.name)? {
+        match Store::try_open_existing(self.conf.data_dir(), self.name)? {
             Some(store) => reclaim(&store, &Reclaim { older_than, is_gone }),
             None => Ok(Vec::new()),
         }

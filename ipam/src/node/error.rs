@@ -20,6 +20,9 @@ pub enum IpamError {
     Io(String, #[source] std::io::Error),
     #[error("no address is reserved for {0}")]
     NotReserved(String),
+    /// Another process holds the network's lock (a caller that must not wait asked).
+    #[error("{0} is locked by another process")]
+    Busy(String),
 }
 
 impl IpamError {
@@ -45,6 +48,7 @@ impl From<IpamError> for CniError {
             IpamError::RequestedOutOfRange(_) | IpamError::RequestedInUse(..) => CODE_ADDRESS_UNAVAILABLE,
             IpamError::Io(..) => CniError::IO,
             IpamError::NotReserved(_) => CODE_NOT_RESERVED,
+            IpamError::Busy(_) => CniError::TRY_AGAIN_LATER,
         };
         let details = std::error::Error::source(&e)
             .map(|s| s.to_string())

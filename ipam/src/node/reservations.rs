@@ -171,11 +171,23 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> IpamError {
 impl Store {
     /// Opens (creating if needed) and locks the directory of `network` under `data_dir`.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, IpamError> {
+        Store::open_locked(data_dir, network, true)
+    }
+
+    /// Opens and locks the directory; without `wait`, a lock that another process holds is
+    /// [`IpamError::Busy`] at once.
+    fn open_locked(data_dir: &Path, network: &str, wait: bool) -> Result<Store, IpamError> {
         validate_network_name(network)?;
         let dir = data_dir.join(network);
         let (f, lock_path) = open_lock_file(&dir, LOCK)?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| IpamError::io(format!("locking {}", lock_path.display()), errno.into()))?;
+        let how = match wait {
+            true => FlockArg::LockExclusive,
+            false => FlockArg::LockExclusiveNonblock,
+        };
+        let lock = Flock::lock(f, how).map_err(|(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK if !wait => IpamError::Busy(lock_path.display().to_string()),
+            _ => IpamError::io(format!("locking {}", lock_path.display()), errno.into()),
+        })?;
         let store = Store { dir, _lock: lock };
         store.index_if_unindexed()?;
         Ok(store)
@@ -183,9 +195,20 @@ impl Store {
 
     /// Opens the store only if the network has one: DEL and GC must not create directories.
     pub fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>, IpamError> {
+        Store::open_existing_locked(data_dir, network, true)
+    }
+
+    /// [`Store::open_existing`] for a caller that must never wait (the daemon's loop): a lock
+    /// that another process holds, a plugin mid-ADD or one stopped while holding it, is
+    /// [`IpamError::Busy`].
+    pub fn try_open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>, IpamError> {
+        Store::open_existing_locked(data_dir, network, false)
+    }
+
+    fn open_existing_locked(data_dir: &Path, network: &str, wait: bool) -> Result<Option<Store>, IpamError> {
         validate_network_name(network)?;
         match fs::symlink_metadata(data_dir.join(network)) {
-            Ok(m) if m.is_dir() => Store::open(data_dir, network).map(Some),
+            Ok(m) if m.is_dir() => Store::open_locked(data_dir, network, wait).map(Some),
             _ => Ok(None),
         }
     }
@@ -581,5 +604,18 @@ mod tests {
         symlink(&victim, dir.join(LOCK)).unwrap();
         assert!(matches!(Store::open(d.path(), "n"), Err(IpamError::Io(..))));
         assert!(!victim.exists());
+    }
+
+    #[test]
+    fn a_caller_that_must_not_wait_is_told_the_lock_is_busy() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(Store::try_open_existing(d.path(), "n").unwrap().is_none());
+        let held = Store::open(d.path(), "n").unwrap();
+        assert!(matches!(
+            Store::try_open_existing(d.path(), "n"),
+            Err(IpamError::Busy(_))
+        ));
+        drop(held);
+        assert!(Store::try_open_existing(d.path(), "n").unwrap().is_some());
     }
 }
