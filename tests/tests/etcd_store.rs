@@ -155,6 +155,35 @@ fn etcd_deletes_a_lease_that_is_not_renewed() {
 }
 
 #[test]
+fn renewals_leave_no_etcd_lease_behind() {
+    let (ns, etcd) = etcd("ets-revoke");
+    ns.block_on(0, || async {
+        let s = connect(&etcd, PREFIX).await.unwrap();
+        let mut l = Lease {
+            subnet: "10.244.8.0/24".parse().unwrap(),
+            node_name: "renewer".into(),
+            node_ip: "192.168.1.8".parse().unwrap(),
+            expires: unix_now() + 3600,
+            holder: None,
+            vtep_mac: None,
+        };
+        let ttl = Duration::from_secs(3600);
+        let mut version = s.create(&l, ttl).await.unwrap().unwrap();
+        for _ in 0..20 {
+            l.expires += 1;
+            version = s.update(&l, version, ttl).await.unwrap().unwrap();
+        }
+        // a compare that fails grants and revokes one too
+        assert_eq!(s.update(&l, version - 1, ttl).await.unwrap(), None);
+        let mut c = etcd_client::Client::connect([etcd.url()], None).await.unwrap();
+        let live = c.leases().await.unwrap().leases().len();
+        assert_eq!(live, 1, "etcd leases alive after 20 renewals");
+        // and the record is still there, under the one lease left
+        assert_eq!(s.list().await.unwrap().leases.len(), 1);
+    });
+}
+
+#[test]
 fn watch_reports_another_clients_change() {
     let (ns, etcd) = etcd("ets-watch");
     ns.block_on(0, || async {

@@ -12,7 +12,8 @@ use super::{watch_pair, Entry, LeaseStore, Watch};
 use crate::cluster::error::ClusterError;
 use crate::cluster::record::{self, subnet_key, Lease, Listing, Versioned};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
 };
 use ipnetwork::IpNetwork;
 use std::future::Future;
@@ -99,7 +100,7 @@ impl EtcdStore {
         let key = self.key(lease.subnet);
         let value =
             serde_json::to_vec(lease).map_err(|e| ClusterError::Store(format!("encoding a lease: {e}")))?;
-        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)));
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(id).with_prev_key()));
         let txn = Txn::new().when([cmp]).and_then([put]);
         // On an error the put may still have happened: the etcd lease is left to expire.
         let resp = call("txn", c.txn(txn)).await?;
@@ -107,10 +108,21 @@ impl EtcdStore {
             let _ = call("lease revoke", c.lease_revoke(id)).await;
             return Ok(None);
         }
-        match resp.header() {
-            Some(h) => Ok(Some(h.revision() as u64)),
-            None => Err(ClusterError::Store("etcd txn: response without a header".into())),
+        let revision = match resp.header() {
+            Some(h) => h.revision() as u64,
+            None => return Err(ClusterError::Store("etcd txn: response without a header".into())),
+        };
+        // The record's previous etcd lease holds no key any more (each put gets its own): revoked
+        // now, or else every renewal would leave one behind until its TTL ran out (a node would
+        // hold TTL / renewal interval of them). Failing here only leaves it to expire.
+        let previous = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Put(p) => p.prev_key().map(|kv| kv.lease()),
+            _ => None,
+        });
+        if let Some(old) = previous.filter(|old| *old != 0 && *old != id) {
+            let _ = call("lease revoke", c.lease_revoke(old)).await;
         }
+        Ok(Some(revision))
     }
 }
 
