@@ -30,6 +30,16 @@
 #   CBRNET_DEB         use this .deb instead of building one (see artifacts.sh)
 set -euo pipefail
 
+# Descriptors inherited from the caller are closed (stdin, stdout and stderr stay; 255 is bash's
+# own, close-on-exec): the daemons this script starts (the namespace holder, libvirtd, virtlogd)
+# outlive it and would keep them open, and with them, say, the lock of a `flock LOCKFILE
+# vagrant/lab.sh up` for as long as the lab is up (or a CI runner's pipe, which it waits on).
+for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+unset fd
+
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 state=${CBRNET_LAB_STATE:-/var/lib/cbrnet-lab}
 export CBRNET_LAB_CACHE=${CBRNET_LAB_CACHE:-/var/cache/cbrnet-lab}

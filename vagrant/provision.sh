@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf '[provision %s %(%H:%M:%S)T] %s\n' "$name" -1 "$*"; }
 die() { printf '[provision %s] error: %s\n' "$name" "$*" >&2; exit 1; }
 
-need=(containerd runc nftables iproute2 iputils-ping python3 etcd-client)
+need=(containerd runc nftables iproute2 iputils-ping python3 etcd-client iperf3 ethtool)
 [ "$role" = etcd ] && need+=(etcd-server)
 missing=()
 for p in "${need[@]}"; do

@@ -516,11 +516,17 @@ impl Node {
                 if *index != vx {
                     return (false, false);
                 }
+                // An entry of ours that went: read them all again rather than trusting the
+                // event alone (a kernel may announce a replace as a deletion and an addition, and
+                // a write of ours must never call for another one).
                 if *deleted {
                     let ours = match entry {
-                        Neigh::Fdb { mac, .. } => known.fdb.remove(mac).is_some(),
-                        Neigh::Ip { ip, .. } => known.neigh.remove(ip).is_some(),
+                        Neigh::Fdb { mac, .. } => known.fdb.contains_key(mac),
+                        Neigh::Ip { ip, .. } => known.neigh.contains_key(ip),
                     };
+                    if ours {
+                        self.vx_entries = None;
+                    }
                     return (ours, false);
                 }
                 // Our own writes are announced too; a change to an entry of ours is not one of

@@ -475,12 +475,38 @@ fn a_node_restarted_with_another_backend_leaves_nothing_of_the_old_one() {
     lab.add_pod(0);
     lab.add_pod(1);
     converge(&lab);
-    // vxlan → host-gw: the device and its entries go, the route is direct
+    // restarted as it was: it finds every entry and route in place and writes nothing
     lab.stop(0);
-    lab.nodes[0].flags = vec!["--backend".into(), "host-gw".into()];
+    lab.start(0);
+    std::thread::sleep(Duration::from_millis(1500)); // resyncs
+    let log = lab.nodes[0].log();
+    let after = log.rsplit("lease held").next().unwrap();
+    assert!(
+        !after.contains("VXLAN peers:") && !after.contains("route installed"),
+        "{log}"
+    );
+    // vxlan → auto (one segment: the peer is on-link): its FDB and neighbour entries go, the
+    // device stays
+    lab.stop(0);
+    lab.nodes[0].flags = vec!["--backend".into(), "auto".into()];
     lab.start(0);
     let sub1 = lab.nodes[1].subnet().unwrap();
     let direct = format!("{sub1} via {}", lab.nodes[1].ip);
+    assert!(
+        lab.wait_for(Duration::from_secs(3), |l| {
+            l.nodes[0].route_table().contains(&direct)
+                && !fdb(l, 0).contains("permanent")
+                && neigh(l, 0).is_empty()
+        }),
+        "{}\n{}\n{}",
+        lab.nodes[0].route_table(),
+        fdb(&lab, 0),
+        neigh(&lab, 0)
+    );
+    // auto → host-gw: the device goes, the route stays direct
+    lab.stop(0);
+    lab.nodes[0].flags = vec!["--backend".into(), "host-gw".into()];
+    lab.start(0);
     assert!(
         lab.wait_routes(0, Duration::from_secs(3), |t| t.contains(&direct))
             .is_some(),

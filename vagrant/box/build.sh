@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the offline Vagrant box of the lab: Debian bookworm for vagrant-libvirt (qcow2), with
-# everything the lab's VMs need already installed (containerd, runc, etcd, nftables, ...), so
+# everything the lab's VMs need already installed (containerd, runc, etcd, nftables, iperf3, ...), so
 # that provisioning needs no network. The guest has an empty apt source list.
 #
 #   vagrant/box/build.sh [--force]
@@ -36,11 +36,13 @@ die() { printf '[box] error: %s\n' "$*" >&2; exit 1; }
 # iproute2, iputils-ping, nftables, python3, kmod, procps: the lab's checks and the cbrnet
 # package's dependencies (libc6, nftables); containerd + runc: the runtime of the lab's pods;
 # etcd-server + etcd-client: the lease store (node1) and its inspection; rsync: Vagrant's synced
-# folder.
+# folder; iperf3 + ethtool: the VXLAN scenario's throughput between pods and the VXLAN device's
+# offloads (iperf3 runs from the VM inside a pod's network namespace: the pods have busybox only).
 packages=(
   systemd-sysv udev dbus linux-image-cloud-amd64 openssh-server sudo
   iproute2 ifupdown isc-dhcp-client iputils-ping netbase procps kmod
   nftables python3 etcd-server etcd-client containerd runc rsync
+  iperf3 ethtool
 )
 suite=bookworm
 
@@ -111,8 +113,20 @@ log "mmdebstrap $suite (minbase + ${#packages[@]} packages; takes about 2 minute
 mirror_args=()
 [ -n "${CBRNET_BOX_MIRROR:-}" ] && mirror_args=("$CBRNET_BOX_MIRROR")
 include=$(IFS=,; echo "${packages[*]}")
-mmdebstrap --mode=root --variant=minbase --include="$include" \
-  "$suite" "$root" "${mirror_args[@]}" >"$work/mmdebstrap.log" 2>&1 \
+# mmdebstrap hands apt one of its pipes by number, to a `sh -c 'cat >&N'` that dash runs (dash
+# takes one digit only): descriptors the caller left open (this script's lock, lab.sh's, a CI
+# runner's or a terminal multiplexer's) push N past 9 and apt fails with "Bad fd number". It runs
+# with stdin, stdout and stderr only.
+only_std_fds() {
+  local fd
+  for fd in /proc/self/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+  exec "$@"
+}
+( only_std_fds mmdebstrap --mode=root --variant=minbase --include="$include" \
+  "$suite" "$root" "${mirror_args[@]}" ) >"$work/mmdebstrap.log" 2>&1 \
   || { tail -n 30 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
 log "root file system ready ($((SECONDS - start)) s, $(du -sh "$root" | cut -f1))"
 
@@ -157,8 +171,10 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 EOF
 chroot "$root" systemctl enable ssh-host-keys.service ssh.service serial-getty@ttyS0.service >/dev/null 2>&1
-# etcd runs only where the lab's provisioning starts it (node1).
+# etcd runs only where the lab's provisioning starts it (node1); iperf3 only when a scenario runs
+# it (its package leaves its daemon off unless told otherwise; off it stays).
 chroot "$root" systemctl disable etcd.service >/dev/null 2>&1
+chroot "$root" systemctl disable iperf3.service >/dev/null 2>&1 || true
 
 # Guests have no network: no apt sources, no package lists.
 rm -f "$root"/etc/apt/sources.list.d/* "$root/etc/apt/apt.conf.d/99mmdebstrap"

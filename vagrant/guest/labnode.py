@@ -11,7 +11,7 @@ as a crash would.
 Every command prints one JSON document on stdout.
 
   labnode.py state                          node, subnet, routes, reservations, pods, daemon
-  labnode.py pods-clean                     stop this node's lab pods, remove dead containers
+  labnode.py pods-clean [TAG]               stop this node's lab pods (only TAG-*: those), remove dead containers
   labnode.py pods-run TAG N                 start N pods TAG-<node>-<i>, wait for their addresses
   labnode.py ping IP...                     ping every IP once from every running pod
   labnode.py wait-route SUBNET GW|none SECS wait until the route to SUBNET is via GW (or absent)
@@ -22,6 +22,17 @@ Every command prints one JSON document on stdout.
   labnode.py confinement                    what the unit leaves cbrnet-routed: capabilities, writable paths
   labnode.py newnode-start NAME IP          a new cbrnet node in a network namespace of this VM
   labnode.py newnode-stop NAME              stop it and release its lease
+  labnode.py defaults-set KEY=VALUE...      set cbrnet-routed's settings (the file saved first), restart it
+  labnode.py defaults-restore               put the saved settings file back, restart cbrnet-routed
+  labnode.py wait-paths direct|vxlan SECS SUBNET=NODE_IP...
+                                            wait until each SUBNET goes that way (vxlan: route through
+                                            cbrnet.vxlan and an FDB entry to NODE_IP), then the VXLAN state
+  labnode.py daemon-load                    cbrnet-routed's CPU time, age and FDB writes logged since it started
+  labnode.py netcheck POD IP                from POD's network namespace: MTU, ping, DF ping at the full MTU
+  labnode.py iperf-server POD|host PORT     a one-off iperf3 server in POD's network namespace (or the VM's)
+  labnode.py iperf-client POD|host IP PORT SECS
+                                            iperf3 (TCP, one stream) to IP from there, JSON figures
+  labnode.py iperf-stop PORT                stop what is left of an iperf3 server on PORT
 """
 import ipaddress
 import json
@@ -153,9 +164,13 @@ def state():
     }
 
 
-def pods_clean():
+def pods_clean(tag=None):
+    """Stops this node's lab pods (only those named TAG-* with a TAG) and, without a TAG, removes
+    the records of containers that died without ctr."""
     stopped, removed = [], []
     for name in tasks():
+        if tag and not name.startswith(f"{tag}-"):
+            continue
         run("ctr", "-n", CTR_NS, "tasks", "kill", "-s", "TERM", name, check=False)
         stopped.append(name)
     # Each pod's `ctr run` sees its task exit, calls CNI DEL and removes the container.
@@ -167,7 +182,7 @@ def pods_clean():
     for name in stopped:
         run("systemctl", "stop", f"cbrnet-pod-{name}.service", check=False)
     # Containers whose pod died without ctr (a reboot): only the record is left.
-    for name in containers():
+    for name in [] if tag else containers():
         run("ctr", "-n", CTR_NS, "tasks", "rm", "-f", name, check=False)
         run("ctr", "-n", CTR_NS, "containers", "rm", name, check=False)
         removed.append(name)
@@ -415,6 +430,285 @@ def confinement():
     }
 
 
+# ---- backends: the daemon's settings, the VXLAN device, pod-to-pod checks, iperf3 ----------
+SAVED_DEFAULTS = DEFAULTS + ".cbrnet-lab-saved"
+VXLAN_DEV = "cbrnet.vxlan"
+
+
+def sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def restart_daemon():
+    """Restarts the unit and waits for it to be ready (Type=notify: `systemctl restart` returns
+    once the node has its subnet again)."""
+    t = time.time()
+    r = run("systemctl", "restart", UNIT, check=False, timeout=300)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if daemon().get("ActiveState") == "active" and subnet():
+            break
+        time.sleep(0.5)
+    d = daemon()
+    return {"restart_rc": r.returncode, "restart_error": r.stderr.strip()[-300:], "restarted_in_s": round(time.time() - t, 1), "daemon": d}
+
+
+def defaults_set(pairs):
+    """Sets KEY=VALUE in /etc/default/cbrnet-routed (as provision.sh does: an existing or
+    commented-out line of the key is replaced, else one is added), after saving the file once
+    (the first save is kept: it is the lab's own configuration), and restarts the daemon."""
+    if not os.path.exists(SAVED_DEFAULTS):
+        run("cp", "-p", DEFAULTS, SAVED_DEFAULTS)
+    with open(DEFAULTS) as f:
+        lines = f.read().splitlines()
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not re.fullmatch(r"[A-Z_]+", key):
+            raise RuntimeError(f"not a setting: {pair}")
+        pat = re.compile(rf"^#?{key}=")
+        if any(pat.match(l) for l in lines):
+            lines = [f"{key}={value}" if pat.match(l) else l for l in lines]
+        else:
+            lines.append(f"{key}={value}")
+    with open(DEFAULTS + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(DEFAULTS + ".tmp", DEFAULTS)
+    return {
+        "node": node(),
+        "saved": SAVED_DEFAULTS,
+        "saved_sha256": sha256(SAVED_DEFAULTS),
+        "settings": {k: v for k, v in defaults().items() if k.startswith("CBRNET_")},
+        **restart_daemon(),
+    }
+
+
+def defaults_restore():
+    restored = os.path.exists(SAVED_DEFAULTS)
+    if restored:
+        os.replace(SAVED_DEFAULTS, DEFAULTS)
+    return {
+        "node": node(),
+        "restored": restored,
+        "sha256": sha256(DEFAULTS),
+        "settings": {k: v for k, v in defaults().items() if k.startswith("CBRNET_")},
+        **restart_daemon(),
+    }
+
+
+def ip_json(*args, netns_pid=None):
+    cmd = (["nsenter", "-t", str(netns_pid), "-n"] if netns_pid else []) + ["ip", "-j", *args]
+    p = run(*cmd, check=False)
+    return json.loads(p.stdout or "[]") if p.returncode == 0 else []
+
+
+def tx_checksumming():
+    p = run("ethtool", "-k", VXLAN_DEV, check=False)
+    m = re.search(r"^tx-checksumming:\s*(\S+)", p.stdout, re.M)
+    return m.group(1) if m else None
+
+
+def daemon_load():
+    """The running cbrnet-routed's CPU time and age, and how many of its log lines since it
+    started say it wrote FDB entries (each reconcile that finds an entry missing writes it)."""
+    p = run("systemctl", "show", UNIT, "-p", "MainPID,CPUUsageNSec,ExecMainStartTimestampMonotonic")
+    d = dict(line.split("=", 1) for line in p.stdout.split("\n") if "=" in line)
+    cpu = int(d["CPUUsageNSec"]) / 1e9 if d.get("CPUUsageNSec", "").isdigit() else None
+    up = time.clock_gettime(time.CLOCK_MONOTONIC) - int(d.get("ExecMainStartTimestampMonotonic") or 0) / 1e6
+    j = run("journalctl", "-u", UNIT, f"_PID={d.get('MainPID')}", "-o", "cat", check=False, timeout=300).stdout.splitlines()
+    writes = [l for l in j if re.search(r"VXLAN peers: [1-9][0-9]* FDB entries written", l)]
+    return {"node": node(), "pid": d.get("MainPID"), "cpu_s": cpu, "up_s": round(up, 1), "log_lines": len(j),
+            "fdb_write_lines": len(writes), "last_fdb_write": writes[-1] if writes else None}
+
+
+def daemon_cpu_s():
+    p = run("systemctl", "show", UNIT, "-p", "CPUUsageNSec", "--value", check=False)
+    v = p.stdout.strip()
+    return int(v) / 1e9 if v.isdigit() else None
+
+
+def vxlan_state():
+    link = ip_json("-d", "link", "show", "dev", VXLAN_DEV)
+    dev = None
+    if link:
+        l = link[0]
+        info = l.get("linkinfo", {}).get("info_data", {})
+        dev = {
+            "mtu": l.get("mtu"), "mac": l.get("address"), "up": "UP" in l.get("flags", []),
+            "vni": info.get("id"), "port": info.get("port"), "local": info.get("local"),
+            "learning": info.get("learning"), "tx_checksumming": tx_checksumming(),
+        }
+    p = run("bridge", "-j", "fdb", "show", "dev", VXLAN_DEV, check=False)
+    fdb = [{"mac": e.get("mac"), "dst": e.get("dst"), "state": e.get("state")}
+           for e in json.loads(p.stdout or "[]")] if p.returncode == 0 else []
+    neigh = [{"dst": e.get("dst"), "lladdr": e.get("lladdr"), "state": e.get("state")}
+             for e in ip_json("neigh", "show", "dev", VXLAN_DEV)]
+    lp = run("cbrnet-routed", "leases", "--store", store(), "--json", check=False)
+    ls = json.loads(lp.stdout) if lp.returncode == 0 and lp.stdout.strip() else []
+    return {
+        "node": node(),
+        "device": dev,
+        "fdb": fdb,
+        "neigh": neigh,
+        "routes": routes(),
+        "subnet": subnet(),
+        "paths": {l["subnet"]: l.get("path") for l in ls},
+        "daemon": daemon(),
+    }
+
+
+def wait_paths(mode, secs, peers):
+    """peers: ["SUBNET=NODE_IP", ...]; mode direct: each route is `SUBNET via NODE_IP` (not through
+    the VXLAN device); vxlan: each route goes through cbrnet.vxlan and the FDB sends NODE_IP's VTEP
+    there."""
+    want = dict(p.split("=", 1) for p in peers)
+    start = time.time()
+    while True:
+        rs = {r["dst"]: r for r in routes()}
+        fdb_dsts = set()
+        if mode == "vxlan":
+            p = run("bridge", "-j", "fdb", "show", "dev", VXLAN_DEV, check=False)
+            if p.returncode == 0:
+                fdb_dsts = {e.get("dst") for e in json.loads(p.stdout or "[]")}
+        missing = []
+        for sub, ip in want.items():
+            r = rs.get(sub)
+            if mode == "direct":
+                good = r is not None and r["gateway"] == ip and r["dev"] != VXLAN_DEV
+            else:
+                good = r is not None and r["dev"] == VXLAN_DEV and ip in fdb_dsts
+            if not good:
+                missing.append(sub)
+        if not missing or time.time() - start > secs:
+            return {"ok": not missing, "missing": missing, "after_s": round(time.time() - start, 1), **vxlan_state()}
+        time.sleep(0.5)
+
+
+def pod_pid(name):
+    pid = tasks().get(name)
+    if pid is None:
+        raise RuntimeError(f"no running pod {name} on {node()}")
+    return pid
+
+
+def netcheck(pod, ip):
+    """From the pod's network namespace, with the VM's iputils ping (busybox's has no -M): its
+    eth0 MTU, a plain ping, a ping of the full MTU with DF set (ICMP payload MTU-28), and one byte
+    more with DF set (which the pod's own MTU must refuse)."""
+    pid = pod_pid(pod)
+    link = ip_json("link", "show", "dev", "eth0", netns_pid=pid)
+    mtu = link[0]["mtu"] if link else None
+
+    def ping(*extra):
+        cmd = ["nsenter", f"--net=/proc/{pid}/ns/net", "ping", "-c", "3", "-i", "0.3", "-W", "3", *extra, ip]
+        p = run(*cmd, check=False, timeout=60)
+        text = (p.stdout + p.stderr).strip().splitlines()
+        summary = [l for l in text if "transmitted" in l or "rtt" in l or "error" in l.lower() or "too long" in l]
+        return {"cmd": " ".join(cmd[2:]), "ok": p.returncode == 0, "summary": summary[:3] or text[-2:]}
+
+    return {
+        "node": node(), "pod": pod, "pid": pid, "to": ip, "mtu": mtu,
+        "ping": ping(),
+        "df_full": ping("-M", "do", "-s", str(mtu - 28)) if mtu else None,
+        "df_over": ping("-M", "do", "-s", str(mtu - 27)) if mtu else None,
+    }
+
+
+def netns_prefix(where):
+    if where == "host":
+        return []
+    return ["nsenter", f"--net=/proc/{pod_pid(where)}/ns/net"]
+
+
+def iperf_pidfile(port):
+    return f"/run/cbrnet-lab-iperf3-{port}.pid"
+
+
+def iperf_stop(port):
+    killed = False
+    try:
+        with open(iperf_pidfile(port)) as f:
+            pid = int(f.read().strip() or "0")
+        if pid and os.path.exists(f"/proc/{pid}") and "iperf3" in open(f"/proc/{pid}/comm").read():
+            os.kill(pid, 15)
+            killed = True
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    try:
+        os.unlink(iperf_pidfile(port))
+    except FileNotFoundError:
+        pass
+    return {"node": node(), "port": port, "killed": killed}
+
+
+def iperf_server(where, port):
+    """A one-off iperf3 server (it exits after one test) in the pod's network namespace, or the
+    VM's (`host`); returns once it listens."""
+    iperf_stop(port)
+    pre = netns_prefix(where)
+    cmd = [*pre, "iperf3", "-s", "-1", "-D", "-p", str(port), "--pidfile", iperf_pidfile(port)]
+    run(*cmd)
+    deadline = time.time() + 30
+    listening = False
+    while time.time() < deadline and not listening:
+        p = run(*pre, "ss", "-Hltn", f"sport = :{port}", check=False)
+        listening = bool(p.stdout.strip())
+        if not listening:
+            time.sleep(0.2)
+    return {"node": node(), "where": where, "port": port, "cmd": " ".join(cmd), "listening": listening}
+
+
+def dev_counters(dev):
+    try:
+        with open(f"/sys/class/net/{dev}/statistics/tx_bytes") as f:
+            tx = int(f.read())
+        with open(f"/sys/class/net/{dev}/statistics/tx_packets") as f:
+            txp = int(f.read())
+        return tx, txp
+    except FileNotFoundError:
+        return None, None
+
+
+def iperf_client(where, ip, port, secs):
+    """iperf3 TCP, one stream, for SECS seconds, from the pod's network namespace (or the VM's);
+    also the VM's counters of the VXLAN device and eth1 around it (which way the bytes went)."""
+    pre = netns_prefix(where)
+    cmd = [*pre, "iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "-J", "--connect-timeout", "10000"]
+    before = {d: dev_counters(d) for d in (VXLAN_DEV, "eth1")}
+    cpu0 = daemon_cpu_s()
+    t = time.time()
+    p = run(*cmd, check=False, timeout=secs + 120)
+    took = round(time.time() - t, 1)
+    cpu1 = daemon_cpu_s()
+    after = {d: dev_counters(d) for d in (VXLAN_DEV, "eth1")}
+    delta = {d: (after[d][0] - before[d][0]) if before[d][0] is not None and after[d][0] is not None else None for d in before}
+    doc = {}
+    try:
+        doc = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        pass
+    end = doc.get("end", {})
+    sent, recv = end.get("sum_sent", {}), end.get("sum_received", {})
+    streams = end.get("streams", [{}])
+    snd = (streams[0] or {}).get("sender", {}) if streams else {}
+    cpu = end.get("cpu_utilization_percent", {})
+    ok = p.returncode == 0 and bool(sent) and not doc.get("error")
+    return {
+        "node": node(), "where": where, "to": ip, "cmd": " ".join(cmd), "ok": ok, "rc": p.returncode,
+        "error": doc.get("error") or ("" if ok else (p.stderr.strip() or p.stdout.strip())[-400:]),
+        "seconds": sent.get("seconds"), "took_s": took,
+        "sent_bps": sent.get("bits_per_second"), "received_bps": recv.get("bits_per_second"),
+        "bytes": sent.get("bytes"), "retransmits": sent.get("retransmits"),
+        "max_snd_cwnd": snd.get("max_snd_cwnd"), "mean_rtt_us": snd.get("mean_rtt"),
+        "cpu_local": cpu.get("host_total"), "cpu_remote": cpu.get("remote_total"),
+        "tx_bytes_delta": delta,
+        # cbrnet-routed's CPU time on this node during the run (it shares the VM's CPU).
+        "daemon_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
+    }
+
+
 def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -422,7 +716,7 @@ def main(argv):
     cmd, args = argv[0], argv[1:]
     table = {
         "state": lambda: state(),
-        "pods-clean": lambda: pods_clean(),
+        "pods-clean": lambda: pods_clean(args[0] if args else None),
         "pods-run": lambda: pods_run(args[0], int(args[1])),
         "ping": lambda: ping(args),
         "wait-route": lambda: wait_route(args[0], args[1], float(args[2])),
@@ -433,6 +727,14 @@ def main(argv):
         "newnode-start": lambda: newnode_start(args[0], args[1]),
         "newnode-stop": lambda: newnode_stop(args[0]),
         "confinement": lambda: confinement(),
+        "defaults-set": lambda: defaults_set(args),
+        "defaults-restore": lambda: defaults_restore(),
+        "wait-paths": lambda: wait_paths(args[0], float(args[1]), args[2:]),
+        "daemon-load": lambda: daemon_load(),
+        "netcheck": lambda: netcheck(args[0], args[1]),
+        "iperf-server": lambda: iperf_server(args[0], int(args[1])),
+        "iperf-client": lambda: iperf_client(args[0], args[1], int(args[2]), int(args[3])),
+        "iperf-stop": lambda: iperf_stop(int(args[0])),
     }
     if cmd not in table:
         print(__doc__, file=sys.stderr)

@@ -281,9 +281,14 @@ fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
     })
 }
 
+/// NDA_DST as an IPv4 address. netlink-packet-route decodes it by the message's family, so an
+/// FDB entry's (family AF_BRIDGE) comes as raw bytes.
 fn dst_v4(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+        }
         _ => None,
     })
 }
@@ -542,6 +547,40 @@ mod tests {
         }
         l.vtep_mac = Some("0E:11:22:33:44:55".into());
         assert_eq!(vtep_of(&l), Ok(Some([0x0e, 0x11, 0x22, 0x33, 0x44, 0x55])));
+    }
+
+    #[test]
+    fn fdb_and_neighbour_destinations_are_read_in_either_form() {
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_route::RouteNetlinkMessage;
+        // An FDB entry as the kernel sends it, parsed back as the dump parses it.
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = 7;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![0x0e, 0, 0, 0, 0, 2]));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                Ipv4Addr::new(172, 16, 0, 2),
+            )));
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(RouteNetlinkMessage::NewNeighbour(m)),
+        );
+        msg.finalize();
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        let back = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(back)) = back.payload else {
+            panic!("not a neighbour message");
+        };
+        assert!(back
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Other(_)))));
+        assert_eq!(dst_v4(&back), Some(Ipv4Addr::new(172, 16, 0, 2)));
+        assert_eq!(lladdr(&back), Some([0x0e, 0, 0, 0, 0, 2]));
     }
 
     #[test]
