@@ -163,6 +163,9 @@ struct Node {
     /// on it as last seen (`None`: ask).
     vx_index: Option<u32>,
     vx_entries: Option<vxlan::Entries>,
+    /// `vx_entries` are what the wanted state needs (the last pass wrote all it had to, and
+    /// neither changed since): a resync with nothing to do plans nothing.
+    vx_synced: bool,
     /// Why the VXLAN device cannot be used, if it cannot (logged when it changes).
     vxlan_down: Option<String>,
     /// The underlay link (the one with the node IP) and its MTU, as last seen.
@@ -321,6 +324,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         want: None,
         vx_index: None,
         vx_entries: None,
+        vx_synced: false,
         vxlan_down: None,
         underlay: None,
     };
@@ -734,7 +738,10 @@ impl Node {
         let expired = self.next_expiry.is_some_and(|e| e <= now);
         let desired = match self.want.take() {
             Some((d, seen)) if seen == links && !expired => d,
-            _ => self.work_out_desired(&links, now),
+            _ => {
+                self.vx_synced = false;
+                self.work_out_desired(&links, now)
+            }
         };
         self.want = Some((desired, links.clone()));
         let desired = &self.want.as_ref().expect("set just above").0;
@@ -743,7 +750,7 @@ impl Node {
         // A new peer's FDB and neighbour entries go in before its route, a gone peer's after it.
         let mut first_error = None;
         let vx_plan = match self.vx_index {
-            Some(index) => {
+            Some(index) if !(self.vx_synced && self.vx_entries.is_some()) => {
                 if self.vx_entries.is_none() {
                     self.vx_entries = Some(vxlan::dump(&self.nl.handle, index).await?);
                 }
@@ -754,7 +761,7 @@ impl Node {
                 }
                 Some((index, plan))
             }
-            None => None,
+            _ => None,
         };
 
         let h = self.nl.handle.clone();
@@ -864,6 +871,7 @@ impl Node {
                     first_error.get_or_insert(e);
                 }
             }
+            self.vx_synced = first_error.is_none();
             if !vx_plan.is_empty() {
                 let (put, gone) = (vx_plan.fdb_put.len(), vx_plan.fdb_delete.len());
                 tracing::info!(

@@ -392,56 +392,58 @@ pub fn plan(peers: &[VxPeer], have: &Entries) -> Plan {
 /// Writes the FDB and neighbour entries of `plan` (`delete`: its deletions; else its puts),
 /// many requests in flight; `have` follows what succeeded. The first error, after trying all.
 pub async fn apply(h: &Handle, index: u32, plan: &Plan, delete: bool, have: &mut Entries) -> Result<()> {
-    enum Done {
+    /// One request, and what it leaves in the kernel once it succeeded.
+    #[derive(Clone, Copy)]
+    enum Op {
         Fdb([u8; 6], Option<Ipv4Addr>),
         Neigh(Ipv4Addr, Option<[u8; 6]>),
     }
-    let mut reqs: Vec<futures::future::BoxFuture<'static, (Done, Result<()>)>> = Vec::new();
-    if delete {
-        for mac in &plan.fdb_delete {
-            let (h, mac) = (h.clone(), *mac);
-            reqs.push(Box::pin(async move {
-                (Done::Fdb(mac, None), fdb_del(&h, index, mac).await)
-            }));
-        }
-        for ip in &plan.neigh_delete {
-            let (h, ip) = (h.clone(), *ip);
-            reqs.push(Box::pin(async move {
-                (Done::Neigh(ip, None), neigh_del(&h, index, ip).await)
-            }));
-        }
-    } else {
-        for (mac, ip) in &plan.fdb_put {
-            let (h, mac, ip) = (h.clone(), *mac, *ip);
-            reqs.push(Box::pin(async move {
-                (Done::Fdb(mac, Some(ip)), fdb_put(&h, index, mac, ip).await)
-            }));
-        }
-        for (ip, mac) in &plan.neigh_put {
-            let (h, mac, ip) = (h.clone(), *mac, *ip);
-            reqs.push(Box::pin(async move {
-                (Done::Neigh(ip, Some(mac)), neigh_put(&h, index, ip, mac).await)
-            }));
-        }
-    }
-    let mut done = futures::stream::iter(reqs).buffer_unordered(IN_FLIGHT);
+    // Made one by one as requests go out, not gathered: a cluster's worth is tens of thousands.
+    let ops: Box<dyn Iterator<Item = Op> + '_> = match delete {
+        true => Box::new(
+            plan.fdb_delete
+                .iter()
+                .map(|m| Op::Fdb(*m, None))
+                .chain(plan.neigh_delete.iter().map(|a| Op::Neigh(*a, None))),
+        ),
+        false => Box::new(
+            plan.fdb_put
+                .iter()
+                .map(|(m, a)| Op::Fdb(*m, Some(*a)))
+                .chain(plan.neigh_put.iter().map(|(a, m)| Op::Neigh(*a, Some(*m)))),
+        ),
+    };
+    let mut done = futures::stream::iter(ops)
+        .map(|op| {
+            let h = h.clone();
+            async move {
+                let r = match op {
+                    Op::Fdb(mac, Some(ip)) => fdb_put(&h, index, mac, ip).await,
+                    Op::Fdb(mac, None) => fdb_del(&h, index, mac).await,
+                    Op::Neigh(ip, Some(mac)) => neigh_put(&h, index, ip, mac).await,
+                    Op::Neigh(ip, None) => neigh_del(&h, index, ip).await,
+                };
+                (op, r)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT);
     let mut first_error = None;
-    while let Some((d, r)) = done.next().await {
+    while let Some((op, r)) = done.next().await {
         if let Err(e) = r {
             first_error.get_or_insert(e);
             continue;
         }
-        match d {
-            Done::Fdb(mac, Some(ip)) => {
+        match op {
+            Op::Fdb(mac, Some(ip)) => {
                 have.fdb.insert(mac, ip);
             }
-            Done::Fdb(mac, None) => {
+            Op::Fdb(mac, None) => {
                 have.fdb.remove(&mac);
             }
-            Done::Neigh(ip, Some(mac)) => {
+            Op::Neigh(ip, Some(mac)) => {
                 have.neigh.insert(ip, mac);
             }
-            Done::Neigh(ip, None) => {
+            Op::Neigh(ip, None) => {
                 have.neigh.remove(&ip);
             }
         }
