@@ -267,7 +267,7 @@ impl Network<'_> {
 
     /// DEL: releases what `owner` holds (nothing to do if the network has no store yet).
     pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
-        match Store::try_open_existing(self.conf.data_dir(), self.name)? {
+        match Store::open_existing(self.conf.data_dir(), self.name)? {
             Some(store) => release(&store, owner),
             None => Ok(Vec::new()),
         }
@@ -284,15 +284,14 @@ impl Network<'_> {
     /// else does not belong in the directory.
     pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Owner)>, IpamError> {
         let valid: HashSet<Owner> = valid.iter().map(Owner::from).collect();
-        match Store::try_open_existing(self.conf.data_dir(), self.name)? {
+        match Store::open_existing(self.conf.data_dir(), self.name)? {
             Some(store) => gc(&store, &valid),
             None => Ok(Vec::new()),
         }
     }
 
-    /// Reclaim outside an ADD (the route daemon's background sweep); `None` if the network has
-    /// no store yet or reclaim is off for it.
-    /// Background reclaim (the daemon's): never waits for the network's lock; while another
+    /// Reclaim outside an ADD (the route daemon's background sweep); nothing if the network has
+    /// no store yet or reclaim is off for it. Never waits for the network's lock: while another
     /// process holds it, [`IpamError::Busy`] and nothing done.
     pub fn reclaim(&self, is_gone: &dyn Fn(&Owner) -> bool) -> Result<Vec<Reserved>, IpamError> {
         let Some(older_than) = self.conf.reclaim_after()? else {
