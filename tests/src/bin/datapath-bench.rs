@@ -23,7 +23,9 @@
 //! to the target's address in the target namespace, with one stream and with four (`-P 4`).
 //! Every round runs every case of a path, in an order that turns from round to round (rotated,
 //! and reversed every other round; the 1- and 4-stream runs of a case swap too), so that the
-//! machine's drift favours no case; the figures are the medians of the rounds.
+//! machine's drift favours no case; the figures are the medians of the rounds. Beside each run,
+//! how many CPUs the whole machine kept busy meanwhile (/proc/stat), and the load average before
+//! and after each path: other work on the machine shows there.
 //!
 //! Everything runs inside namespaces the bench makes and removes, also on a panic or a signal;
 //! the iperf3 processes die with the bench (parent-death signal).
@@ -163,6 +165,10 @@ struct Sample {
     /// CPU of the client's and the server's process, % of one core (iperf3's own figures).
     cpu_client: f64,
     cpu_server: f64,
+    /// CPUs the whole machine kept busy during the run (from /proc/stat): the run's own use is
+    /// about `(cpu_client + cpu_server) / 100` plus the softirq work it causes; more means other
+    /// work shared the CPUs.
+    machine_busy: f64,
 }
 
 fn main() {
@@ -243,6 +249,7 @@ const FLOOR_ON: &str = "node → node, vxfloor, tx csum on (floor)";
 
 fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
     println!("\n## {}\n", path.name());
+    println!("load average at the start: {}", load_average());
     let mut lab = Lab::new(
         match path {
             PathKind::HostGw => "dpb-hg",
@@ -387,8 +394,8 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
             for &s in &streams {
                 let sample = iperf(src_ns, &src_addr, dst_ns, &dst_addr, cli, s);
                 println!(
-                    "  {:<48} P{s}: {:7.2} Gbit/s, {:6} retransmits, CPU client {:3.0}%, server {:3.0}%",
-                    case.name, sample.gbps, sample.retransmits, sample.cpu_client, sample.cpu_server
+                    "  {:<48} P{s}: {:7.2} Gbit/s, {:6} retransmits, CPU client {:3.0}%, server {:3.0}%, machine {:.2} CPUs busy",
+                    case.name, sample.gbps, sample.retransmits, sample.cpu_client, sample.cpu_server, sample.machine_busy
                 );
                 rows.iter_mut()
                     .find(|r| r.case == case.name && r.streams == s)
@@ -400,7 +407,19 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
     }
     // The paths must still be what was measured.
     wait_converged(&lab);
+    println!("\nload average at the end: {}", load_average());
     rows
+}
+
+/// /proc/loadavg's 1, 5 and 15 minute figures: well above the runs' own (about 1.5) means other
+/// work shared the CPUs.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Routes complete on both nodes and every pod reaches every other, also with DF at its MTU.
@@ -543,6 +562,7 @@ fn iperf(src: &Netns, src_addr: &str, dst: &Netns, dst_addr: &str, cli: &Cli, st
         .stderr(Stdio::null());
     src.enter(&mut client);
     dies_with_us(&mut client);
+    let busy0 = machine_busy_ticks();
     let mut client = KillOnDrop(client.spawn().expect("starting iperf3 -c"));
     let limit = Duration::from_secs(u64::from(cli.seconds + cli.omit) + 30);
     let t = Instant::now();
@@ -553,6 +573,7 @@ fn iperf(src: &Netns, src_addr: &str, dst: &Netns, dst_addr: &str, cli: &Cli, st
         assert!(t.elapsed() < limit, "iperf3 -c from {} did not end", src.name);
         std::thread::sleep(Duration::from_millis(50));
     };
+    let busy = (machine_busy_ticks() - busy0) / ticks_per_second() / t.elapsed().as_secs_f64();
     let text = std::fs::read_to_string(json_file.path()).expect("reading iperf3's JSON");
     let v: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("iperf3 -c ({status}) wrote no JSON ({e}): {text}"));
@@ -572,7 +593,28 @@ fn iperf(src: &Netns, src_addr: &str, dst: &Netns, dst_addr: &str, cli: &Cli, st
         retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         cpu_client: f(&end["cpu_utilization_percent"]["host_total"]),
         cpu_server: f(&end["cpu_utilization_percent"]["remote_total"]),
+        machine_busy: busy,
     }
+}
+
+/// Busy time of all CPUs since boot, in clock ticks (/proc/stat: user, nice, system, irq,
+/// softirq, steal).
+fn machine_busy_ticks() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
+    let cpu = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum()
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
 }
 
 /// The child is killed when this process ends, however it ends (a signal's `exit` included).
@@ -640,18 +682,21 @@ fn print_features(lab: &Lab) {
 
 fn table(path: &str, rows: &[Row]) {
     println!("### {path}\n");
-    println!("| case | streams | Gbit/s | retransmits | CPU client % | CPU server % | rounds (Gbit/s) |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| case | streams | Gbit/s | retransmits | CPU client % | CPU server % | machine CPUs busy | rounds (Gbit/s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let each: Vec<String> = r.samples.iter().map(|s| format!("{:.2}", s.gbps)).collect();
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
             r.case,
             r.streams,
             r.median(|s| s.gbps),
             r.median(|s| s.retransmits as f64),
             r.median(|s| s.cpu_client),
             r.median(|s| s.cpu_server),
+            r.median(|s| s.machine_busy),
             each.join(", ")
         );
     }
