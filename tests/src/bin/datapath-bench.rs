@@ -654,7 +654,7 @@ fn link_mtu(ns: &Netns, dev: &str) -> u32 {
 fn print_features(lab: &Lab) {
     const SHOWN: [(&str, &str); 6] = [
         ("tx-checksumming", "tx-csum"),
-        ("tcp-segmentation-offload", "tso"),
+        ("tx-tcp-segmentation", "tso"),
         ("generic-segmentation-offload", "gso"),
         ("generic-receive-offload", "gro"),
         ("tx-udp_tnl-segmentation", "udp-tnl-seg"),
