@@ -166,6 +166,9 @@ struct Node {
     /// `vx_entries` are what the wanted state needs (the last pass wrote all it had to, and
     /// neither changed since): a resync with nothing to do plans nothing.
     vx_synced: bool,
+    /// Our routes are what the wanted state needs (the last pass put and removed all it had to,
+    /// and no event changed them since): a resync with nothing to do plans no route.
+    routes_synced: bool,
     /// Why the VXLAN device cannot be used, if it cannot (logged when it changes).
     vxlan_down: Option<String>,
     /// The underlay link (the one with the node IP) and its MTU, as last seen.
@@ -325,6 +328,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         vx_index: None,
         vx_entries: None,
         vx_synced: false,
+        routes_synced: false,
         vxlan_down: None,
         underlay: None,
     };
@@ -387,6 +391,8 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
             e = events.next() => {
                 for e in &e? {
                     let (r, s) = node.affected_by(e);
+                    // Whatever calls for the routes to be looked at may have changed them.
+                    node.routes_synced &= !r;
                     routes_dirty |= r;
                     setup_dirty |= s;
                 }
@@ -740,6 +746,7 @@ impl Node {
             Some((d, seen)) if seen == links && !expired => d,
             _ => {
                 self.vx_synced = false;
+                self.routes_synced = false;
                 self.work_out_desired(&links, now)
             }
         };
@@ -764,106 +771,132 @@ impl Node {
             _ => None,
         };
 
-        let h = self.nl.handle.clone();
         if self.ours.is_none() {
             self.ours = Some(self.raw.our_routes()?);
+            self.routes_synced = false;
         }
-        let ours = self.ours.get_or_insert_with(Default::default);
-        // Foreign routes matter only for destinations we are about to add.
-        let adding = want.keys().any(|d| !ours.contains_key(d));
-        let foreign = if adding {
-            self.raw.foreign_destinations()?
-        } else {
-            HashSet::new()
-        };
-        let plan = routes::plan(want, ours, &foreign);
-        let via = if self.nexthops && !plan.put.is_empty() {
-            match ensure_nexthops(
-                &mut self.raw,
-                &mut self.nh_known,
-                &plan.put,
-                &links,
-                self.vx_index,
-            ) {
-                Ok(via) => via,
-                Err(e) => {
-                    self.nh_known = None;
-                    return Err(e);
-                }
-            }
-        } else {
-            HashMap::new()
-        };
-        // Many requests in flight at once: the kernel takes them in order, and a cluster's worth
-        // of routes goes in without a round trip each.
-        // Each change is logged, but a cluster's worth at start is one line.
-        let each = plan.put.len() + plan.delete.len() <= LOG_EACH;
-        // Results are taken as they come, not gathered: a cluster's worth is tens of thousands.
-        let vx_index = self.vx_index;
-        let puts = futures::stream::iter(plan.put.iter().map(|(dst, hop)| {
-            let h = h.clone();
-            let nh = via.get(&hop.gw).copied();
-            async move {
-                (
-                    *dst,
-                    Some(hop.gw),
-                    routes::put(&h, *dst, *hop, nh, vx_index).await,
-                )
-            }
-        }))
-        .buffer_unordered(IN_FLIGHT);
-        let dels = futures::stream::iter(plan.delete.iter().map(|dst| {
-            let h = h.clone();
-            async move { (*dst, None, routes::remove(&h, *dst).await) }
-        }))
-        .buffer_unordered(IN_FLIGHT);
-        let mut done = futures::stream::select(puts, dels);
-        let (mut put, mut removed) = (0, 0);
-        while let Some((dst, gw, r)) = done.next().await {
-            match (r, gw) {
-                (Ok(()), Some(gw)) => {
-                    ours.insert(dst, Some(gw));
-                    put += 1;
-                    if each {
-                        tracing::info!(%dst, %gw, "route installed");
-                    }
-                }
-                (Ok(()), None) => {
-                    ours.remove(&dst);
-                    removed += 1;
-                    if each {
-                        tracing::info!(%dst, "route removed");
-                    }
-                }
-                (Err(e), _) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if !each {
-            tracing::info!("{put} routes installed, {removed} removed");
-        }
-        // Nexthops no wanted route goes through any more (deleting one takes its routes along).
-        if let (Some(known), true) = (
-            &mut self.nh_known,
-            self.nexthops && first_error.is_none() && !(plan.put.is_empty() && plan.delete.is_empty()),
-        ) {
-            let used: HashSet<u32> = want
-                .values()
-                .filter_map(|hop| match hop.gw {
-                    IpAddr::V4(g) => Some(raw::id(g)),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            let stale: Vec<u32> = known.keys().filter(|id| !used.contains(id)).copied().collect();
-            if !stale.is_empty() {
-                match self.raw.delete(&stale) {
-                    Ok(()) => known.retain(|id, _| used.contains(id)),
+        if !self.routes_synced {
+            let h = self.nl.handle.clone();
+            let ours = self.ours.get_or_insert_with(Default::default);
+            // Foreign routes matter only for destinations we are about to add.
+            let adding = want.keys().any(|d| !ours.contains_key(d));
+            let foreign = if adding {
+                self.raw.foreign_destinations()?
+            } else {
+                HashSet::new()
+            };
+            let plan = routes::plan(want, ours, &foreign);
+            let via = if self.nexthops && !plan.put.is_empty() {
+                match ensure_nexthops(
+                    &mut self.raw,
+                    &mut self.nh_known,
+                    &plan.put,
+                    &links,
+                    self.vx_index,
+                ) {
+                    Ok(via) => via,
                     Err(e) => {
+                        self.nh_known = None;
+                        return Err(e);
+                    }
+                }
+            } else {
+                HashSet::new()
+            };
+            ours.reserve(plan.put.len());
+            // Many requests in flight at once: the kernel takes them in order, and a cluster's worth
+            // of routes goes in without a round trip each.
+            // Each change is logged, but a cluster's worth at start is one line.
+            let each = plan.put.len() + plan.delete.len() <= LOG_EACH;
+            // Results are taken as they come, not gathered: a cluster's worth is tens of thousands.
+            let vx_index = self.vx_index;
+            let puts = futures::stream::iter(plan.put.iter().map(|(dst, hop)| {
+                let h = h.clone();
+                let nh = match hop.gw {
+                    IpAddr::V4(g) if via.contains(&raw::id(g)) => Some(raw::id(g)),
+                    _ => None,
+                };
+                async move {
+                    (
+                        *dst,
+                        Some(hop.gw),
+                        routes::put(&h, *dst, *hop, nh, vx_index).await,
+                    )
+                }
+            }))
+            .buffer_unordered(IN_FLIGHT);
+            let dels = futures::stream::iter(plan.delete.iter().map(|dst| {
+                let h = h.clone();
+                async move { (*dst, None, routes::remove(&h, *dst).await) }
+            }))
+            .buffer_unordered(IN_FLIGHT);
+            let mut done = futures::stream::select(puts, dels);
+            let (mut put, mut removed) = (0, 0);
+            while let Some((dst, gw, r)) = done.next().await {
+                match (r, gw) {
+                    (Ok(()), Some(gw)) => {
+                        ours.insert(dst, Some(gw));
+                        put += 1;
+                        if each {
+                            tracing::info!(%dst, %gw, "route installed");
+                        }
+                    }
+                    (Ok(()), None) => {
+                        ours.remove(&dst);
+                        removed += 1;
+                        if each {
+                            tracing::info!(%dst, "route removed");
+                        }
+                    }
+                    (Err(e), _) => {
                         first_error.get_or_insert(e);
                     }
                 }
             }
+            if !each {
+                tracing::info!("{put} routes installed, {removed} removed");
+            }
+            // Nexthops no wanted route goes through any more (deleting one takes its routes along).
+            if let (Some(known), true) = (
+                &mut self.nh_known,
+                self.nexthops && first_error.is_none() && !(plan.put.is_empty() && plan.delete.is_empty()),
+            ) {
+                let used: HashSet<u32> = want
+                    .values()
+                    .filter_map(|hop| match hop.gw {
+                        IpAddr::V4(g) => Some(raw::id(g)),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                let stale: Vec<u32> = known.keys().filter(|id| !used.contains(id)).copied().collect();
+                if !stale.is_empty() {
+                    match self.raw.delete(&stale) {
+                        Ok(()) => known.retain(|id, _| used.contains(id)),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
+            self.metrics.route_conflicts.set(plan.conflicts.len() as i64);
+            let conflicts = plan
+                .conflicts
+                .iter()
+                .map(|(d, hop)| {
+                    format!(
+                        "{d} (via {}) is held by a route of another protocol; left alone",
+                        hop.gw
+                    )
+                })
+                .collect();
+            for c in self.conflicts.fresh(conflicts) {
+                tracing::warn!("route conflict: {c}");
+            }
+            self.metrics
+                .routes_installed
+                .set(want.keys().filter(|d| ours.contains_key(*d)).count() as i64);
+            self.routes_synced = first_error.is_none();
         }
         if let (Some((index, vx_plan)), Some(have)) = (&vx_plan, self.vx_entries.as_mut()) {
             if first_error.is_none() && !vx_plan.is_empty() {
@@ -881,24 +914,6 @@ impl Node {
                 );
             }
         }
-        self.blocked = plan.conflicts.iter().map(|(d, _)| *d).collect();
-        self.metrics.route_conflicts.set(plan.conflicts.len() as i64);
-        let conflicts = plan
-            .conflicts
-            .iter()
-            .map(|(d, hop)| {
-                format!(
-                    "{d} (via {}) is held by a route of another protocol; left alone",
-                    hop.gw
-                )
-            })
-            .collect();
-        for c in self.conflicts.fresh(conflicts) {
-            tracing::warn!("route conflict: {c}");
-        }
-        self.metrics
-            .routes_installed
-            .set(want.keys().filter(|d| ours.contains_key(*d)).count() as i64);
         self.metrics.reconcile_duration.observe(t.elapsed().as_secs_f64());
         match first_error {
             // The routes (and nexthops) that failed are read back from the kernel next time.
@@ -922,7 +937,7 @@ impl Node {
         }
         for key in &pending.keys {
             let e = self.store.get(key).await?;
-            if self.known.set(key.clone(), e) {
+            if self.known.set(key, e) {
                 self.want = None;
             }
         }
@@ -1051,39 +1066,40 @@ impl Node {
 
 /// Makes sure a nexthop object exists for the gateway of each route to `put`: a direct hop on
 /// the link of the connected network it is on, a VXLAN hop on-link on the VXLAN device
-/// (`vxlan_dev`); returns the nexthop id to use per gateway (a gateway the kernel refused a
-/// nexthop for is routed the plain way).
+/// (`vxlan_dev`); returns the ids of the nexthops the routes may use (a gateway the kernel
+/// refused a nexthop for is routed the plain way). A nexthop's id is its gateway's address.
 fn ensure_nexthops(
     nx: &mut Raw,
     known: &mut Option<HashMap<u32, Nexthop>>,
     put: &[(IpNetwork, routes::Hop)],
     links: &[(IpNetwork, u32)],
     vxlan_dev: Option<u32>,
-) -> Result<HashMap<IpAddr, u32>> {
+) -> Result<HashSet<u32>> {
     let known = match known {
         Some(k) => k,
         None => known.insert(nx.dump()?),
     };
-    let mut want: HashMap<IpAddr, Nexthop> = HashMap::new();
-    for (_, hop) in put {
-        let IpAddr::V4(g) = hop.gw else { continue };
-        let oif = match hop.vxlan {
-            true => vxlan_dev,
-            false => links.iter().find(|(n, _)| n.contains(hop.gw)).map(|(_, i)| *i),
-        };
-        if let Some(oif) = oif {
-            want.insert(
-                hop.gw,
-                Nexthop {
-                    gateway: g,
-                    oif,
-                    onlink: hop.vxlan,
-                },
-            );
-        }
-    }
+    let mut want: Vec<Nexthop> = put
+        .iter()
+        .filter_map(|(_, hop)| {
+            let IpAddr::V4(gateway) = hop.gw else {
+                return None;
+            };
+            let oif = match hop.vxlan {
+                true => vxlan_dev,
+                false => links.iter().find(|(n, _)| n.contains(hop.gw)).map(|(_, i)| *i),
+            }?;
+            Some(Nexthop {
+                gateway,
+                oif,
+                onlink: hop.vxlan,
+            })
+        })
+        .collect();
+    want.sort_unstable_by_key(|nh| nh.gateway);
+    want.dedup_by_key(|nh| nh.gateway);
     let missing: Vec<Nexthop> = want
-        .values()
+        .iter()
         .filter(|nh| known.get(&raw::id(nh.gateway)) != Some(*nh))
         .copied()
         .collect();
@@ -1095,15 +1111,17 @@ fn ensure_nexthops(
             std::io::Error::from_raw_os_error(*errno)
         );
     }
+    let refused: HashSet<u32> = refused.iter().map(|(nh, _)| raw::id(nh.gateway)).collect();
+    known.reserve(missing.len());
     for nh in &missing {
-        if !refused.iter().any(|(r, _)| r == nh) {
+        if !refused.contains(&raw::id(nh.gateway)) {
             known.insert(raw::id(nh.gateway), *nh);
         }
     }
     Ok(want
-        .into_iter()
-        .filter(|(_, nh)| known.get(&raw::id(nh.gateway)) == Some(nh))
-        .map(|(gw, nh)| (gw, raw::id(nh.gateway)))
+        .iter()
+        .filter(|nh| known.get(&raw::id(nh.gateway)) == Some(*nh))
+        .map(|nh| raw::id(nh.gateway))
         .collect())
 }
 

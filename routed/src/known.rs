@@ -2,13 +2,29 @@
 //! memory and updated by the store's watch key by key, so that a reconcile reads only what
 //! changed.
 
-use cbrnet_ipam::cluster::record::{Invalid, Listing, Versioned};
+use cbrnet_ipam::cluster::record::{parse_key, Invalid, Listing, Versioned};
 use cbrnet_ipam::cluster::store::Entry;
+use ipnetwork::IpNetwork;
 use std::collections::HashMap;
 
+/// A store key: a subnet's (as nearly all are, kept without its text) or any other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Subnet(IpNetwork),
+    Other(Box<str>),
+}
+
+impl From<&str> for Key {
+    fn from(key: &str) -> Key {
+        parse_key(key).map_or_else(|| Key::Other(key.into()), Key::Subnet)
+    }
+}
+
+/// The entries are boxed: a map's table has room for up to twice its entries, and a record is
+/// far larger than a pointer (tens of thousands of them are kept).
 #[derive(Default)]
 pub struct Known {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Key, Box<Entry>>,
 }
 
 impl Known {
@@ -16,32 +32,43 @@ impl Known {
     pub fn from_listing(l: Listing) -> Known {
         let mut entries = HashMap::with_capacity(l.leases.len() + l.invalid.len());
         for v in l.leases {
-            entries.insert(cbrnet_ipam::cluster::record::subnet_key(v.lease.subnet), Ok(v));
+            entries.insert(Key::Subnet(v.lease.subnet), Box::new(Ok(v)));
         }
         for i in l.invalid {
-            entries.insert(i.key.clone(), Err(i));
+            entries.insert(Key::from(i.key.as_str()), Box::new(Err(i)));
         }
         Known { entries }
     }
 
     /// What `key` holds now (`None`: nothing); whether that is news.
-    pub fn set(&mut self, key: String, e: Option<Entry>) -> bool {
+    pub fn set(&mut self, key: &str, e: Option<Entry>) -> bool {
+        let key = Key::from(key);
         match e {
-            Some(e) => self.entries.insert(key, e.clone()).as_ref() != Some(&e),
+            Some(e) => match self.entries.get_mut(&key) {
+                Some(old) if **old == e => false,
+                Some(old) => {
+                    **old = e;
+                    true
+                }
+                None => {
+                    self.entries.insert(key, Box::new(e));
+                    true
+                }
+            },
             None => self.entries.remove(&key).is_some(),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+        self.entries.get(&Key::from(key)).map(|e| &**e)
     }
 
     pub fn leases(&self) -> impl Iterator<Item = &Versioned> {
-        self.entries.values().filter_map(|e| e.as_ref().ok())
+        self.entries.values().filter_map(|e| e.as_ref().as_ref().ok())
     }
 
     pub fn invalid(&self) -> impl Iterator<Item = &Invalid> {
-        self.entries.values().filter_map(|e| e.as_ref().err())
+        self.entries.values().filter_map(|e| e.as_ref().as_ref().err())
     }
 }
 
@@ -73,8 +100,8 @@ mod tests {
             invalid: vec![bad.clone()],
         });
         assert_eq!((k.leases().count(), k.invalid().count()), (2, 1));
-        k.set("10.244.1.0-24".into(), None);
-        k.set("junk".into(), Some(Ok(lease("10.244.9.0/24"))));
+        k.set("10.244.1.0-24", None);
+        k.set("junk", Some(Ok(lease("10.244.9.0/24"))));
         assert_eq!((k.leases().count(), k.invalid().count()), (2, 0));
         assert!(k.get("10.244.2.0-24").is_some_and(|e| e.is_ok()));
     }

@@ -173,30 +173,32 @@ impl Claimant {
 }
 
 /// Records as this process has seen them: each key's version and since when (monotonic) it has
-/// had it. Kept across calls by whoever acquires.
+/// had it. Kept across calls by whoever acquires. Only the records whose silence may matter to
+/// an acquire are followed (expired ones, and those of the acquirer's name): a cluster's live
+/// leases are not kept twice. A record followed only from when it expired waits at least its
+/// grace from then, never less.
 #[derive(Debug, Default)]
 pub struct Seen {
-    since: HashMap<String, (u64, Instant)>,
+    since: HashMap<IpNetwork, (u64, Instant)>,
 }
 
 impl Seen {
-    /// Notes every record of `listing` as seen at `now`; forgets keys that are gone.
-    pub fn observe(&mut self, listing: &Listing, now: Instant) {
-        let mut next = HashMap::with_capacity(listing.leases.len());
-        for v in &listing.leases {
-            let key = subnet_key(v.lease.subnet);
-            let since = match self.since.get(&key) {
+    /// Notes the records of `listing` that `follow` picks as seen at `now`; forgets the others.
+    pub fn observe(&mut self, listing: &Listing, now: Instant, follow: impl Fn(&Versioned) -> bool) {
+        let mut next = HashMap::new();
+        for v in listing.leases.iter().filter(|v| follow(v)) {
+            let since = match self.since.get(&v.lease.subnet) {
                 Some((version, since)) if *version == v.version => *since,
                 _ => now,
             };
-            next.insert(key, (v.version, since));
+            next.insert(v.lease.subnet, (v.version, since));
         }
         self.since = next;
     }
 
     /// How long `v` has been unchanged, as seen here.
     pub fn unchanged_for(&self, v: &Versioned, now: Instant) -> Duration {
-        match self.since.get(&subnet_key(v.lease.subnet)) {
+        match self.since.get(&v.lease.subnet) {
             Some((version, since)) if *version == v.version => now.saturating_duration_since(*since),
             _ => Duration::ZERO,
         }
@@ -218,7 +220,7 @@ pub async fn acquire<S: LeaseStore>(
     for _ in 0..1000 {
         let listing = store.list().await?;
         let (now, t) = (unix_now(), Instant::now());
-        seen.observe(&listing, t);
+        seen.observe(&listing, t, |v| v.lease.expired(now) || v.lease.node_name == me.node_name);
         let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
             listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
         if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
@@ -417,11 +419,11 @@ mod tests {
         };
         let mut s = Seen::default();
         let t0 = Instant::now();
-        s.observe(&listing(1), t0);
+        s.observe(&listing(1), t0, |_| true);
         let t1 = t0 + Duration::from_secs(5);
-        s.observe(&listing(1), t1);
+        s.observe(&listing(1), t1, |_| true);
         assert_eq!(s.unchanged_for(&v(1), t1), Duration::from_secs(5));
-        s.observe(&listing(2), t1);
+        s.observe(&listing(2), t1, |_| true);
         assert_eq!(
             s.unchanged_for(&v(2), t1 + Duration::from_secs(1)),
             Duration::from_secs(1)
@@ -430,6 +432,12 @@ mod tests {
             s.unchanged_for(&v(1), t1),
             Duration::ZERO,
             "an old version is no evidence"
+        );
+        s.observe(&listing(2), t1, |_| false);
+        assert_eq!(
+            s.unchanged_for(&v(2), t1 + Duration::from_secs(9)),
+            Duration::ZERO,
+            "a record no longer followed starts again from zero"
         );
     }
 }

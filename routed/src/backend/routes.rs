@@ -45,7 +45,10 @@ pub struct Plan {
 /// another protocol holds (`foreign`) is never added (an add with replace would overwrite it);
 /// one of ours already there is kept up to date.
 pub fn plan(want: &Want, ours: &Ours, foreign: &HashSet<IpNetwork>) -> Plan {
-    let mut p = Plan::default();
+    let mut p = Plan {
+        put: Vec::with_capacity(want.len().saturating_sub(ours.len())),
+        ..Plan::default()
+    };
     for (dst, hop) in want {
         match ours.get(dst) {
             Some(g) if *g == Some(hop.gw) => {}
