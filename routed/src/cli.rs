@@ -199,6 +199,17 @@ impl RunArgs {
             }
             ip => return Err(flag("node-ip", format!("{ip} is not a unicast IPv4 address"))),
         };
+        // The leases carry both families; the routes, the bridge and the VXLAN device are
+        // IPv4's alone so far.
+        if !self.cluster_cidr.is_ipv4() {
+            return Err(flag(
+                "cluster-cidr",
+                format!(
+                    "{} is not IPv4 (IPv6 pod networks are not routed yet)",
+                    self.cluster_cidr
+                ),
+            ));
+        }
         let leases = LeaseConfig::new(self.cluster_cidr, self.subnet_len, self.lease_ttl)
             .map_err(|e| flag("cluster-cidr/--subnet-len/--lease-ttl", e.to_string()))?
             .with_range(self.first_subnet, self.last_subnet)
@@ -349,6 +360,7 @@ mod tests {
             (&["--vxlan-port", "65536"][..], "--vxlan-port"),
             (&["--vxlan-tx-csum-offload", "yes"][..], "--vxlan-tx-csum-offload"),
             (&["--cluster-cidr", "10.244.1.0/16"][..], "--cluster-cidr"),
+            (&["--cluster-cidr", "fd00:10:244::/56"][..], "--cluster-cidr"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(names), "{args:?}: {e}");

@@ -267,6 +267,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         node_name: cfg.args.node_name.clone(),
         node_ip: IpAddr::V4(cfg.node_ip),
         holder: instance::holder(),
+        node_ip_v6: None,
         vtep_mac: cfg
             .args
             .backend

@@ -87,6 +87,8 @@ mod tests {
                 expires: 1,
                 holder: None,
                 vtep_mac: None,
+                ipv6_subnet: None,
+                node_ip_v6: None,
             },
             version: 1,
         };

@@ -67,6 +67,8 @@ fn leases(
                     "subnet": v.lease.subnet, "nodeName": v.lease.node_name, "nodeIP": v.lease.node_ip,
                     "expires": v.lease.expires, "expired": v.lease.expired(now),
                     "holder": v.lease.holder, "vtepMAC": v.lease.vtep_mac,
+                    "ipv6Subnet": v.lease.ipv6_subnet, "nodeIPv6": v.lease.node_ip_v6,
+                    "subnets": subnets(&v.lease),
                 });
                 if let Some(p) = path(&v.lease) {
                     j["path"] = p.into();
@@ -93,9 +95,12 @@ fn leases(
         };
         let row = format!(
             "{:<20} {:<24} {:<16} {:<12}",
-            l.subnet.to_string(),
+            subnets(l).join(","),
             l.node_name,
-            l.node_ip.to_string(),
+            std::iter::once(l.node_ip.to_string())
+                .chain(l.node_ip_v6.map(|ip| ip.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
             left
         );
         out += &match path(l) {
@@ -104,6 +109,13 @@ fn leases(
         };
     }
     out
+}
+
+/// Every subnet of a lease, its first family's first.
+fn subnets(l: &cbrnet_ipam::cluster::Lease) -> Vec<String> {
+    std::iter::once(l.subnet.to_string())
+        .chain(l.ipv6_subnet.map(|n| n.to_string()))
+        .collect()
 }
 
 fn human(secs: u64) -> String {
@@ -131,6 +143,8 @@ mod tests {
                     expires: unix_now() + 7200,
                     holder: Some("m:netns:1".into()),
                     vtep_mac: None,
+                    ipv6_subnet: None,
+                    node_ip_v6: None,
                 },
                 version: 1,
             }],
@@ -182,6 +196,25 @@ mod tests {
         assert_eq!(
             paths(own, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
             "self"
+        );
+        // a dual-stack lease shows both subnets and both node IPs
+        let mut dual = listing.clone();
+        dual.leases[0].lease.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+        dual.leases[0].lease.node_ip_v6 = Some("fd00:56::2".parse().unwrap());
+        let (t, _) = render(&dual, false, None);
+        let row = t.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("10.244.3.0/24,fd00:10:244:3::/64 node-a")
+                && row.contains(" 192.168.1.2,fd00:56::2 "),
+            "{t}"
+        );
+        let (j, _) = render(&dual, true, None);
+        let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(j[0]["ipv6Subnet"], "fd00:10:244:3::/64");
+        assert_eq!(j[0]["nodeIPv6"], "fd00:56::2");
+        assert_eq!(
+            j[0]["subnets"],
+            serde_json::json!(["10.244.3.0/24", "fd00:10:244:3::/64"])
         );
     }
 }

@@ -75,8 +75,17 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("default={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Its log, kept for the message of a start that fails.
+        let log_path = self.dir.path().join("etcd.log");
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            Ok(f) => cmd.stderr(f),
+            Err(_) => cmd.stderr(Stdio::null()),
+        };
         enter_netns(&mut cmd, &self.ns_path);
         let child = cmd.spawn().expect("starting etcd (apt-get install etcd-server)");
         crate::register_daemon(child.id());
@@ -84,7 +93,15 @@ impl Etcd {
         // A single-member cluster elects itself before it opens the client port.
         let t = Instant::now();
         while !self.listening() {
-            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not come up");
+            if t.elapsed() > Duration::from_secs(20) {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let alive = self.child.as_mut().map(|c| c.try_wait().ok().flatten().is_none());
+                panic!(
+                    "etcd did not come up in 20 s (running: {alive:?}); its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -47,6 +47,22 @@ fn many_nodes_at_once_get_distinct_subnets() {
 }
 
 #[test]
+fn two_families_one_lease() {
+    let (ns, etcd) = etcd("ets-dual");
+    ns.block_on(4, || async {
+        conformance::two_families_one_lease(Arc::new(connect(&etcd, PREFIX).await.unwrap())).await;
+    });
+}
+
+#[test]
+fn an_ipv6_only_cluster() {
+    let (ns, etcd) = etcd("ets-v6");
+    ns.block_on(0, || async {
+        conformance::an_ipv6_only_cluster(&connect(&etcd, PREFIX).await.unwrap()).await;
+    });
+}
+
+#[test]
 fn expired_leases_are_free_only_after_the_grace() {
     let (ns, etcd) = etcd("ets-grace");
     ns.block_on(0, || async {
@@ -107,6 +123,8 @@ fn a_listing_larger_than_one_answer_is_read_in_pages_and_whole() {
                     expires: unix_now() + 3600,
                     holder: None,
                     vtep_mac: None,
+                    ipv6_subnet: None,
+                    node_ip_v6: None,
                 };
                 let key = cbrnet_ipam::cluster::record::subnet_key(l.subnet);
                 let body = if k == 1234 {
@@ -145,6 +163,8 @@ fn etcd_deletes_a_lease_that_is_not_renewed() {
             expires: unix_now() + 2,
             holder: None,
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         };
         assert!(s.create(&l, Duration::from_secs(2)).await.unwrap().is_some());
         assert_eq!(s.create(&l, Duration::from_secs(2)).await.unwrap(), None);
@@ -166,6 +186,8 @@ fn renewals_leave_no_etcd_lease_behind() {
             expires: unix_now() + 3600,
             holder: None,
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         };
         let ttl = Duration::from_secs(3600);
         let mut version = s.create(&l, ttl).await.unwrap().unwrap();

@@ -122,6 +122,8 @@ fn five_hundred_simulated_nodes_churn_for_a_minute_against_three_daemons() {
             expires,
             holder: Some(format!("sim-{n}")),
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         };
         for n in 0..SIMULATED {
             let l = lease(n, sim_ip(n), unix_now() + 3600);

@@ -21,6 +21,7 @@ pub fn node(name: &str, ip: &str, holder: &str) -> Claimant {
         node_ip: ip.parse().unwrap(),
         holder: holder.into(),
         vtep_mac: None,
+        node_ip_v6: None,
     }
 }
 
@@ -164,6 +165,8 @@ where
         expires: u64::MAX / 2,
         holder: None,
         vtep_mac: None,
+        ipv6_subnet: None,
+        node_ip_v6: None,
     };
     let key = |subnet: &str| subnet_key(subnet.parse::<IpNetwork>().unwrap());
     put_raw(key("10.244.0.0/24"), b"{not json".to_vec()).await;
@@ -247,6 +250,8 @@ where
         expires: u64::MAX / 2,
         holder: Some("hz".into()),
         vtep_mac: None,
+        ipv6_subnet: None,
+        node_ip_v6: None,
         ..b2.lease.clone()
     };
     assert!(s.create(&theirs, c.ttl).await.unwrap().is_some());
@@ -268,4 +273,128 @@ where
 
 fn lease_bytes(l: &Lease) -> Vec<u8> {
     serde_json::to_vec(l).unwrap()
+}
+
+/// A dual-stack cluster: each node's one lease holds a subnet of each family, distinct across
+/// nodes even when they acquire at once; a record of one family (an older node) is valid, and
+/// its renewal under the dual-stack configuration adds the IPv6 subnet; an IPv6 subnet named by
+/// a record under another key is skipped; an IPv6 CIDR smaller than the IPv4 one fills first,
+/// names itself, and leaves the nodes that hold leases renewing.
+pub async fn two_families_one_lease<S: LeaseStore + 'static>(s: Arc<S>) {
+    let net = |n: &str| n.parse::<IpNetwork>().unwrap();
+    let c = Arc::new(
+        cfg("10.244.0.0/16", 24)
+            .with_family(net("fd00:10:244::/60"), 64)
+            .unwrap(),
+    );
+    // an older node's record, IPv4 only, at the first slot
+    let old = node("old", "192.168.0.200", "hold");
+    let old_lease = Lease {
+        subnet: net("10.244.0.0/24"),
+        ipv6_subnet: None,
+        node_name: "old".into(),
+        node_ip: old.node_ip,
+        node_ip_v6: None,
+        expires: u64::MAX / 2,
+        holder: Some("hold".into()),
+        vtep_mac: None,
+    };
+    let v = s.create(&old_lease, c.ttl).await.unwrap().unwrap();
+    // a hand-made record under another key names the second slot's IPv6 subnet
+    let squatter = Lease {
+        subnet: net("10.244.9.0/24"),
+        ipv6_subnet: Some("fd00:10:244:1::/64".parse().unwrap()),
+        node_name: "sq".into(),
+        node_ip: "192.168.0.201".parse().unwrap(),
+        ..old_lease.clone()
+    };
+    s.create(&squatter, c.ttl).await.unwrap().unwrap();
+    let hs: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, c) = (s.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut me = node(
+                    &format!("n{i}"),
+                    &format!("192.168.0.{}", i + 1),
+                    &format!("h{i}"),
+                );
+                me.node_ip_v6 = Some(format!("fd00:56::{}", i + 1).parse().unwrap());
+                get(&*s, &c, &me).await.unwrap()
+            })
+        })
+        .collect();
+    let (mut v4, mut v6) = (HashSet::new(), HashSet::new());
+    for h in hs {
+        let l = h.await.unwrap().lease;
+        let six = l.ipv6_subnet.expect("a dual-stack lease without its IPv6 subnet");
+        assert!(c.check(&l).is_ok(), "{l:?}");
+        assert_eq!(c.slot_of(l.subnet).and_then(|s| s.ipv6), Some(six), "{l:?}");
+        assert!(v4.insert(l.subnet) && v6.insert(six), "shared: {l:?}");
+        assert!(l.node_ip_v6.is_some());
+    }
+    assert!(
+        !v4.contains(&net("10.244.1.0/24")),
+        "the squatted slot was handed out"
+    );
+    assert!(!v6.contains(&"fd00:10:244::/64".parse().unwrap()));
+    // the older node's renewal under this configuration adds its partner
+    let held = Versioned {
+        lease: old_lease.clone(),
+        version: v,
+    };
+    let renewed = renew(&*s, &c, &held, &old, &mut Seen::default()).await.unwrap();
+    assert_eq!(renewed.lease.subnet, old_lease.subnet);
+    assert_eq!(
+        renewed.lease.ipv6_subnet.map(|n| n.to_string()).as_deref(),
+        Some("fd00:10:244::/64")
+    );
+    // 16 slots: the old node's, the squatted one, the squatter's own key, 8 nodes: 5 left,
+    // then full, naming the IPv6 CIDR
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(
+            get(&*s, &c, &node(&format!("m{i}"), "192.168.1.1", &format!("hm{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let e = get(&*s, &c, &node("last", "192.168.1.2", "hl"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClusterError::ClusterFull(cidr, 64) if cidr == "fd00:10:244::/60"),
+        "{e}"
+    );
+    for h in &held {
+        let me = node(
+            &h.lease.node_name,
+            "192.168.1.1",
+            &h.lease.holder.clone().unwrap(),
+        );
+        let r = renew(&*s, &c, h, &me, &mut Seen::default()).await.unwrap();
+        assert_eq!(
+            (r.lease.subnet, r.lease.ipv6_subnet),
+            (h.lease.subnet, h.lease.ipv6_subnet)
+        );
+    }
+}
+
+/// An IPv6-only cluster: records keyed by their IPv6 subnet, listed and renewed as IPv4 ones,
+/// with an IPv4 or an IPv6 node IP.
+pub async fn an_ipv6_only_cluster<S: LeaseStore>(s: &S) {
+    let c = cfg("fd00:10:244::/56", 64);
+    let a = get(s, &c, &node("a", "192.168.1.1", "ha")).await.unwrap();
+    let b = get(s, &c, &node("b", "fd00:56::2", "hb")).await.unwrap();
+    assert_eq!(a.lease.subnet.to_string(), "fd00:10:244::/64");
+    assert_eq!(b.lease.subnet.to_string(), "fd00:10:244:1::/64");
+    assert_eq!(b.lease.ipv6_subnet, None);
+    let listed = s.list().await.unwrap();
+    assert!(listed.invalid.is_empty(), "{:?}", listed.invalid);
+    assert_eq!(listed.leases.len(), 2);
+    let got = s.get(&subnet_key(b.lease.subnet)).await.unwrap();
+    assert_eq!(got.unwrap().unwrap().lease, b.lease);
+    let me = node("b", "fd00:56::2", "hb");
+    let b2 = renew(s, &c, &b, &me, &mut Seen::default()).await.unwrap();
+    assert_eq!(b2.lease.subnet, b.lease.subnet);
+    assert!(release(s, &b2).await.unwrap());
 }

@@ -13,80 +13,233 @@
 use super::error::ClusterError;
 use super::record::{check_fields, subnet_key, unix_now, Lease, Listing, Versioned};
 use super::store::LeaseStore;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// The longest interval between renewals, whatever the TTL.
 pub const MAX_RENEW_EVERY: Duration = Duration::from_secs(300);
 
-/// How the cluster CIDR is carved, and how long leases last.
+/// One family's cluster CIDR and how it is carved into node subnets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub cidr: IpNetwork,
+    pub subnet_len: u8,
+    pub first: Option<IpNetwork>,
+    pub last: Option<IpNetwork>,
+}
+
+/// The longest node subnets: an IPv4 /30 holds a gateway and one pod; an IPv6 /120 the same
+/// order of pods as an IPv4 /24.
+const MAX_LEN_V4: u8 = 30;
+const MAX_LEN_V6: u8 = 120;
+
+impl Pool {
+    pub fn new(cidr: IpNetwork, subnet_len: u8) -> Result<Pool, ClusterError> {
+        if cidr.ip() != cidr.network() {
+            return Err(ClusterError::Config(format!(
+                "cluster CIDR {cidr} has host bits set"
+            )));
+        }
+        let max = if cidr.is_ipv4() { MAX_LEN_V4 } else { MAX_LEN_V6 };
+        if subnet_len < cidr.prefix() || subnet_len > max {
+            return Err(ClusterError::Config(format!(
+                "subnet length /{subnet_len} must be between the cluster CIDR {cidr}'s /{} and /{max}",
+                cidr.prefix()
+            )));
+        }
+        Ok(Pool {
+            cidr,
+            subnet_len,
+            first: None,
+            last: None,
+        })
+    }
+
+    fn bits(&self) -> u32 {
+        if self.cidr.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
+    fn step(&self) -> u128 {
+        1u128 << (self.bits() - u32::from(self.subnet_len))
+    }
+
+    fn addr(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(v) => u128::from(u32::from(v)),
+            IpAddr::V6(v) => u128::from(v),
+        }
+    }
+
+    /// The first address of the first subnet, and of the last, that may be leased.
+    fn span(&self) -> (u128, u128) {
+        let base = Self::addr(self.cidr.network());
+        let size = 1u128
+            .checked_shl(self.bits() - u32::from(self.cidr.prefix()))
+            .unwrap_or(0);
+        // A /0 of IPv6 wraps: its last subnet starts `step` below the top.
+        let last_net = base.wrapping_add(size).wrapping_sub(self.step());
+        let start = self.first.map_or(base, |f| Self::addr(f.network()));
+        let end = self
+            .last
+            .map_or(last_net, |l| Self::addr(l.network()))
+            .min(last_net);
+        (start, end)
+    }
+
+    /// How many subnets may be leased (saturated: an IPv6 pool may hold more than counts).
+    pub fn count(&self) -> u128 {
+        let (start, end) = self.span();
+        if start > end {
+            return 0;
+        }
+        ((end - start) / self.step()).saturating_add(1)
+    }
+
+    /// The `i`-th subnet that may be leased.
+    pub fn nth(&self, i: u128) -> Option<IpNetwork> {
+        if i >= self.count() {
+            return None;
+        }
+        let a = self.span().0 + i * self.step();
+        let ip = match self.cidr {
+            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(a).ok()?)),
+            IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::from(a)),
+        };
+        IpNetwork::new(ip, self.subnet_len).ok()
+    }
+
+    /// Where `subnet` is among the subnets that may be leased.
+    pub fn index_of(&self, subnet: IpNetwork) -> Option<u128> {
+        if !self.holds(subnet) {
+            return None;
+        }
+        let (start, end) = self.span();
+        let a = Self::addr(subnet.network());
+        (start..=end).contains(&a).then(|| (a - start) / self.step())
+    }
+
+    /// Is `subnet` one of the subnets the cluster CIDR is carved into (family, length, inside)?
+    pub fn holds(&self, subnet: IpNetwork) -> bool {
+        subnet.is_ipv4() == self.cidr.is_ipv4()
+            && subnet.prefix() == self.subnet_len
+            && subnet.ip() == subnet.network()
+            && self.cidr.contains(subnet.network())
+    }
+}
+
+/// How the cluster CIDRs (one per family) are carved, and how long leases last. A node's lease
+/// holds one subnet of each: the `i`-th subnet of the first family (IPv4 in a dual-stack
+/// cluster) goes with the `i`-th of the second, so two nodes that hold different keys never
+/// share a subnet of either family, whatever races between them.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
-    pub cluster_cidr: Ipv4Network,
-    pub subnet_len: u8,
-    pub first: Option<Ipv4Network>,
-    pub last: Option<Ipv4Network>,
+    /// The first family's pool, then (dual-stack) the IPv6 one.
+    pub pools: Vec<Pool>,
     pub ttl: Duration,
     /// How long a record must stay unchanged, as seen here, before it may be taken from its
     /// holder (expired, or held under our name by another daemon).
     pub grace: Duration,
 }
 
+/// One node's subnets: the first family's (the record's key), and the IPv6 one of a dual-stack
+/// cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub subnet: IpNetwork,
+    pub ipv6: Option<Ipv6Network>,
+}
+
 impl LeaseConfig {
+    /// A cluster of one family.
     pub fn new(cluster_cidr: IpNetwork, subnet_len: u8, ttl: Duration) -> Result<LeaseConfig, ClusterError> {
-        let IpNetwork::V4(cidr) = cluster_cidr else {
-            return Err(ClusterError::Config(format!(
-                "cluster CIDR {cluster_cidr} is not IPv4"
-            )));
-        };
-        if cidr.ip() != cidr.network() {
-            return Err(ClusterError::Config(format!(
-                "cluster CIDR {cidr} has host bits set"
-            )));
-        }
-        if subnet_len < cidr.prefix() || subnet_len > 30 {
-            return Err(ClusterError::Config(format!(
-                "subnet length /{subnet_len} must be between the cluster CIDR's /{} and /30",
-                cidr.prefix()
-            )));
-        }
         if ttl < Duration::from_secs(2) {
             return Err(ClusterError::Config("the lease TTL must be at least 2s".into()));
         }
         let renew = (ttl / 3).min(MAX_RENEW_EVERY);
         Ok(LeaseConfig {
-            cluster_cidr: cidr,
-            subnet_len,
-            first: None,
-            last: None,
+            pools: vec![Pool::new(cluster_cidr, subnet_len)?],
             ttl,
             grace: ttl.min(renew * 3),
         })
     }
 
-    /// Limits the subnets that may be leased to `first..=last`; each must be one of the subnets
-    /// the cluster CIDR is carved into.
+    /// Makes the cluster dual-stack with the other family's CIDR; the IPv4 pool comes first.
+    pub fn with_family(mut self, cluster_cidr: IpNetwork, subnet_len: u8) -> Result<Self, ClusterError> {
+        let pool = Pool::new(cluster_cidr, subnet_len)?;
+        if self.pools.len() != 1 || self.pools[0].cidr.is_ipv4() == cluster_cidr.is_ipv4() {
+            return Err(ClusterError::Config(format!(
+                "cluster CIDR {cluster_cidr}: at most one of each family"
+            )));
+        }
+        self.pools.push(pool);
+        self.pools.sort_by_key(|p| !p.cidr.is_ipv4());
+        Ok(self)
+    }
+
+    /// The first family's pool: the one the records are keyed by.
+    pub fn primary(&self) -> &Pool {
+        &self.pools[0]
+    }
+
+    /// The IPv6 pool of a dual-stack cluster.
+    pub fn ipv6(&self) -> Option<&Pool> {
+        self.pools.get(1)
+    }
+
+    fn pool_mut(&mut self, family_of: IpNetwork) -> Option<&mut Pool> {
+        self.pools
+            .iter_mut()
+            .find(|p| p.cidr.is_ipv4() == family_of.is_ipv4())
+    }
+
+    /// Limits the subnets of one family that may be leased to `first..=last` (the family is that
+    /// of the subnets given); each must be one of the subnets its cluster CIDR is carved into.
     pub fn with_range(
         mut self,
         first: Option<IpNetwork>,
         last: Option<IpNetwork>,
     ) -> Result<Self, ClusterError> {
-        let check = |what: &str, n: IpNetwork| -> Result<Ipv4Network, ClusterError> {
-            match n {
-                IpNetwork::V4(v4) if v4.ip() == v4.network() && self.holds(n) => Ok(v4),
-                _ => Err(ClusterError::Config(format!(
+        let Some(any) = first.or(last) else {
+            return Ok(self);
+        };
+        if let (Some(f), Some(l)) = (first, last) {
+            if f.is_ipv4() != l.is_ipv4() {
+                return Err(ClusterError::Config(format!(
+                    "first subnet {f} and last subnet {l} are of different families"
+                )));
+            }
+        }
+        let Some(pool) = self.pool_mut(any) else {
+            return Err(ClusterError::Config(format!(
+                "subnet {any}: the cluster has no CIDR of its family"
+            )));
+        };
+        let check = |what: &str, n: IpNetwork| -> Result<IpNetwork, ClusterError> {
+            if pool.holds(n) {
+                Ok(n)
+            } else {
+                Err(ClusterError::Config(format!(
                     "{what} {n} is not a /{} subnet of {}",
-                    self.subnet_len, self.cluster_cidr
-                ))),
+                    pool.subnet_len, pool.cidr
+                )))
             }
         };
         let first = first.map(|n| check("first subnet", n)).transpose()?;
         let last = last.map(|n| check("last subnet", n)).transpose()?;
-        (self.first, self.last) = (first, last);
-        if let (Some(f), Some(l)) = (self.first, self.last) {
-            if f.network() > l.network() {
+        if first.is_some() {
+            pool.first = first;
+        }
+        if last.is_some() {
+            pool.last = last;
+        }
+        if let (Some(f), Some(l)) = (pool.first, pool.last) {
+            if Pool::addr(f.network()) > Pool::addr(l.network()) {
                 return Err(ClusterError::Config(format!(
                     "first subnet {f} is after last subnet {l}"
                 )));
@@ -100,46 +253,72 @@ impl LeaseConfig {
         (self.ttl / 3).min(MAX_RENEW_EVERY)
     }
 
-    /// Every subnet a lease may take, in order.
+    /// Every slot a lease may take, in order: as many as the smaller pool holds.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        let n = self.pools.iter().map(Pool::count).min().unwrap_or(0);
+        (0..n).map_while(move |i| self.slot(i))
+    }
+
+    fn slot(&self, i: u128) -> Option<Slot> {
+        let subnet = self.primary().nth(i)?;
+        let ipv6 = match self.ipv6() {
+            None => None,
+            Some(p) => match p.nth(i)? {
+                IpNetwork::V6(v6) => Some(v6),
+                IpNetwork::V4(_) => return None,
+            },
+        };
+        Some(Slot { subnet, ipv6 })
+    }
+
+    /// The slot of a first-family subnet (its IPv6 partner in a dual-stack cluster), if the
+    /// subnet is one that may be leased and has a partner.
+    pub fn slot_of(&self, subnet: IpNetwork) -> Option<Slot> {
+        self.slot(self.primary().index_of(subnet)?)
+    }
+
+    /// Every first-family subnet a lease may take, in order.
     pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> + '_ {
-        let step = 1u64 << (32 - self.subnet_len);
-        let start = u32::from(self.first.map_or(self.cluster_cidr.network(), |f| f.network())) as u64;
-        let last_net = u32::from(self.cluster_cidr.broadcast()) as u64 + 1 - step;
-        let end = self
-            .last
-            .map_or(last_net, |l| u32::from(l.network()) as u64)
-            .min(last_net);
-        let len = self.subnet_len;
-        (0..)
-            .map(move |i| start + i * step)
-            .take_while(move |a| *a <= end)
-            .filter_map(move |a| Ipv4Network::new(Ipv4Addr::from(a as u32), len).ok())
-            .map(IpNetwork::V4)
+        self.slots().map(|s| s.subnet)
     }
 
-    /// Is `subnet` one of the subnets the cluster CIDR is carved into (right length, inside)?
+    /// Is `subnet` one of the first family's subnets?
     pub fn holds(&self, subnet: IpNetwork) -> bool {
-        subnet.prefix() == self.subnet_len
-            && match subnet.network() {
-                IpAddr::V4(v) => self.cluster_cidr.contains(v),
-                IpAddr::V6(_) => false,
-            }
+        self.primary().holds(subnet)
     }
 
-    /// Judges a lease against this cluster: valid fields, and a subnet of the cluster CIDR.
+    /// Judges a lease against this cluster: valid fields, a subnet of the first family's
+    /// CIDR, and an IPv6 subnet (if it has one) of the IPv6 CIDR. A lease without the IPv6
+    /// subnet of a dual-stack cluster is valid (an older node, routed on the family it has);
+    /// one with an IPv6 subnet in a cluster without IPv6 is valid for its first family.
     pub fn check(&self, l: &Lease) -> Result<(), String> {
         check_fields(l)?;
-        if !self.holds(l.subnet) {
+        let p = self.primary();
+        if !p.holds(l.subnet) {
             return Err(format!(
                 "subnet {} is not a /{} subnet of the cluster CIDR {}",
-                l.subnet, self.subnet_len, self.cluster_cidr
+                l.subnet, p.subnet_len, p.cidr
             ));
+        }
+        if let (Some(v6), Some(p)) = (l.ipv6_subnet, self.ipv6()) {
+            if !p.holds(IpNetwork::V6(v6)) {
+                return Err(format!(
+                    "IPv6 subnet {v6} is not a /{} subnet of the cluster CIDR {}",
+                    p.subnet_len, p.cidr
+                ));
+            }
         }
         Ok(())
     }
 
+    /// The error of a cluster with no free slot: names the pool that ran out first.
     fn full(&self) -> ClusterError {
-        ClusterError::ClusterFull(self.cluster_cidr.to_string(), self.subnet_len)
+        let p = self
+            .pools
+            .iter()
+            .min_by_key(|p| p.count())
+            .unwrap_or_else(|| self.primary());
+        ClusterError::ClusterFull(p.cidr.to_string(), p.subnet_len)
     }
 }
 
@@ -151,7 +330,10 @@ fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimant {
     pub node_name: String,
+    /// The node's address (its IPv4 one, if it has one of each family).
     pub node_ip: IpAddr,
+    /// The node's IPv6 address, when it has one of each family.
+    pub node_ip_v6: Option<Ipv6Addr>,
     /// This daemon instance's identity: the same for a restart on the same node, another for a
     /// daemon elsewhere.
     pub holder: String,
@@ -160,11 +342,17 @@ pub struct Claimant {
 }
 
 impl Claimant {
+    /// The record of this claimant for `subnet` and its partner of the other family. A subnet
+    /// without one (the cluster's CIDRs changed under a held lease) is kept alone: the node's
+    /// pods live in it.
     fn lease(&self, subnet: IpNetwork, cfg: &LeaseConfig) -> Lease {
+        let slot = cfg.slot_of(subnet).unwrap_or(Slot { subnet, ipv6: None });
         Lease {
             subnet,
+            ipv6_subnet: slot.ipv6,
             node_name: self.node_name.clone(),
             node_ip: self.node_ip,
+            node_ip_v6: self.node_ip_v6,
             expires: unix_now().saturating_add(cfg.ttl.as_secs()),
             holder: Some(self.holder.clone()),
             vtep_mac: self.vtep_mac.clone(),
@@ -220,7 +408,9 @@ pub async fn acquire<S: LeaseStore>(
     for _ in 0..1000 {
         let listing = store.list().await?;
         let (now, t) = (unix_now(), Instant::now());
-        seen.observe(&listing, t, |v| v.lease.expired(now) || v.lease.node_name == me.node_name);
+        seen.observe(&listing, t, |v| {
+            v.lease.expired(now) || v.lease.node_name == me.node_name
+        });
         let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
             listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
         if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
@@ -247,11 +437,23 @@ pub async fn acquire<S: LeaseStore>(
             .map(|v| v.lease.subnet)
             .chain(listing.invalid.iter().filter_map(|i| i.subnet))
             .collect();
+        // An IPv6 subnet that a record under another key names is not free either.
+        let ipv6_taken: HashMap<Ipv6Network, IpNetwork> = listing
+            .leases
+            .iter()
+            .filter_map(|v| Some((v.lease.ipv6_subnet?, v.lease.subnet)))
+            .collect();
         let mut waiting = false;
         let mut target = None;
-        for s in cfg.subnets() {
+        for slot in cfg.slots() {
+            let s = slot.subnet;
             if blocked.iter().any(|b| overlaps(*b, s)) {
                 continue;
+            }
+            if let Some(other) = slot.ipv6.and_then(|v6| ipv6_taken.get(&v6)) {
+                if *other != s {
+                    continue;
+                }
             }
             match by_key.get(&s) {
                 None => {
@@ -348,6 +550,7 @@ pub async fn live<S: LeaseStore>(store: &S, cfg: &LeaseConfig) -> Result<Vec<Lea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnetwork::Ipv4Network;
 
     fn cfg() -> LeaseConfig {
         LeaseConfig::new("10.244.0.0/16".parse().unwrap(), 24, Duration::from_secs(60)).unwrap()
@@ -378,7 +581,23 @@ mod tests {
         assert!(LeaseConfig::new(net("10.244.0.0/16"), 8, ttl).is_err());
         assert!(LeaseConfig::new(net("10.244.0.0/16"), 31, ttl).is_err());
         assert!(LeaseConfig::new(net("10.244.1.0/16"), 24, ttl).is_err());
-        assert!(LeaseConfig::new(net("fd00::/64"), 80, ttl).is_err());
+        assert!(LeaseConfig::new(net("fd00::/64"), 60, ttl).is_err());
+        assert!(LeaseConfig::new(net("fd00::/64"), 121, ttl).is_err());
+        assert!(LeaseConfig::new(net("fd00::1/56"), 64, ttl).is_err());
+        // one CIDR of each family at most
+        assert!(cfg().with_family(net("10.245.0.0/16"), 24).is_err());
+        let dual = cfg().with_family(net("fd00::/56"), 64).unwrap();
+        assert!(dual.clone().with_family(net("fd01::/56"), 64).is_err());
+        for (first, last) in [
+            (Some("fd00:0:0:1::/64"), Some("10.244.1.0/24")),
+            (Some("fd01::/64"), None),
+            (Some("fd00::/80"), None),
+        ] {
+            let r = dual.clone().with_range(first.map(net), last.map(net));
+            assert!(matches!(r, Err(ClusterError::Config(_))), "{first:?} {last:?}");
+        }
+        let r = cfg().with_range(Some(net("fd00::/64")), None);
+        assert!(matches!(r, Err(ClusterError::Config(_))), "no IPv6 CIDR to range");
         assert!(LeaseConfig::new(net("10.244.0.0/16"), 24, Duration::from_secs(1)).is_err());
         for (first, last) in [
             (Some("10.245.0.0/24"), None),
@@ -388,6 +607,100 @@ mod tests {
         ] {
             let r = cfg().with_range(first.map(net), last.map(net));
             assert!(matches!(r, Err(ClusterError::Config(_))), "{first:?} {last:?}");
+        }
+    }
+
+    #[test]
+    fn carves_ipv6_and_pairs_the_families_by_position() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let ttl = Duration::from_secs(60);
+        let v6 = LeaseConfig::new(net("fd00:10:244::/56"), 64, ttl).unwrap();
+        let v: Vec<String> = v6.subnets().map(|s| s.to_string()).collect();
+        assert_eq!(v.len(), 256);
+        assert_eq!(v[0], "fd00:10:244::/64");
+        assert_eq!(v[255], "fd00:10:244:ff::/64");
+        assert_eq!(subnet_key(net("fd00:10:244:3::/64")), "fd00:10:244:3::-64");
+        // the IPv4 pool comes first whichever is given first; positions pair the families
+        let dual = LeaseConfig::new(net("fd00:10:244::/56"), 64, ttl)
+            .unwrap()
+            .with_family(net("10.244.0.0/16"), 24)
+            .unwrap()
+            .with_range(Some(net("fd00:10:244:10::/64")), None)
+            .unwrap()
+            .with_range(Some(net("10.244.2.0/24")), Some(net("10.244.4.0/24")))
+            .unwrap();
+        let slots: Vec<(String, String)> = dual
+            .slots()
+            .map(|s| (s.subnet.to_string(), s.ipv6.unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("10.244.2.0/24".into(), "fd00:10:244:10::/64".into()),
+                ("10.244.3.0/24".into(), "fd00:10:244:11::/64".into()),
+                ("10.244.4.0/24".into(), "fd00:10:244:12::/64".into()),
+            ]
+        );
+        assert_eq!(
+            dual.slot_of(net("10.244.3.0/24"))
+                .and_then(|s| s.ipv6)
+                .map(|n| n.to_string()),
+            Some("fd00:10:244:11::/64".into())
+        );
+        assert_eq!(dual.slot_of(net("10.244.9.0/24")), None);
+        // the smaller pool bounds the slots, and is the one a full cluster names
+        let small = cfg().with_family(net("fd00::/126"), 127);
+        assert!(small.is_err(), "an IPv6 node subnet longer than /120");
+        let small = cfg().with_family(net("fd00::/62"), 64).unwrap();
+        assert_eq!(small.slots().count(), 4);
+        assert!(small.full().to_string().contains("fd00::/62"), "{}", small.full());
+        // a record's IPv6 subnet must be the cluster's
+        let mut l = Lease {
+            subnet: net("10.244.1.0/24"),
+            ipv6_subnet: Some("fd01::/64".parse().unwrap()),
+            node_name: "n".into(),
+            node_ip: "192.168.1.1".parse().unwrap(),
+            node_ip_v6: None,
+            expires: 1,
+            holder: None,
+            vtep_mac: None,
+        };
+        assert!(small.check(&l).unwrap_err().contains("IPv6 subnet"));
+        l.ipv6_subnet = None;
+        assert_eq!(small.check(&l), Ok(()), "one family in a dual-stack cluster");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        // However the two families are sized and ranged, every slot has both, and no subnet of
+        // either family is in two slots or outside its cluster CIDR.
+        #[test]
+        fn slots_never_overlap_and_never_miss_a_family(
+            a4 in proptest::prelude::any::<u32>(), p4 in 8u8..=22, d4 in 0u8..=8,
+            a6 in proptest::prelude::any::<u128>(), p6 in 32u8..=112, d6 in 0u8..=8,
+            skip4 in 0u32..4, skip6 in 0u32..4,
+        ) {
+            let v4 = Ipv4Network::new(Ipv4Addr::from(a4), p4).unwrap();
+            let v4 = IpNetwork::new(IpAddr::V4(v4.network()), p4).unwrap();
+            let v6 = Ipv6Network::new(Ipv6Addr::from(a6), p6).unwrap();
+            let v6 = IpNetwork::new(IpAddr::V6(v6.network()), p6).unwrap();
+            let mut c = LeaseConfig::new(v4, p4 + d4, Duration::from_secs(60))
+                .unwrap()
+                .with_family(v6, p6 + d6)
+                .unwrap();
+            let first4 = c.primary().nth(u128::from(skip4));
+            let first6 = c.ipv6().unwrap().nth(u128::from(skip6));
+            c = c.with_range(first4, None).unwrap().with_range(first6, None).unwrap();
+            let expect = c.pools.iter().map(Pool::count).min().unwrap();
+            let (mut seen4, mut seen6) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+            for s in c.slots() {
+                let six = s.ipv6.expect("a dual-stack slot has an IPv6 subnet");
+                proptest::prop_assert!(c.holds(s.subnet) && v4.contains(s.subnet.network()));
+                proptest::prop_assert!(c.ipv6().unwrap().holds(IpNetwork::V6(six)));
+                proptest::prop_assert!(seen4.insert(s.subnet) && seen6.insert(six));
+                proptest::prop_assert_eq!(c.slot_of(s.subnet), Some(s));
+            }
+            proptest::prop_assert_eq!(seen4.len() as u128, expect);
         }
     }
 
@@ -410,6 +723,8 @@ mod tests {
                 expires: 0,
                 holder: None,
                 vtep_mac: None,
+                ipv6_subnet: None,
+                node_ip_v6: None,
             },
             version,
         };

@@ -3,19 +3,29 @@
 //! [`crate::cluster::lease::LeaseConfig::check`]) has judged it; one that fails is reported as
 //! [`Invalid`] and never stops the handling of the others.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A node's subnet, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
+    /// The node's subnet of the cluster's first family (IPv4 in a dual-stack cluster): the
+    /// record's key.
     pub subnet: IpNetwork,
+    /// A dual-stack cluster's IPv6 subnet of the node. Records of single-family clusters, and
+    /// of versions before dual-stack, have none.
+    #[serde(rename = "ipv6Subnet", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<Ipv6Network>,
     pub node_name: String,
+    /// The node's address: its IPv4 one when it has one of each family.
     #[serde(rename = "nodeIP")]
     pub node_ip: IpAddr,
+    /// The node's IPv6 address when it has one of each family.
+    #[serde(rename = "nodeIPv6", default, skip_serializing_if = "Option::is_none")]
+    pub node_ip_v6: Option<Ipv6Addr>,
     /// Unix seconds after which the lease is free again.
     pub expires: u64,
     /// Which daemon instance holds it (see `holder` in `cbrnet-routed`): a daemon started under a
@@ -63,12 +73,13 @@ pub fn subnet_key(subnet: IpNetwork) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix())
 }
 
-/// The subnet a key names, if it is a key we would have written (IPv4, canonical).
+/// The subnet a key names, if it is a key we would have written (canonical: the network
+/// address as the standard library prints it, no host bits).
 pub fn parse_key(key: &str) -> Option<IpNetwork> {
-    let (ip, len) = key.split_once('-')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
+    let (ip, len) = key.rsplit_once('-')?;
+    let ip: IpAddr = ip.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    let net = IpNetwork::V4(Ipv4Network::new(ip, len).ok()?);
+    let net = IpNetwork::new(ip, len).ok()?;
     (subnet_key(net) == key && net.network() == net.ip()).then_some(net)
 }
 
@@ -129,14 +140,20 @@ pub fn parse(key: &str, bytes: &[u8]) -> Result<Lease, Invalid> {
     Ok(lease)
 }
 
-/// What a lease must be, whatever the cluster's configuration: a canonical IPv4 subnet, a node
-/// name, and a node IP that is a plain unicast address.
+/// What a lease must be, whatever the cluster's configuration: canonical subnets (an IPv6 one
+/// beside an IPv4 one, never two of a family), a node name, and node IPs that can be routed to
+/// (an IPv6 one beside an IPv4 one).
 pub fn check_fields(l: &Lease) -> Result<(), String> {
     if l.subnet.network() != l.subnet.ip() {
         return Err(format!("subnet {} has host bits set", l.subnet));
     }
-    if !l.subnet.is_ipv4() {
-        return Err(format!("subnet {} is not IPv4", l.subnet));
+    if let Some(v6) = l.ipv6_subnet {
+        if !l.subnet.is_ipv4() {
+            return Err(format!("ipv6Subnet {v6} beside the IPv6 subnet {}", l.subnet));
+        }
+        if v6.network() != v6.ip() {
+            return Err(format!("ipv6Subnet {v6} has host bits set"));
+        }
     }
     if l.node_name.is_empty()
         || l.node_name.len() > MAX_NODE_NAME
@@ -144,19 +161,40 @@ pub fn check_fields(l: &Lease) -> Result<(), String> {
     {
         return Err(format!("node name {:?} is not a name", l.node_name));
     }
-    match l.node_ip {
-        IpAddr::V4(ip)
-            if !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()) =>
-        {
-            Ok(())
+    if !routable(l.node_ip) {
+        return Err(format!("node IP {} is not a unicast address", l.node_ip));
+    }
+    if let Some(v6) = l.node_ip_v6 {
+        if !l.node_ip.is_ipv4() {
+            return Err(format!("nodeIPv6 {v6} beside the IPv6 node IP {}", l.node_ip));
         }
-        ip => Err(format!("node IP {ip} is not a unicast IPv4 address")),
+        if !routable(IpAddr::V6(v6)) {
+            return Err(format!("nodeIPv6 {v6} is not a unicast address"));
+        }
+    }
+    Ok(())
+}
+
+/// A plain unicast address another node can route to (an IPv6 link-local one needs a link too).
+fn routable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_unicast_link_local()
+                || ip.to_ipv4_mapped().is_some())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnetwork::Ipv4Network;
     use proptest::prelude::*;
 
     fn lease() -> Lease {
@@ -167,20 +205,26 @@ mod tests {
             expires: 100,
             holder: Some("m:1".into()),
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         }
     }
 
     #[test]
     fn keys_round_trip_and_odd_ones_are_refused() {
-        let n: IpNetwork = "10.244.3.0/24".parse().unwrap();
-        assert_eq!(parse_key(&subnet_key(n)), Some(n));
+        for n in ["10.244.3.0/24", "fd00:10:244:3::/64", "fd00::/56"] {
+            let n: IpNetwork = n.parse().unwrap();
+            assert_eq!(parse_key(&subnet_key(n)), Some(n));
+        }
         for bad in [
             "10.244.3.1-24",
             "10.244.3.0-33",
             "10.244.3.0",
             "010.244.3.0-24",
             "x-24",
-            "fd00::-64",
+            "fd00:0::-64",
+            "fd00::1-64",
+            "fd00::-129",
             ".tmp-1-2",
         ] {
             assert_eq!(parse_key(bad), None, "{bad}");
@@ -241,12 +285,27 @@ mod tests {
             a in any::<u32>(), len in 8u8..=30, ip in any::<u32>(), expires in any::<u64>(),
             name in "[a-z0-9.-]{1,40}", holder in proptest::option::of("[a-z0-9:/]{1,40}"),
             vtep_mac in proptest::option::of(".{0,20}"),
+            v6 in proptest::option::of((any::<u128>(), 0u8..=128)),
+            ip6 in proptest::option::of(any::<u128>()),
+            v6_first in any::<bool>(),
         ) {
             let subnet = IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(a), len).unwrap());
             let subnet = IpNetwork::new(subnet.network(), len).unwrap();
-            let l = Lease {
+            let ipv6_subnet = v6.map(|(a, len)| {
+                let n = Ipv6Network::new(Ipv6Addr::from(a), len).unwrap();
+                Ipv6Network::new(n.network(), len).unwrap()
+            });
+            let mut l = Lease {
                 subnet, node_name: name, node_ip: IpAddr::V4(Ipv4Addr::from(ip)), expires, holder, vtep_mac,
+                ipv6_subnet, node_ip_v6: ip6.map(Ipv6Addr::from),
             };
+            // An IPv6-only record: its one subnet is the key.
+            if v6_first {
+                if let Some(v6) = l.ipv6_subnet.take() {
+                    l.subnet = IpNetwork::V6(v6);
+                }
+            }
+            let subnet = l.subnet;
             let key = subnet_key(subnet);
             match parse(&key, &serde_json::to_vec(&l).unwrap()) {
                 Ok(back) => prop_assert_eq!(back, l),

@@ -229,6 +229,8 @@ mod tests {
             expires: u64::MAX,
             holder: None,
             vtep_mac: mac.map(str::to_string),
+            ipv6_subnet: None,
+            node_ip_v6: None,
         }
     }
 

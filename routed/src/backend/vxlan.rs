@@ -531,6 +531,8 @@ mod tests {
             expires: 1,
             holder: None,
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         };
         assert_eq!(vtep_of(&l), Ok(None));
         for (v, why) in [

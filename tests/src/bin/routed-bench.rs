@@ -79,6 +79,8 @@ fn lease(subnet: &str, node: String, ip: Ipv4Addr, vtep_mac: Option<[u8; 6]>) ->
         expires: unix_now() + 3600,
         holder: None,
         vtep_mac: vtep_mac.map(mac_text),
+        ipv6_subnet: None,
+        node_ip_v6: None,
     }
 }
 

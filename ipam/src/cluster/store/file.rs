@@ -413,6 +413,18 @@ mod tests {
             .await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_families_one_lease() {
+        let d = tempfile::tempdir().unwrap();
+        conformance::two_families_one_lease(Arc::new(FileStore::open(d.path()).unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_cluster() {
+        let d = tempfile::tempdir().unwrap();
+        conformance::an_ipv6_only_cluster(&FileStore::open(d.path()).unwrap()).await;
+    }
+
     /// Writes an entry under a key by hand: a record as the file store writes it, or the bytes
     /// as they are when they are no JSON.
     fn put_raw(dir: &Path) -> impl Fn(String, Vec<u8>) -> std::future::Ready<()> + '_ {
@@ -490,6 +502,8 @@ mod tests {
             expires: 1,
             holder: None,
             vtep_mac: None,
+            ipv6_subnet: None,
+            node_ip_v6: None,
         };
         assert_eq!(s.update(&lease, 1, Duration::from_secs(60)).await.unwrap(), None);
         assert!(!s.delete(lease.subnet, 1).await.unwrap());
