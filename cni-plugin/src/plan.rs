@@ -354,6 +354,9 @@ mod tests {
             gateway: "10.1.0.1".parse().unwrap(),
             cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
             mtu: Some(1450),
+            ipv6_subnet: None,
+            ipv6_gateway: None,
+            ipv6_cluster_cidr: None,
         });
         let p = plan_of(json!({"mtu": 9000}), &got).unwrap();
         assert_eq!((p.bridge.mtu, p.veth.mtu), (9000, Some(9000)));
@@ -438,6 +441,9 @@ mod tests {
             gateway: "10.1.0.1".parse().unwrap(),
             cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
             mtu: None,
+            ipv6_subnet: None,
+            ipv6_gateway: None,
+            ipv6_cluster_cidr: None,
         });
         let ipam_file = json!({"type": "cbrnet-ipam", "subnetFile": "/nonexistent"});
         let p = plan_of(json!({"ipMasq": true, "ipam": ipam_file}), &got).unwrap();

@@ -1,5 +1,7 @@
 //! The subnet file: the node's pod subnet as `cbrnet-routed` publishes it and `cbrnet-ipam` (in
-//! `cbrnet` or standalone) reads it, `{"subnet", "gateway", "clusterCIDR", "mtu"}`.
+//! `cbrnet` or standalone) reads it, `{"subnet", "gateway", "clusterCIDR", "mtu"}`, and on a
+//! dual-stack node the IPv6 subnet beside the IPv4 one: `{"ipv6Subnet", "ipv6Gateway",
+//! "ipv6ClusterCIDR"}` (a reader of an earlier version ignores them and serves IPv4).
 //!
 //! The writer replaces it atomically (temp file + rename), so a reader never sees half a file.
 //! The reader treats it as hostile: it reads only a regular file of sane size (a FIFO would hang
@@ -27,24 +29,27 @@ pub struct SubnetFile {
     pub cluster_cidr: Option<IpNetwork>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// A dual-stack node's IPv6 subnet, beside the IPv4 one in `subnet`.
+    #[serde(rename = "ipv6Subnet", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<IpNetwork>,
+    #[serde(rename = "ipv6Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_gateway: Option<IpAddr>,
+    #[serde(rename = "ipv6ClusterCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_cluster_cidr: Option<IpNetwork>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SubnetFileError {
-    #[error("this node has no pod subnet yet: {} does not exist (is cbrnet-routed running?)", .0.display())]
-    Missing(PathBuf),
-    #[error("subnet file {path}: {1}", path = .0.display())]
-    Io(PathBuf, #[source] std::io::Error),
-    /// Not a regular file, too large, not JSON of the right shape, or fields that contradict each
-    /// other.
-    #[error("subnet file {path}: {1}", path = .0.display())]
-    Invalid(PathBuf, String),
+/// One family's part of a subnet file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
+    pub cluster_cidr: Option<IpNetwork>,
 }
 
-impl SubnetFile {
-    /// Checks that the fields make sense together: a canonical subnet, the gateway a usable
-    /// address inside it, the subnet inside the cluster CIDR, an MTU the kernel takes.
-    pub fn validate(&self) -> Result<(), String> {
+impl Family {
+    /// A canonical subnet, the gateway a usable address inside it, the subnet inside the
+    /// cluster CIDR.
+    fn validate(&self) -> Result<(), String> {
         let s = self.subnet;
         if s.network() != s.ip() {
             return Err(format!("subnet {s} has host bits set"));
@@ -69,6 +74,56 @@ impl SubnetFile {
             if c.is_ipv4() != s.is_ipv4() || c.prefix() > s.prefix() || !c.contains(s.network()) {
                 return Err(format!("subnet {s} is not inside clusterCIDR {c}"));
             }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetFileError {
+    #[error("this node has no pod subnet yet: {} does not exist (is cbrnet-routed running?)", .0.display())]
+    Missing(PathBuf),
+    #[error("subnet file {path}: {1}", path = .0.display())]
+    Io(PathBuf, #[source] std::io::Error),
+    /// Not a regular file, too large, not JSON of the right shape, or fields that contradict each
+    /// other.
+    #[error("subnet file {path}: {1}", path = .0.display())]
+    Invalid(PathBuf, String),
+}
+
+impl SubnetFile {
+    /// Every subnet of the node with its gateway and cluster CIDR, the first family's first.
+    pub fn families(&self) -> Vec<Family> {
+        let mut out = vec![Family {
+            subnet: self.subnet,
+            gateway: self.gateway,
+            cluster_cidr: self.cluster_cidr,
+        }];
+        if let (Some(subnet), Some(gateway)) = (self.ipv6_subnet, self.ipv6_gateway) {
+            out.push(Family {
+                subnet,
+                gateway,
+                cluster_cidr: self.ipv6_cluster_cidr,
+            });
+        }
+        out
+    }
+
+    /// Checks that the fields make sense together: canonical subnets (an IPv6 one only beside
+    /// an IPv4 one, with its gateway), each gateway a usable address inside its subnet, each
+    /// subnet inside its cluster CIDR, an MTU the kernel takes.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.ipv6_subnet, self.ipv6_gateway) {
+            (None, None) if self.ipv6_cluster_cidr.is_none() => {}
+            (Some(s6), Some(_)) if s6.is_ipv6() && self.subnet.is_ipv4() => {}
+            _ => {
+                return Err(
+                    "ipv6Subnet and ipv6Gateway go together, an IPv6 subnet beside an IPv4 subnet".into(),
+                )
+            }
+        }
+        for f in self.families() {
+            f.validate()?;
         }
         if let Some(m) = self.mtu {
             if !(68..=65535).contains(&m) {
@@ -156,7 +211,50 @@ mod tests {
             gateway: gw.parse().unwrap(),
             cluster_cidr: cidr.map(|c| c.parse().unwrap()),
             mtu,
+            ipv6_subnet: None,
+            ipv6_gateway: None,
+            ipv6_cluster_cidr: None,
         }
+    }
+
+    #[test]
+    fn a_dual_stack_file_has_both_families() {
+        let mut f = file("10.244.3.0/24", "10.244.3.1", Some("10.244.0.0/16"), Some(1450));
+        f.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+        f.ipv6_gateway = Some("fd00:10:244:3::1".parse().unwrap());
+        f.ipv6_cluster_cidr = Some("fd00:10:244::/56".parse().unwrap());
+        assert_eq!(f.validate(), Ok(()));
+        let fams = f.families();
+        assert_eq!(fams.len(), 2);
+        assert_eq!(fams[1].gateway.to_string(), "fd00:10:244:3::1");
+        // an older reader sees the IPv4 part alone; the keys are as documented
+        let j = serde_json::to_value(&f).unwrap();
+        assert_eq!(j["subnet"], "10.244.3.0/24");
+        assert_eq!(j["ipv6Subnet"], "fd00:10:244:3::/64");
+        assert_eq!(j["ipv6Gateway"], "fd00:10:244:3::1");
+        assert_eq!(j["ipv6ClusterCIDR"], "fd00:10:244::/56");
+        let why = |f: &SubnetFile| f.validate().unwrap_err();
+        let mut bad = f.clone();
+        bad.ipv6_gateway = None;
+        assert!(why(&bad).contains("go together"));
+        let mut bad = f.clone();
+        bad.ipv6_gateway = Some("fd00:10:244:4::1".parse().unwrap());
+        assert!(why(&bad).contains("gateway"));
+        let mut bad = f.clone();
+        bad.ipv6_cluster_cidr = Some("fd01::/56".parse().unwrap());
+        assert!(why(&bad).contains("clusterCIDR"));
+        // an IPv6-only node's file: its one subnet in `subnet`
+        let v6 = file(
+            "fd00:10:244:3::/64",
+            "fd00:10:244:3::1",
+            Some("fd00:10:244::/56"),
+            None,
+        );
+        assert_eq!(v6.validate(), Ok(()));
+        let mut bad = v6.clone();
+        bad.ipv6_subnet = f.ipv6_subnet;
+        bad.ipv6_gateway = f.ipv6_gateway;
+        assert!(why(&bad).contains("beside an IPv4 subnet"));
     }
 
     #[test]

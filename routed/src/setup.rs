@@ -58,6 +58,9 @@ pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease, mtu: Option<u32>) -
         gateway: gw,
         cluster_cidr: Some(cfg.cluster_cidr),
         mtu,
+        ipv6_subnet: None,
+        ipv6_gateway: None,
+        ipv6_cluster_cidr: None,
     };
     let written = file
         .write(&args.subnet_file)

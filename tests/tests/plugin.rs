@@ -209,6 +209,110 @@ fn subnet_file_status_and_add() {
         .expect_ok();
 }
 
+/// A dual-stack node's subnet file: each pod gets an address of each family with its gateway
+/// and default route, the bridge carries both gateways, the pods reach each other on both at
+/// once (no address waits for duplicate address detection), the bridge stays quiet, and CHECK
+/// and DEL cover both families.
+#[test]
+fn a_dual_stack_subnet_file_gives_each_pod_both_families() {
+    let node = Node::new("dual");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet",
+        "ipam": {"type": "cbrnet-ipam", "subnetFile": node.subnet_file(), "dataDir": node.data_dir()},
+    });
+    std::fs::write(
+        node.subnet_file(),
+        r#"{"subnet":"10.244.23.0/24","gateway":"10.244.23.1","clusterCIDR":"10.244.0.0/16",
+            "ipv6Subnet":"fd00:10:244:23::/64","ipv6Gateway":"fd00:10:244:23::1",
+            "ipv6ClusterCIDR":"fd00:10:244::/56"}"#,
+    )
+    .unwrap();
+    let pods: [Netns; 2] = std::array::from_fn(|_| Netns::new("dual-pod"));
+    let (mut addrs, mut results) = (Vec::new(), Vec::new());
+    for (i, p) in pods.iter().enumerate() {
+        let r = Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
+        results.push(r.clone());
+        let ips: Vec<(String, String)> = r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| {
+                (
+                    ip["address"].as_str().unwrap().to_string(),
+                    ip["gateway"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(ips.len(), 2, "{r}");
+        assert!(
+            ips[0].0.starts_with("10.244.23.") && ips[0].1 == "10.244.23.1",
+            "{r}"
+        );
+        assert!(
+            ips[1].0.starts_with("fd00:10:244:23::") && ips[1].0.ends_with("/64"),
+            "{r}"
+        );
+        assert_eq!(ips[1].1, "fd00:10:244:23::1", "{r}");
+        let routes: Vec<&str> = r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rt| rt["dst"].as_str().unwrap())
+            .collect();
+        assert!(routes.contains(&"0.0.0.0/0") && routes.contains(&"::/0"), "{r}");
+        // usable at once: never tentative
+        let v6 = p.ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        assert!(
+            v6.contains("fd00:10:244:23::") && !v6.contains("tentative"),
+            "{v6}"
+        );
+        assert!(p
+            .ok(&["ip", "-6", "route", "show", "default"])
+            .contains("via fd00:10:244:23::1"));
+        let host_end = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+        let d = node.ns.ok(&["ip", "-d", "link", "show", &host_end]);
+        assert!(d.contains("addrgenmode none"), "{d}");
+        addrs.push(
+            ips.into_iter()
+                .map(|(a, _)| a.split('/').next().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let br = node.ns.ok(&["ip", "-o", "addr", "show", "dev", "cbr0"]);
+    assert!(
+        br.contains("10.244.23.1/24") && br.contains("fd00:10:244:23::1/64"),
+        "{br}"
+    );
+    assert!(node
+        .ns
+        .ok(&["ip", "-d", "link", "show", "cbr0"])
+        .contains("mcast_snooping 0"));
+    for a in &addrs[1] {
+        assert!(pods[0].can_ping(a), "pod 0 cannot reach {a}");
+    }
+    // both gateways answer too
+    assert!(pods[1].can_ping("10.244.23.1") && pods[1].can_ping("fd00:10:244:23::1"));
+    let reserved = |ip: &str| {
+        walk(std::path::Path::new(&node.data_dir()))
+            .iter()
+            .any(|f| f.ends_with(&format!("/{ip}")))
+    };
+    assert!(addrs.iter().flatten().all(|a| reserved(a)), "{addrs:?}");
+    for (i, p) in pods.iter().enumerate() {
+        Call::new("CHECK", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, &with_prev(&conf, &results[i]))
+            .expect_ok();
+        Call::new("DEL", &format!("c{i}"), p.path(), "eth0")
+            .run(&node.ns, &conf)
+            .expect_ok();
+    }
+    assert!(node.veths().is_empty());
+    // every reservation of both families went back
+    assert!(!addrs.iter().flatten().any(|a| reserved(a)), "{addrs:?}");
+}
+
 #[test]
 fn version_with_libcni_dummies() {
     let node = Node::new("version");
@@ -542,4 +646,18 @@ fn new_pods_make_no_multicast_noise_on_the_bridge() {
             .expect_ok();
     }
     assert!(node.veths().is_empty());
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
 }

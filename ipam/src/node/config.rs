@@ -109,11 +109,21 @@ impl IpamConf {
     }
 
     fn range_sets(&self, file: Option<&SubnetFile>) -> Result<Vec<Vec<Range>>, IpamError> {
+        // One address of each family the node has a subnet of.
         if let Some(f) = file {
-            let r = Range::new(f.subnet, None, None, Some(f.gateway)).map_err(|e| {
-                subnet_file::SubnetFileError::Invalid(self.subnet_file_path().to_owned(), e.to_string())
-            })?;
-            return Ok(vec![vec![r]]);
+            return f
+                .families()
+                .into_iter()
+                .map(|fam| {
+                    let r = Range::new(fam.subnet, None, None, Some(fam.gateway)).map_err(|e| {
+                        subnet_file::SubnetFileError::Invalid(
+                            self.subnet_file_path().to_owned(),
+                            e.to_string(),
+                        )
+                    })?;
+                    Ok(vec![r])
+                })
+                .collect();
         }
         if let Some(subnet) = self.subnet {
             return Ok(vec![vec![Range::new(
