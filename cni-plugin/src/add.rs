@@ -194,7 +194,7 @@ async fn apply(
         .map_err(PluginError::netlink(what))?;
     test_point("pod");
     if let Some(m) = &p.masq {
-        masq::ensure(&m.table, m.subnet, m.cluster)?;
+        masq::ensure(&m.table, &m.rules)?;
     }
     Ok(p.result(&br))
 }

@@ -58,8 +58,8 @@ pub struct VethPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MasqPlan {
     pub table: String,
-    pub subnet: IpNetwork,
-    pub cluster: IpNetwork,
+    /// One per family.
+    pub rules: Vec<masq::Masq>,
 }
 
 /// Works out the ADD of attachment `env` on network `l` with the addresses in `got`.
@@ -82,32 +82,36 @@ pub fn plan(l: &Loaded, env: &Env, got: &Granted) -> Result<AddPlan> {
         cni_spec::add_default_routes(&mut routes, gateways.iter().map(|g| g.0));
     }
 
+    // One rule per family the pod has an address and a cluster CIDR of: the config's
+    // `clusterCIDR` for its family, the subnet file's for each of its families.
     let masq = if c.ip_masq {
-        let cluster = c
-            .cluster_cidr
-            .or(file.and_then(|f| f.cluster_cidr))
-            .ok_or_else(|| {
-                CniError::invalid_config("ipMasq needs clusterCIDR (in the config or the subnet file)")
-            })?;
-        // Masquerading is IPv4: it needs the pod's IPv4 subnet, gateway or not.
-        let subnet = ips
-            .iter()
-            .map(|ip| ip.address)
-            .find(IpNetwork::is_ipv4)
-            .ok_or_else(|| {
-                CniError::invalid_config("ipMasq masquerades IPv4, and IPAM gave no IPv4 address")
-            })?;
-        if !cluster.is_ipv4() {
-            return Err(
-                CniError::invalid_config(format!("ipMasq needs an IPv4 clusterCIDR, not {cluster}")).into(),
-            );
+        let file_cidrs: Vec<IpNetwork> = file
+            .map(|f| f.families().iter().filter_map(|fam| fam.cluster_cidr).collect())
+            .unwrap_or_default();
+        let mut rules: Vec<masq::Masq> = Vec::new();
+        for ip in ips {
+            let a = ip.address;
+            let cluster = c
+                .cluster_cidr
+                .filter(|cc| cc.is_ipv4() == a.is_ipv4())
+                .or_else(|| file_cidrs.iter().copied().find(|cc| cc.is_ipv4() == a.is_ipv4()));
+            let Some(cluster) = cluster else { continue };
+            let subnet = IpNetwork::new(a.network(), a.prefix())
+                .map_err(|e| CniError::invalid_config(format!("IPAM address {a}: {e}")))?;
+            if !rules.iter().any(|r| r.subnet == subnet) {
+                rules.push(masq::Masq { subnet, cluster });
+            }
         }
-        let subnet = IpNetwork::new(subnet.network(), subnet.prefix())
-            .map_err(|e| CniError::invalid_config(format!("IPAM address {subnet}: {e}")))?;
+        if rules.is_empty() {
+            return Err(CniError::invalid_config(
+                "ipMasq needs a clusterCIDR (in the config or the subnet file) of the family of one of \
+                 the pod's addresses",
+            )
+            .into());
+        }
         Some(MasqPlan {
             table: masq::table_name(&c.base.name),
-            subnet,
-            cluster,
+            rules,
         })
     } else {
         None
@@ -424,14 +428,16 @@ mod tests {
     }
 
     #[test]
-    fn ip_masq_needs_an_ipv4_subnet_and_cluster_cidr() {
+    fn ip_masq_needs_a_cluster_cidr_of_an_address_family() {
         let p = plan_of(json!({"ipMasq": true, "clusterCIDR": "10.0.0.0/8"}), &v4()).unwrap();
         assert_eq!(
             p.masq,
             Some(MasqPlan {
                 table: "cbrnet_net1".into(),
-                subnet: "10.1.0.0/24".parse().unwrap(),
-                cluster: "10.0.0.0/8".parse().unwrap(),
+                rules: vec![masq::Masq {
+                    subnet: "10.1.0.0/24".parse().unwrap(),
+                    cluster: "10.0.0.0/8".parse().unwrap(),
+                }],
             })
         );
         // the cluster CIDR may come from the subnet file
@@ -447,7 +453,26 @@ mod tests {
         });
         let ipam_file = json!({"type": "cbrnet-ipam", "subnetFile": "/nonexistent"});
         let p = plan_of(json!({"ipMasq": true, "ipam": ipam_file}), &got).unwrap();
-        assert_eq!(p.masq.unwrap().cluster.to_string(), "10.0.0.0/8");
+        assert_eq!(p.masq.unwrap().rules[0].cluster.to_string(), "10.0.0.0/8");
+        // a dual-stack pod of a dual-stack file: a rule per family
+        let mut dual = granted(vec![
+            ip("10.1.0.5/24", Some("10.1.0.1")),
+            ip("fd00:1::5/64", Some("fd00:1::1")),
+        ]);
+        let mut f = got.subnet_file.clone().unwrap();
+        f.ipv6_subnet = Some("fd00:1::/64".parse().unwrap());
+        f.ipv6_gateway = Some("fd00:1::1".parse().unwrap());
+        f.ipv6_cluster_cidr = Some("fd00::/48".parse().unwrap());
+        dual.subnet_file = Some(f);
+        let p = plan_of(json!({"ipMasq": true, "ipam": ipam_file}), &dual).unwrap();
+        let rules: Vec<String> = p
+            .masq
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| format!("{} {}", r.subnet, r.cluster))
+            .collect();
+        assert_eq!(rules, ["10.1.0.0/24 10.0.0.0/8", "fd00:1::/64 fd00::/48"]);
         // without one, or with only IPv6, or without a gateway: a clean error, no panic
         assert_eq!(
             code(plan_of(json!({"ipMasq": true, "ipam": ipam_file}), &v4())),
@@ -464,7 +489,7 @@ mod tests {
         );
         let no_gw = granted(vec![ip("10.1.0.5/24", None)]);
         let p = plan_of(json!({"ipMasq": true, "clusterCIDR": "10.0.0.0/8"}), &no_gw).unwrap();
-        assert_eq!(p.masq.unwrap().subnet.to_string(), "10.1.0.0/24");
+        assert_eq!(p.masq.unwrap().rules[0].subnet.to_string(), "10.1.0.0/24");
     }
 
     #[test]

@@ -49,8 +49,12 @@ pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease, mtu: Option<u32>) -
     if forwarding::enable(false)? {
         repaired.push("IPv4 forwarding was off".into());
     }
-    if args.ip_masq && !masq::is_in_place(MASQ_TABLE, lease.subnet, cfg.cluster_cidr)? {
-        masq::ensure(MASQ_TABLE, lease.subnet, cfg.cluster_cidr)?;
+    let rules = [masq::Masq {
+        subnet: lease.subnet,
+        cluster: cfg.cluster_cidr,
+    }];
+    if args.ip_masq && !masq::is_in_place(MASQ_TABLE, &rules)? {
+        masq::ensure(MASQ_TABLE, &rules)?;
         repaired.push(format!("masquerade table {MASQ_TABLE} was missing or changed"));
     }
     let file = SubnetFile {

@@ -217,7 +217,7 @@ fn subnet_file_status_and_add() {
 fn a_dual_stack_subnet_file_gives_each_pod_both_families() {
     let node = Node::new("dual");
     let conf = json!({
-        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet",
+        "cniVersion": "1.1.0", "name": "testnet", "type": "cbrnet", "ipMasq": true,
         "ipam": {"type": "cbrnet-ipam", "subnetFile": node.subnet_file(), "dataDir": node.data_dir()},
     });
     std::fs::write(
@@ -403,13 +403,28 @@ fn ip_masq_installs_one_nftables_rule() {
     let mut conf = node.conf("1.0.0", "10.244.26.0/24");
     conf["ipMasq"] = json!(true);
     conf["clusterCIDR"] = json!("10.244.0.0/16");
+    // the IPv4-only table of the same name an earlier version made goes with the first ADD
+    node.ns.ok(&["nft", "add", "table", "ip", "cbrnet_testnet"]);
+    node.ns.ok(&[
+        "nft",
+        "add chain ip cbrnet_testnet postrouting { type nat hook postrouting priority srcnat; }",
+    ]);
+    node.ns.ok(&[
+        "nft",
+        "add rule ip cbrnet_testnet postrouting ip saddr 10.244.26.0/24 masquerade",
+    ]);
     let pods = [Netns::new("masq-pod"), Netns::new("masq-pod")];
     for (i, p) in pods.iter().enumerate() {
         Call::new("ADD", &format!("c{i}"), p.path(), "eth0")
             .run(&node.ns, &conf)
             .expect_ok();
     }
-    let rules = node.ns.ok(&["nft", "list", "table", "ip", "cbrnet_testnet"]);
+    assert!(!node
+        .ns
+        .run(&["nft", "list", "table", "ip", "cbrnet_testnet"])
+        .status
+        .success());
+    let rules = node.ns.ok(&["nft", "list", "table", "inet", "cbrnet_testnet"]);
     assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
     assert!(
         rules.contains("ip saddr 10.244.26.0/24 ip daddr != 10.244.0.0/16 masquerade"),

@@ -250,7 +250,7 @@ fn healthz_metrics_and_ip_masq() {
     let nft = lab.nodes[0]
         .node
         .ns
-        .ok(&["nft", "list", "table", "ip", "cbrnet_routed"]);
+        .ok(&["nft", "list", "table", "inet", "cbrnet_routed"]);
     assert!(
         nft.contains(&format!("ip saddr {subnet} ip daddr != 10.244.0.0/16 masquerade")),
         "{nft}"
@@ -259,7 +259,7 @@ fn healthz_metrics_and_ip_masq() {
         lab.nodes[1]
             .node
             .ns
-            .run(&["nft", "list", "table", "ip", "cbrnet_routed"])
+            .run(&["nft", "list", "table", "inet", "cbrnet_routed"])
             .status
             .code()
             != Some(0)

@@ -199,13 +199,13 @@ fn drift_of_the_node_set_up_is_repaired() {
     // the resync catches the rest
     std::fs::remove_file(lab.nodes[0].node.subnet_file()).unwrap();
     ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
-    ns.ok(&["nft", "delete", "table", "ip", "cbrnet_routed"]);
+    ns.ok(&["nft", "delete", "table", "inet", "cbrnet_routed"]);
     let repaired = |l: &Lab| {
         let ns = &l.nodes[0].node.ns;
         l.nodes[0].subnet().is_some()
             && ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim() == "1"
             && ns
-                .run(&["nft", "list", "table", "ip", "cbrnet_routed"])
+                .run(&["nft", "list", "table", "inet", "cbrnet_routed"])
                 .status
                 .success()
     };
