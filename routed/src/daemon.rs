@@ -10,7 +10,7 @@ use crate::cli::Config;
 use crate::error::{Result, RoutedError};
 use crate::events::{Event, Events, Neigh};
 use crate::known::Known;
-use crate::metrics::{self, ErrorKind, Metrics};
+use crate::metrics::{self, ErrorKind, Metrics, Problem};
 use crate::raw::{self, Nexthop, Raw};
 use crate::{instance, reclaim, setup};
 use cbrnet_bridge::Nl;
@@ -337,8 +337,11 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     while let Err(e) = node.set_up().await {
         let d = b.next();
         tracing::error!("setting the node up: {e}; retrying in {d:?}");
+        node.metrics
+            .set_problem(Problem::Setup, Some(format!("the node set-up fails: {e}")));
         tokio::time::sleep(d).await;
     }
+    node.metrics.set_problem(Problem::Setup, None);
     node.metrics.set_ready(true);
     Ok(node)
 }
@@ -424,9 +427,14 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
         }
         if setup_dirty {
             match node.set_up().await {
-                Ok(()) => node.metrics.set_ready(true),
+                Ok(()) => {
+                    node.metrics.set_ready(true);
+                    node.metrics.set_problem(Problem::Setup, None);
+                }
                 Err(e) => {
                     tracing::error!("keeping the node set up: {e}");
+                    node.metrics
+                        .set_problem(Problem::Setup, Some(format!("the node set-up fails: {e}")));
                     node.metrics.error(ErrorKind::Setup);
                     retry_at = Some(Instant::now() + backoff.next());
                 }
@@ -658,7 +666,7 @@ impl Node {
                 None if self.vxlan_down.is_some() => tracing::info!("{} is usable again", vxlan::DEVICE),
                 None => {}
             }
-            self.metrics.set_backend_problem(down.clone());
+            self.metrics.set_problem(Problem::Backend, down.clone());
         }
         (self.vx_index, self.vxlan_down) = (index, down);
         Ok(repaired)
@@ -998,6 +1006,22 @@ impl Node {
                 self.metrics.peers_unroutable.set(n);
             }
         }
+        // Peers this node's own choice of backend cannot reach make it unhealthy; a peer whose
+        // record cannot be used is that peer's problem.
+        let here = &desired.unroutable_here;
+        self.metrics.set_problem(
+            Problem::Peers,
+            (!here.is_empty()).then(|| {
+                let some: Vec<&str> = here.iter().take(3).map(String::as_str).collect();
+                format!(
+                    "{} peer(s) cannot be reached with --backend host-gw (not on a network of this node): {}{} \
+                     (--backend auto or vxlan reaches them)",
+                    here.len(),
+                    some.join(", "),
+                    if here.len() > 3 { ", ..." } else { "" }
+                )
+            }),
+        );
         problems.extend(desired.problems.iter().cloned());
         self.metrics.invalid_records.set(problems.len() as i64);
         for p in self.invalid.fresh(problems) {

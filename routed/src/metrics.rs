@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,18 @@ pub struct Metrics {
     /// A lease is held and the node is set up.
     ready: AtomicBool,
     /// Why the node's data path cannot work as configured (a device of ours taken by another).
-    backend_problem: Mutex<Option<String>>,
+    problems: Mutex<BTreeMap<Problem, String>>,
+}
+
+/// What can make a running node unhealthy, each with its reason (in this order in /healthz).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Problem {
+    /// The node's set-up (bridge, gateway, forwarding, file, masquerade) keeps failing.
+    Setup,
+    /// The backend cannot work as configured (a foreign VXLAN device).
+    Backend,
+    /// Peers this node's backend cannot reach.
+    Peers,
 }
 
 impl Default for Metrics {
@@ -84,7 +96,7 @@ impl Default for Metrics {
             peers: Family::default(),
             peers_unroutable: Gauge::default(),
             ready: AtomicBool::new(false),
-            backend_problem: Mutex::new(None),
+            problems: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,11 +182,14 @@ impl Metrics {
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Sets (or clears) why the backend cannot work as configured.
-    pub fn set_backend_problem(&self, why: Option<String>) {
+    /// Sets (or clears) one of the reasons the node is not fine.
+    pub fn set_problem(&self, what: Problem, why: Option<String>) {
         // A poisoned lock only means a panic elsewhere, which ends the process anyway.
-        if let Ok(mut p) = self.backend_problem.lock() {
-            *p = why;
+        if let Ok(mut p) = self.problems.lock() {
+            match why {
+                Some(w) => p.insert(what, w),
+                None => p.remove(&what),
+            };
         }
     }
 
@@ -183,11 +198,17 @@ impl Metrics {
         if self.node_ip_present.get() == 0 {
             Some("--node-ip is on no local interface".into())
         } else if !self.is_ready() {
-            Some("no lease yet, or the node is not set up".into())
+            let setup = self
+                .problems
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&Problem::Setup).cloned());
+            Some(setup.unwrap_or_else(|| "no lease yet, or the node is not set up".into()))
         } else if self.store_up.get() == 0 {
             Some("the lease store does not answer".into())
         } else {
-            self.backend_problem.lock().ok().and_then(|p| p.clone())
+            let p = self.problems.lock().ok()?;
+            (!p.is_empty()).then(|| p.values().cloned().collect::<Vec<_>>().join("; "))
         }
     }
 
@@ -263,9 +284,15 @@ mod tests {
         assert_eq!(m.unhealthy().as_deref(), Some("the lease store does not answer"));
         m.store_up.set(1);
         assert_eq!(m.unhealthy(), None);
-        m.set_backend_problem(Some("cbrnet.vxlan is not ours".into()));
+        m.set_problem(Problem::Backend, Some("cbrnet.vxlan is not ours".into()));
         assert_eq!(m.unhealthy().as_deref(), Some("cbrnet.vxlan is not ours"));
-        m.set_backend_problem(None);
+        m.set_problem(Problem::Setup, Some("the bridge cannot be made".into()));
+        assert_eq!(
+            m.unhealthy().as_deref(),
+            Some("the bridge cannot be made; cbrnet.vxlan is not ours")
+        );
+        m.set_problem(Problem::Backend, None);
+        m.set_problem(Problem::Setup, None);
         assert_eq!(m.unhealthy(), None);
         m.peers.get_or_create(&PathLabel { path: "vxlan" }).set(2);
         assert!(m.render().contains("cbrnet_peers{path=\"vxlan\"} 2"));

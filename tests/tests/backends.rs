@@ -160,6 +160,13 @@ fn host_gw_reports_a_peer_it_cannot_route() {
             == 1.0)
     );
     assert!(!lab.nodes[0].node.ns.links().iter().any(|l| l == VXLAN_DEV));
+    // this node's backend is why: not healthy, and /healthz says which peer and what to do
+    let (status, body) = lab.http_get(0, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("1 peer(s) cannot be reached with --backend host-gw") && body.contains("node-1"),
+        "{body}"
+    );
     let log = lab.nodes[0].log();
     assert_eq!(
         log.matches("not on a directly connected network (--backend host-gw)")

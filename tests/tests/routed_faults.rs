@@ -466,6 +466,42 @@ fn a_missing_node_ip_is_reported_until_it_appears() {
     assert!(lab.wait_for(Duration::from_secs(3), |l| l.http_get(i, "/healthz").0 == 200));
 }
 
+/// A set-up that keeps failing (the bridge's name taken by a link that is no bridge) makes the
+/// node unhealthy with the reason, until the set-up succeeds.
+#[test]
+fn a_failing_set_up_is_reported_until_it_succeeds() {
+    let mut lab = Lab::new("setupfail", StoreKind::File);
+    let i = lab.add_node();
+    lab.nodes[i].node.ns.add_veth("cbr0", "cbr0-peer");
+    lab.spawn(i);
+    assert!(
+        lab.wait_for(Duration::from_secs(5), |l| l.nodes[i]
+            .log()
+            .contains("setting the node up: cbr0 exists and is not a bridge")),
+        "{}",
+        lab.nodes[i].log()
+    );
+    assert!(
+        lab.wait_for(Duration::from_secs(5), |l| l
+            .http_get(i, "/healthz")
+            .1
+            .contains("set-up fails")),
+        "{}\n{}",
+        lab.http_get(i, "/healthz").1,
+        lab.nodes[i].log()
+    );
+    assert_eq!(lab.http_get(i, "/healthz").0, 503);
+    lab.nodes[i].node.ns.ok(&["ip", "link", "del", "cbr0"]);
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| l.http_get(i, "/healthz").0 == 200),
+        "{}\n{}",
+        lab.http_get(i, "/healthz").1,
+        lab.nodes[i].log()
+    );
+    let d = lab.nodes[i].node.ns.ok(&["ip", "-d", "link", "show", "cbr0"]);
+    assert!(d.contains("bridge"), "{d}");
+}
+
 #[test]
 fn a_closed_stderr_never_kills_the_daemon() {
     let lab = Lab::new("nostderr", StoreKind::File);

@@ -20,3 +20,8 @@ pub fn judge(l: &Lease, local: &[IpNetwork]) -> Result<(), String> {
         _ => Err(format!("node IP {ip} is not on a directly connected network")),
     }
 }
+
+/// Is `l`'s node IP on none of this node's networks (`local`)? Then only another path reaches it.
+pub fn off_link(l: &Lease, local: &[IpNetwork]) -> bool {
+    !local.iter().any(|n| n.contains(l.node_ip))
+}

@@ -85,6 +85,9 @@ pub struct Desired {
     pub counts: HashMap<Path, usize>,
     /// One line per peer that cannot be reached, or whose record has a part that cannot be used.
     pub problems: Vec<String>,
+    /// The peers (node names) unroutable because of this node's backend (host-gw, and the peer
+    /// on none of this node's networks), not because of their records.
+    pub unroutable_here: Vec<String>,
 }
 
 /// What [`choose`] needs to know of this node.
@@ -113,6 +116,9 @@ pub fn choose<'a>(leases: impl IntoIterator<Item = &'a Lease>, me: &Local) -> De
     for l in peers {
         let (path, why) = path_of(l, me, &mut macs);
         *d.counts.entry(path).or_default() += 1;
+        if path == Path::Unroutable && me.mode == Mode::HostGw && hostgw::off_link(l, me.networks) {
+            d.unroutable_here.push(l.node_name.clone());
+        }
         match path {
             Path::Direct => {
                 d.routes.insert(
@@ -280,6 +286,8 @@ mod tests {
         );
         assert_eq!((d.counts[&Path::Direct], d.counts[&Path::Unroutable]), (1, 5));
         assert!(d.vxlan.is_empty());
+        // only the peer off this node's networks is this node's backend's doing
+        assert_eq!(d.unroutable_here, ["c"]);
     }
 
     #[test]
@@ -312,6 +320,10 @@ mod tests {
             }]
         );
         assert_eq!(d.problems.len(), 1);
+        assert!(
+            d.unroutable_here.is_empty(),
+            "an older peer's record is its own problem"
+        );
         assert!(d.problems[0].contains("10.244.4.0/24 of node d: unroutable: node IP 172.16.0.4 is not on a directly connected network, and its lease has no VTEP MAC"), "{:?}", d.problems);
         // the same peers once the local network covers 172.16.0.0/24 too: all direct
         let n2 = vec![n[0], "172.16.0.1/24".parse().unwrap()];
