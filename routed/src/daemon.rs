@@ -18,6 +18,7 @@ use cbrnet_ipam::cluster::lease::{self, Claimant, Seen};
 use cbrnet_ipam::cluster::record::{subnet_key, unix_now};
 use cbrnet_ipam::cluster::store::{AnyStore, Changed, LeaseStore};
 use cbrnet_ipam::cluster::{ClusterError, Versioned};
+use cbrnet_ipam::SubnetFile;
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
@@ -273,6 +274,11 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
             .backend
             .uses_vxlan()
             .then(|| cbrnet_bridge::mac::format(&vxlan::vtep_mac(&cfg.args.node_name))),
+        // What this node last published, if it is a subnet of this cluster.
+        prefer: SubnetFile::read(&cfg.args.subnet_file)
+            .ok()
+            .map(|f| f.subnet)
+            .filter(|s| cfg.leases.holds(*s)),
     };
     let mut seen = Seen::default();
     let held = {
@@ -297,6 +303,15 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         }
     };
     metrics.store_up.set(i64::from(true));
+    if let Some(last) = me.prefer.filter(|p| *p != held.lease.subnet) {
+        tracing::error!(
+            last = %last, now = %held.lease.subnet,
+            "the subnet this node last published is held by another node: this node moves, and its pods \
+             with addresses of the old subnet are cut off until they are recreated"
+        );
+    }
+    let mut me = me;
+    me.prefer = Some(held.lease.subnet);
     tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, holder = %me.holder, "lease held");
     let mut raw = Raw::open()?;
     let nexthops = nexthops_usable(&mut raw);
@@ -695,6 +710,7 @@ impl Node {
                     );
                 }
                 self.held = new;
+                self.me.prefer = Some(self.held.lease.subnet);
                 self.own_invalid = false;
                 backoff.reset();
                 // Others judge the lease by the time it was written, which this answer cannot

@@ -55,6 +55,17 @@ fn two_families_one_lease() {
 }
 
 #[test]
+fn a_node_comes_back_to_the_subnet_it_last_published() {
+    let (ns, etcd) = etcd("ets-back");
+    ns.block_on(0, || async {
+        conformance::a_node_comes_back_to_the_subnet_it_last_published(
+            &connect(&etcd, PREFIX).await.unwrap(),
+        )
+        .await;
+    });
+}
+
+#[test]
 fn an_ipv6_only_cluster() {
     let (ns, etcd) = etcd("ets-v6");
     ns.block_on(0, || async {

@@ -466,6 +466,42 @@ fn a_missing_node_ip_is_reported_until_it_appears() {
     assert!(lab.wait_for(Duration::from_secs(3), |l| l.http_get(i, "/healthz").0 == 200));
 }
 
+/// etcd forgets a record one TTL after its last renewal: a node down longer than that comes back
+/// to the subnet it last published (its bridge, file and pods still name it), not to the lowest
+/// free one.
+#[test]
+fn a_node_down_longer_than_its_ttl_comes_back_to_its_subnet() {
+    let mut lab = Lab::new("ttlback", StoreKind::Etcd);
+    for i in 0..3 {
+        lab.add_node();
+        lab.nodes[i].flags = vec!["--lease-ttl".into(), "3s".into()];
+        lab.start(i);
+    }
+    let sub: Vec<String> = (0..3).map(|i| lab.nodes[i].subnet().unwrap()).collect();
+    // node 0 is decommissioned: the lowest subnet is free; node 2 goes down past its TTL
+    lab.stop(0);
+    lab.routed_cli(&["release", "--node-name", "node-0"]);
+    lab.stop(2);
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| {
+            let leases = l.leases();
+            leases.as_array().unwrap().len() == 1
+        }),
+        "etcd kept the records: {}",
+        lab.leases()
+    );
+    lab.start(2);
+    assert_eq!(lab.nodes[2].subnet().unwrap(), sub[2], "{}", lab.nodes[2].log());
+    let held: Vec<String> = lab
+        .leases()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["subnet"].as_str().unwrap().to_string())
+        .collect();
+    assert!(held.contains(&sub[2]) && !held.contains(&sub[0]), "{held:?}");
+}
+
 /// A set-up that keeps failing (the bridge's name taken by a link that is no bridge) makes the
 /// node unhealthy with the reason, until the set-up succeeds.
 #[test]

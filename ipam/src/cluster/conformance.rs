@@ -22,6 +22,7 @@ pub fn node(name: &str, ip: &str, holder: &str) -> Claimant {
         holder: holder.into(),
         vtep_mac: None,
         node_ip_v6: None,
+        prefer: None,
     }
 }
 
@@ -107,6 +108,31 @@ pub async fn expired_leases_are_free_only_after_the_grace<S: LeaseStore>(s: &S) 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let got = acquire(s, &c, &me, &mut seen).await.unwrap();
     assert_eq!(got.lease.subnet, b.lease.subnet);
+}
+
+/// A node whose record is gone (a store that forgot it after a long downtime) comes back to the
+/// subnet it last published when that subnet is free, not to the lowest free one; when another
+/// node holds it, to the lowest free one.
+pub async fn a_node_comes_back_to_the_subnet_it_last_published<S: LeaseStore>(s: &S) {
+    let c = cfg("10.244.0.0/16", 24);
+    let a = get(s, &c, &node("a", "192.168.1.1", "ha")).await.unwrap();
+    let b = get(s, &c, &node("b", "192.168.1.2", "hb")).await.unwrap();
+    let x = get(s, &c, &node("x", "192.168.1.3", "hx")).await.unwrap();
+    // a is decommissioned (its subnet, the lowest, is free); x's record vanishes
+    assert!(release(s, &a).await.unwrap());
+    assert!(release(s, &x).await.unwrap());
+    let mut me = node("x", "192.168.1.3", "hx");
+    me.prefer = Some(x.lease.subnet);
+    let back = get(s, &c, &me).await.unwrap();
+    assert_eq!(back.lease.subnet, x.lease.subnet, "not back in its own subnet");
+    // its subnet taken meanwhile: the lowest free one
+    assert!(release(s, &back).await.unwrap());
+    let y = get(s, &c, &node("y", "192.168.1.4", "hy")).await.unwrap();
+    assert_eq!(y.lease.subnet, a.lease.subnet);
+    let z = get(s, &c, &node("z", "192.168.1.5", "hz")).await.unwrap();
+    assert_eq!(z.lease.subnet, x.lease.subnet);
+    let moved = get(s, &c, &me).await.unwrap();
+    assert!(![a.lease.subnet, b.lease.subnet, x.lease.subnet].contains(&moved.lease.subnet));
 }
 
 /// A second daemon under a node name that a live daemon holds is refused; once the first has

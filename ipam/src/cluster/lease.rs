@@ -339,6 +339,8 @@ pub struct Claimant {
     pub holder: String,
     /// The MAC of the node's VXLAN device, published with the lease (`None`: no VXLAN device).
     pub vtep_mac: Option<String>,
+    /// The subnet the node last published, taken again when no record holds it.
+    pub prefer: Option<IpNetwork>,
 }
 
 impl Claimant {
@@ -445,7 +447,11 @@ pub async fn acquire<S: LeaseStore>(
             .collect();
         let mut waiting = false;
         let mut target = None;
-        for slot in cfg.slots() {
+        // The subnet this node last published comes first: its bridge, its file and its pods'
+        // addresses still name it, though its record is gone (a store that forgets an expired
+        // record, or one removed by hand).
+        let preferred = me.prefer.and_then(|p| cfg.slot_of(p));
+        for slot in preferred.into_iter().chain(cfg.slots()) {
             let s = slot.subnet;
             if blocked.iter().any(|b| overlaps(*b, s)) {
                 continue;

@@ -420,6 +420,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_comes_back_to_the_subnet_it_last_published() {
+        let d = tempfile::tempdir().unwrap();
+        conformance::a_node_comes_back_to_the_subnet_it_last_published(&FileStore::open(d.path()).unwrap())
+            .await;
+    }
+
+    #[tokio::test]
     async fn an_ipv6_only_cluster() {
         let d = tempfile::tempdir().unwrap();
         conformance::an_ipv6_only_cluster(&FileStore::open(d.path()).unwrap()).await;
