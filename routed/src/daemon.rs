@@ -1167,12 +1167,36 @@ fn ensure_nexthops(
 }
 
 /// `release`: drop this node's lease (decommission).
-pub async fn release(store: &AnyStore, node_name: &str) -> Result<bool> {
+pub async fn release(store: &AnyStore, node_name: &str) -> Result<Released> {
     let all = store.list().await?;
     for v in all.leases.iter().filter(|v| v.lease.node_name == node_name) {
         if lease::release(store, v).await? {
-            return Ok(true);
+            // A daemon still running on the node hears the deletion and writes the lease back
+            // at once: the release did nothing, and must not say it did.
+            let key = subnet_key(v.lease.subnet);
+            for _ in 0..WRITE_BACK_WAIT_STEPS {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(Ok(back)) = store.get(&key).await? {
+                    if back.lease.node_name == node_name {
+                        return Ok(Released::WrittenBack(v.lease.subnet.to_string()));
+                    }
+                }
+            }
+            return Ok(Released::Yes);
         }
     }
-    Ok(false)
+    Ok(Released::NoLease)
+}
+
+/// How long `release` watches for a running daemon writing the lease back (its watch and a
+/// renewal take milliseconds), in tenths of a second.
+const WRITE_BACK_WAIT_STEPS: u32 = 20;
+
+/// What `release` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released {
+    Yes,
+    NoLease,
+    /// The node's daemon still runs: it wrote its lease (this subnet) back.
+    WrittenBack(String),
 }

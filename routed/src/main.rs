@@ -87,12 +87,18 @@ fn main() {
                 let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix, false)
                     .await
                     .map_err(|e| e.to_string())?;
+                use cbrnet_routed::daemon::Released;
                 match cbrnet_routed::daemon::release(&s, &a.node_name)
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    true => Ok(()),
-                    false => Err(format!("node {} holds no lease", a.node_name)),
+                    Released::Yes => Ok(()),
+                    Released::NoLease => Err(format!("node {} holds no lease", a.node_name)),
+                    Released::WrittenBack(subnet) => Err(format!(
+                        "node {}'s daemon is still running: it wrote its lease of {subnet} back at once; \
+                         stop it first (systemctl stop cbrnet-routed on that node), then release",
+                        a.node_name
+                    )),
                 }
             }
             (Some(Command::InstallCni(a)), _) => {

@@ -502,6 +502,26 @@ fn a_node_down_longer_than_its_ttl_comes_back_to_its_subnet() {
     assert!(held.contains(&sub[2]) && !held.contains(&sub[0]), "{held:?}");
 }
 
+/// `release` of a node whose daemon still runs does not pretend: the daemon writes the lease
+/// back at once, and `release` says so and exits non-zero.
+#[test]
+fn releasing_a_running_node_says_its_daemon_wrote_the_lease_back() {
+    let lab = lab_of("relrun", 2, StoreKind::File);
+    let sub = lab.nodes[1].subnet().unwrap();
+    let (code, err) = routed(
+        &lab.nodes[0].node.ns,
+        &["release", "--node-name", "node-1", "--store", &lab.store],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("still running") && err.contains(&sub), "{err}");
+    assert!(lab.leases().to_string().contains(&sub));
+    // stopped first, it is released
+    let mut lab = lab;
+    lab.stop(1);
+    lab.routed_cli(&["release", "--node-name", "node-1"]);
+    assert!(!lab.leases().to_string().contains(&sub));
+}
+
 /// A set-up that keeps failing (the bridge's name taken by a link that is no bridge) makes the
 /// node unhealthy with the reason, until the set-up succeeds.
 #[test]
