@@ -1144,13 +1144,21 @@ fn ensure_nexthops(
         .filter(|nh| known.get(&raw::id(nh.gateway)) != Some(*nh))
         .copied()
         .collect();
-    let refused = nx.put(&missing)?;
+    let refused = nx.put(&missing, |id| known.contains_key(&id))?;
     for (nh, errno) in &refused {
-        tracing::warn!(
-            gateway = %nh.gateway,
-            "the kernel refused a nexthop object ({}); routing it without one",
-            std::io::Error::from_raw_os_error(*errno)
-        );
+        if *errno == nix::libc::EEXIST {
+            tracing::warn!(
+                gateway = %nh.gateway,
+                "nexthop id {} is another program's; routing it without a nexthop object",
+                raw::id(nh.gateway)
+            );
+        } else {
+            tracing::warn!(
+                gateway = %nh.gateway,
+                "the kernel refused a nexthop object ({}); routing it without one",
+                std::io::Error::from_raw_os_error(*errno)
+            );
+        }
     }
     let refused: HashSet<u32> = refused.iter().map(|(nh, _)| raw::id(nh.gateway)).collect();
     known.reserve(missing.len());

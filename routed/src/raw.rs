@@ -34,6 +34,7 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
@@ -316,15 +317,22 @@ impl Raw {
         }
     }
 
-    /// Creates or replaces the nexthops; those the kernel refused, with their errno.
-    pub fn put(&mut self, nhs: &[Nexthop]) -> Result<Vec<(Nexthop, i32)>> {
+    /// Creates the nexthops, replacing those of ours (`ours(id)`) only: an id another program's
+    /// nexthop holds is never taken over (the kernel refuses it with EEXIST). Returns those the
+    /// kernel refused, with their errno.
+    pub fn put(&mut self, nhs: &[Nexthop], ours: impl Fn(u32) -> bool) -> Result<Vec<(Nexthop, i32)>> {
         let msgs: Vec<(u32, Vec<u8>)> = nhs
             .iter()
             .map(|nh| {
                 let seq = self.next_seq();
+                let how = if ours(id(nh.gateway)) {
+                    NLM_F_REPLACE
+                } else {
+                    NLM_F_EXCL
+                };
                 let m = message(
                     RTM_NEWNEXTHOP,
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | how,
                     seq,
                     if nh.onlink { RTNH_F_ONLINK } else { 0 },
                     &[

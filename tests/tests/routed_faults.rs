@@ -522,6 +522,50 @@ fn releasing_a_running_node_says_its_daemon_wrote_the_lease_back() {
     assert!(!lab.leases().to_string().contains(&sub));
 }
 
+/// Our nexthop objects are numbered by their gateway's address: an id another program's
+/// nexthop holds is never taken over; the peer behind it is routed without a nexthop object.
+#[test]
+fn a_foreign_nexthop_with_our_id_is_left_alone() {
+    let mut lab = Lab::new("nhforeign", StoreKind::File);
+    lab.add_node();
+    lab.add_node();
+    let peer_ip: std::net::Ipv4Addr = lab.nodes[1].ip.parse().unwrap();
+    let id = u32::from(peer_ip).to_string();
+    let ns = &lab.nodes[0].node.ns;
+    ns.ok(&[
+        "ip",
+        "nexthop",
+        "add",
+        "id",
+        &id,
+        "via",
+        "192.168.50.99",
+        "dev",
+        "eth0",
+    ]);
+    lab.start(0);
+    lab.start(1);
+    let sub1 = lab.nodes[1].subnet().unwrap();
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(3), |t| t
+            .contains(&format!("{sub1} via {peer_ip}")))
+            .is_some(),
+        "{}\n{}",
+        lab.nodes[0].route_table(),
+        lab.nodes[0].log()
+    );
+    let nh = lab.nodes[0].node.ns.ok(&["ip", "nexthop", "show", "id", &id]);
+    assert!(
+        nh.contains("via 192.168.50.99") && !nh.contains("proto 157"),
+        "{nh}"
+    );
+    assert!(
+        lab.nodes[0].log().contains("is another program's"),
+        "{}",
+        lab.nodes[0].log()
+    );
+}
+
 /// A set-up that keeps failing (the bridge's name taken by a link that is no bridge) makes the
 /// node unhealthy with the reason, until the set-up succeeds.
 #[test]
