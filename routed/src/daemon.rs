@@ -170,6 +170,8 @@ struct Node {
     /// Our routes are what the wanted state needs (the last pass put and removed all it had to,
     /// and no event changed them since): a resync with nothing to do plans no route.
     routes_synced: bool,
+    /// The links with an IPv4 address, as last seen: those our direct routes can go through.
+    route_links: HashSet<u32>,
     /// Why the VXLAN device cannot be used, if it cannot (logged when it changes).
     vxlan_down: Option<String>,
     /// The underlay link (the one with the node IP) and its MTU, as last seen.
@@ -345,6 +347,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         vx_entries: None,
         vx_synced: false,
         routes_synced: false,
+        route_links: HashSet::new(),
         vxlan_down: None,
         underlay: None,
     };
@@ -525,17 +528,21 @@ impl Node {
             Event::Link { index, name } => {
                 let is_bridge =
                     Some(*index) == self.bridge_index || name.as_deref() == Some(&self.cfg.args.bridge);
-                let pod_port = name.as_deref().is_some_and(|n| n.starts_with("veth"));
                 let backend = Some(*index) == self.vx_index
                     || name.as_deref() == Some(vxlan::DEVICE)
                     || self.underlay.is_some_and(|(u, _)| u == *index);
-                if !pod_port && !is_bridge {
+                // Judged by what it carries, not by its name: only a link with an address of
+                // ours (where our direct routes go) or the VXLAN device can take our routes
+                // along. Pods' ports have no address; a link that gets one is an address event.
+                let carries =
+                    !is_bridge && (self.route_links.contains(index) || Some(*index) == self.vx_index);
+                if carries {
                     self.ours = None;
                 }
                 if Some(*index) == self.vx_index {
                     self.vx_entries = None;
                 }
-                (!pod_port && !is_bridge, is_bridge || backend)
+                (carries, is_bridge || backend)
             }
             // Our FDB and neighbour entries on the VXLAN device: one that went, or one that is
             // not what we wrote, is put back. Every other device's are none of ours.
@@ -766,6 +773,7 @@ impl Node {
         let now = unix_now();
         let reassert = self.own_lease_check(now);
         let links = routes::connected_links(&self.nl.handle).await?;
+        self.route_links = links.iter().map(|(_, i)| *i).collect();
         let expired = self.next_expiry.is_some_and(|e| e <= now);
         let desired = match self.want.take() {
             Some((d, seen)) if seen == links && !expired => d,

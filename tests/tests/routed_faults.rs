@@ -748,6 +748,42 @@ fn routes_come_back_when_the_interface_flaps() {
     );
 }
 
+/// A link is judged by what it carries, not by its name: an underlay link named like a pod's
+/// port (`veth...`) that flaps gets its routes back at once, without waiting for a resync.
+#[test]
+fn an_underlay_named_like_a_pod_port_gets_its_routes_back_after_a_flap() {
+    let mut lab = Lab::new("vethup", StoreKind::File);
+    lab.resync_interval = "60s".into();
+    lab.backend = Some("host-gw".into());
+    for _ in 0..2 {
+        lab.add_node();
+    }
+    let ns = &lab.nodes[0].node.ns;
+    ns.ok(&["ip", "link", "set", "eth0", "down"]);
+    ns.ok(&["ip", "link", "set", "eth0", "name", "vethup0"]);
+    ns.ok(&["ip", "link", "set", "vethup0", "up"]);
+    lab.start(0);
+    lab.start(1);
+    let via = format!("{} via 192.168.50.11", lab.nodes[1].subnet().unwrap());
+    assert!(lab.wait_for(Duration::from_secs(3), |l| l.nodes[0]
+        .route_table()
+        .contains(&via)));
+    let ns = &lab.nodes[0].node.ns;
+    ns.ok(&["ip", "link", "set", "vethup0", "down"]);
+    assert!(lab.wait_for(Duration::from_secs(2), |l| !l.nodes[0]
+        .route_table()
+        .contains(&via)));
+    ns.ok(&["ip", "link", "set", "vethup0", "up"]);
+    assert!(
+        lab.wait_for(Duration::from_secs(2), |l| l.nodes[0]
+            .route_table()
+            .contains(&via)),
+        "not back within 2 s: {}\n{}",
+        lab.nodes[0].route_table(),
+        lab.nodes[0].log()
+    );
+}
+
 #[test]
 fn routes_the_kernel_drops_silently_come_back_without_waiting_for_a_resync() {
     // Only the kernel's events can bring them back in time: no resync comes for a minute.
