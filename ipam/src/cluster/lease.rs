@@ -220,7 +220,9 @@ pub async fn acquire<S: LeaseStore>(
     for _ in 0..1000 {
         let listing = store.list().await?;
         let (now, t) = (unix_now(), Instant::now());
-        seen.observe(&listing, t, |v| v.lease.expired(now) || v.lease.node_name == me.node_name);
+        seen.observe(&listing, t, |v| {
+            v.lease.expired(now) || v.lease.node_name == me.node_name
+        });
         let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
             listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
         if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
