@@ -17,6 +17,15 @@
 //!   `--vxlan-tx-csum-offload on`; `ethtool -K vxfloor tx on` for the pair, the kernel's default).
 //! - With each path (unless `--no-same-node`), pod → pod on one node (a second pod on node 0):
 //!   the bridge alone, the share of a pod's own hops (veth + bridge) in the gap.
+//! - With each path, the hand-made pod path (the floor of a pod's path): in each node namespace a
+//!   plain bridge `flr0` (kernel defaults) with a gateway in a /24 of its own (10.250.1.0/24 on
+//!   node 0, 10.250.2.0/24 on node 1), one veth pair to a "floor pod" namespace, cbrnet's pod
+//!   MTU, and a route by hand to the other node's /24: via its node IP (host-gw), or via the
+//!   other end of `vxfloor` (VXLAN, with its TX checksum offload off and on). Floor pod → floor
+//!   pod does the kernel work of cbrnet's pod → pod with nothing of cbrnet in it: cbrnet / it is
+//!   cbrnet's own overhead, it / node → node what the kernel's pod path costs. Before the runs,
+//!   every difference between cbrnet's devices and the floor's (link attributes, offloads,
+//!   per-device sysctls) is printed.
 //!
 //! Each measurement is one iperf3 client (`-J`, TCP, `--seconds` counted after `--omit` seconds
 //! of slow start that are not) in the source namespace against a one-off server (`-s -1`) bound
@@ -110,42 +119,32 @@ enum Setup {
     FloorCsum(bool),
 }
 
-/// One end of a measurement: node `node`'s namespace, or its pod `pod`.
+/// One end of a measurement.
 #[derive(Clone, Copy)]
-struct End {
-    node: usize,
-    pod: Option<usize>,
-    /// For a node end: the address (its node IP if None, else this one).
-    addr: Option<&'static str>,
+enum End {
+    /// Node `n`'s namespace at its node IP.
+    Node(usize),
+    /// Node `n`'s namespace at this address.
+    NodeAt(usize, &'static str),
+    /// Node `n`'s pod `p` (made through cbrnet).
+    Pod(usize, usize),
+    /// The hand-made floor pod of node `n`.
+    FloorPod(usize),
 }
 
 impl End {
-    fn node(node: usize) -> End {
-        End {
-            node,
-            pod: None,
-            addr: None,
-        }
-    }
-    fn node_at(node: usize, addr: &'static str) -> End {
-        End {
-            node,
-            pod: None,
-            addr: Some(addr),
-        }
-    }
-    fn pod(node: usize, pod: usize) -> End {
-        End {
-            node,
-            pod: Some(pod),
-            addr: None,
-        }
-    }
-    fn resolve(self, lab: &Lab) -> (&Netns, String) {
-        let n = &lab.nodes[self.node];
-        match self.pod {
-            Some(p) => (&n.pods[p].0, n.pods[p].2.clone()),
-            None => (&n.node.ns, self.addr.map_or_else(|| n.ip.clone(), str::to_string)),
+    fn resolve<'a>(self, lab: &'a Lab, floor: &'a [FloorPod]) -> (&'a Netns, String) {
+        match self {
+            End::Node(n) => (&lab.nodes[n].node.ns, lab.nodes[n].ip.clone()),
+            End::NodeAt(n, addr) => (&lab.nodes[n].node.ns, addr.to_string()),
+            End::Pod(n, p) => {
+                let pod = &lab.nodes[n].pods[p];
+                (&pod.0, pod.2.clone())
+            }
+            End::FloorPod(n) => {
+                let f = floor.get(n).unwrap_or_else(|| panic!("no floor pod on node {n}"));
+                (&f.ns, f.addr())
+            }
         }
     }
 }
@@ -246,17 +245,18 @@ const VX_OFF: &str = "pod → pod, cbrnet.vxlan, tx csum off (default)";
 const VX_ON: &str = "pod → pod, cbrnet.vxlan, tx csum on";
 const FLOOR_OFF: &str = "node → node, vxfloor, tx csum off (floor)";
 const FLOOR_ON: &str = "node → node, vxfloor, tx csum on (floor)";
+const FLOOR_POD: &str = "floor pod → floor pod, across nodes (hand-made)";
+const FLOOR_POD_OFF: &str = "floor pod → floor pod, vxfloor, tx csum off";
+const FLOOR_POD_ON: &str = "floor pod → floor pod, vxfloor, tx csum on";
 
 fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
     println!("\n## {}\n", path.name());
     println!("load average at the start: {}", load_average());
-    let mut lab = Lab::new(
-        match path {
-            PathKind::HostGw => "dpb-hg",
-            PathKind::Vxlan => "dpb-vx",
-        },
-        StoreKind::File,
-    );
+    let tag = match path {
+        PathKind::HostGw => "dpb-hg",
+        PathKind::Vxlan => "dpb-vx",
+    };
+    let mut lab = Lab::new(tag, StoreKind::File);
     lab.backend = Some(path.name().into());
     // The lab's resync (1 s, for tests) would be work on the CPUs the runs share: the default.
     lab.resync_interval = "10s".into();
@@ -273,48 +273,72 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
         lab.add_pod(0);
     }
     wait_converged(&lab);
+    // Declared after the lab, so dropped first: the floor pods' namespaces go before the nodes'.
+    let floor: Vec<FloorPod>;
     let mut cases = match path {
-        PathKind::HostGw => vec![
-            Case {
-                name: POD_POD,
-                setup: Setup::None,
-                src: End::pod(0, 0),
-                dst: End::pod(1, 0),
-            },
-            Case {
-                name: NODE_NODE,
-                setup: Setup::None,
-                src: End::node(0),
-                dst: End::node(1),
-            },
-        ],
+        PathKind::HostGw => {
+            floor = make_floor_pods(&lab, tag, FloorRoute::HostGw);
+            vec![
+                Case {
+                    name: POD_POD,
+                    setup: Setup::None,
+                    src: End::Pod(0, 0),
+                    dst: End::Pod(1, 0),
+                },
+                Case {
+                    name: NODE_NODE,
+                    setup: Setup::None,
+                    src: End::Node(0),
+                    dst: End::Node(1),
+                },
+                Case {
+                    name: FLOOR_POD,
+                    setup: Setup::None,
+                    src: End::FloorPod(0),
+                    dst: End::FloorPod(1),
+                },
+            ]
+        }
         PathKind::Vxlan => {
             let mtu = link_mtu(&lab.nodes[0].node.ns, VXLAN_DEV);
             make_floor_pair(&lab, mtu);
+            floor = make_floor_pods(&lab, tag, FloorRoute::Vxfloor);
             vec![
                 Case {
                     name: VX_OFF,
                     setup: Setup::CbrnetCsum(false),
-                    src: End::pod(0, 0),
-                    dst: End::pod(1, 0),
+                    src: End::Pod(0, 0),
+                    dst: End::Pod(1, 0),
                 },
                 Case {
                     name: FLOOR_OFF,
                     setup: Setup::FloorCsum(false),
-                    src: End::node_at(0, "10.99.0.1"),
-                    dst: End::node_at(1, "10.99.0.2"),
+                    src: End::NodeAt(0, "10.99.0.1"),
+                    dst: End::NodeAt(1, "10.99.0.2"),
                 },
                 Case {
                     name: VX_ON,
                     setup: Setup::CbrnetCsum(true),
-                    src: End::pod(0, 0),
-                    dst: End::pod(1, 0),
+                    src: End::Pod(0, 0),
+                    dst: End::Pod(1, 0),
                 },
                 Case {
                     name: FLOOR_ON,
                     setup: Setup::FloorCsum(true),
-                    src: End::node_at(0, "10.99.0.1"),
-                    dst: End::node_at(1, "10.99.0.2"),
+                    src: End::NodeAt(0, "10.99.0.1"),
+                    dst: End::NodeAt(1, "10.99.0.2"),
+                },
+                Case {
+                    name: FLOOR_POD_OFF,
+                    setup: Setup::FloorCsum(false),
+                    src: End::FloorPod(0),
+                    dst: End::FloorPod(1),
+                },
+                Case {
+                    name: FLOOR_POD_ON,
+                    setup: Setup::FloorCsum(true),
+                    src: End::FloorPod(0),
+                    dst: End::FloorPod(1),
                 },
             ]
         }
@@ -323,14 +347,15 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
         cases.push(Case {
             name: SAME_NODE,
             setup: Setup::None,
-            src: End::pod(0, 1),
-            dst: End::pod(0, 0),
+            src: End::Pod(0, 1),
+            dst: End::Pod(0, 0),
         });
     }
     println!(
-        "MTU: underlay {}, pods {}{}",
+        "MTU: underlay {}, pods {}, floor pods {}{}",
         link_mtu(&lab.nodes[0].node.ns, "eth0"),
         lab.pod_mtu(0),
+        link_mtu(&floor[0].ns, "eth0"),
         match path {
             PathKind::Vxlan => format!(
                 ", {VXLAN_DEV} {}, {FLOOR_DEV} {}",
@@ -340,7 +365,8 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
             PathKind::HostGw => String::new(),
         }
     );
-    print_features(&lab);
+    print_features(&lab, &floor);
+    compare_pod_paths(&lab, &floor);
 
     let mut cbrnet_csum = false; // the daemon's default
     let mut rows: Vec<Row> = cases
@@ -389,8 +415,8 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
                     }
                 }
             }
-            let (src_ns, src_addr) = case.src.resolve(&lab);
-            let (dst_ns, dst_addr) = case.dst.resolve(&lab);
+            let (src_ns, src_addr) = case.src.resolve(&lab, &floor);
+            let (dst_ns, dst_addr) = case.dst.resolve(&lab, &floor);
             for &s in &streams {
                 let sample = iperf(src_ns, &src_addr, dst_ns, &dst_addr, cli, s);
                 println!(
@@ -407,6 +433,7 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
     }
     // The paths must still be what was measured.
     wait_converged(&lab);
+    check_floor_pods(&floor);
     println!("\nload average at the end: {}", load_average());
     rows
 }
@@ -500,6 +527,117 @@ fn make_floor_pair(lab: &Lab, mtu: u32) {
         lab.nodes[0].node.ns.can_ping("10.99.0.2"),
         "the hand-made VXLAN pair does not carry a ping"
     );
+}
+
+/// The hand-made pod path, one per node: the smallest pod path of cbrnet's shape, made with `ip`
+/// in the node's namespace. A bridge `flr0` at the kernel's defaults with the gateway of a /24
+/// of its own (10.250.(1+n).1: outside the lab's cluster CIDR, underlay and `vxfloor` network),
+/// one veth pair (`flrveth0`, a plain bridge port) to a pod namespace whose `eth0` has .2 and a
+/// default route via the gateway, and a route by hand to the other node's floor /24. The
+/// node's IP forwarding is the lab's (cbrnet-routed turned it on).
+const FLOOR_BRIDGE: &str = "flr0";
+const FLOOR_VETH: &str = "flrveth0";
+
+struct FloorPod {
+    ns: Netns,
+    node: usize,
+}
+
+impl FloorPod {
+    fn addr(&self) -> String {
+        format!("{}.2", floor_net(self.node))
+    }
+}
+
+/// The first three octets of node `n`'s floor /24.
+fn floor_net(n: usize) -> String {
+    format!("10.250.{}", n + 1)
+}
+
+/// How a node reaches the other node's floor /24.
+#[derive(Clone, Copy)]
+enum FloorRoute {
+    /// Via the other node's IP on the underlay, as cbrnet's host-gw routes.
+    HostGw,
+    /// Via the other end of the hand-made VXLAN pair, whose address has a permanent neighbour
+    /// entry: the same route, FDB and neighbour lookups as cbrnet's VXLAN routes make.
+    Vxfloor,
+}
+
+/// Makes a floor pod on nodes 0 and 1, with cbrnet's pod MTU on this path, routed by `route`;
+/// insists that each reaches the other at that MTU with DF set.
+fn make_floor_pods(lab: &Lab, tag: &str, route: FloorRoute) -> Vec<FloorPod> {
+    let mtu = lab.pod_mtu(0).to_string();
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        let node = &lab.nodes[i].node.ns;
+        let net = floor_net(i);
+        node.ok(&["ip", "link", "add", FLOOR_BRIDGE, "type", "bridge"]);
+        node.ok(&["ip", "addr", "add", &format!("{net}.1/24"), "dev", FLOOR_BRIDGE]);
+        node.ok(&["ip", "link", "set", FLOOR_BRIDGE, "up"]);
+        let pod = FloorPod {
+            ns: Netns::new(&format!("{tag}-fp")),
+            node: i,
+        };
+        // Both ends get the MTU at birth; the bridge follows its one port's (the kernel's
+        // automatic bridge MTU), as cbr0 has the pods' MTU.
+        node.ok(&[
+            "ip",
+            "link",
+            "add",
+            FLOOR_VETH,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            &mtu,
+            "netns",
+            &pod.ns.name,
+        ]);
+        node.ok(&["ip", "link", "set", FLOOR_VETH, "master", FLOOR_BRIDGE, "up"]);
+        pod.ns
+            .ok(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", "eth0"]);
+        pod.ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        pod.ns
+            .ok(&["ip", "route", "add", "default", "via", &format!("{net}.1")]);
+        pods.push(pod);
+    }
+    for i in 0..2 {
+        let node = &lab.nodes[i].node.ns;
+        let other = format!("{}.0/24", floor_net(1 - i));
+        match route {
+            FloorRoute::HostGw => node.ok(&["ip", "route", "add", &other, "via", &lab.nodes[1 - i].ip]),
+            FloorRoute::Vxfloor => node.ok(&[
+                "ip",
+                "route",
+                "add",
+                &other,
+                "via",
+                &format!("10.99.0.{}", 2 - i),
+                "dev",
+                FLOOR_DEV,
+            ]),
+        };
+    }
+    check_floor_pods(&pods);
+    pods
+}
+
+/// Each floor pod reaches the other, plainly and with DF at its MTU (as the lab checks cbrnet's
+/// pods).
+fn check_floor_pods(pods: &[FloorPod]) {
+    for (a, b) in [(0, 1), (1, 0)] {
+        let size = link_mtu(&pods[a].ns, "eth0") as usize - 28;
+        let to = pods[b].addr();
+        assert!(
+            pods[a].ns.can_ping(&to) && pods[a].ns.can_ping_df(&to, size),
+            "floor pod {a} does not reach {to} (DF, {size} bytes)"
+        );
+    }
 }
 
 /// Restarts both daemons with `--vxlan-tx-csum-offload on|off` and waits until their devices
@@ -651,7 +789,7 @@ fn link_mtu(ns: &Netns, dev: &str) -> u32 {
 }
 
 /// The offloads that decide the throughput, of every device on node 0's side of the paths.
-fn print_features(lab: &Lab) {
+fn print_features(lab: &Lab, floor: &[FloorPod]) {
     const SHOWN: [(&str, &str); 6] = [
         ("tx-checksumming", "tx-csum"),
         ("tx-tcp-segmentation", "tso"),
@@ -668,16 +806,187 @@ fn print_features(lab: &Lab) {
         .map(|l| (node, l))
         .collect();
     devs.push((&lab.nodes[0].pods[0].0, "eth0".into()));
-    println!("offloads on node 0 (and its first pod's eth0):");
+    devs.push((&floor[0].ns, "eth0".into()));
+    println!("offloads on node 0 (and its first pod's and its floor pod's eth0):");
     for (ns, dev) in devs {
         let k = ns.ok(&["ethtool", "-k", &dev]);
         let shown: Vec<String> = SHOWN
             .iter()
             .map(|(name, short)| format!("{short} {}", feature(&k, name)))
             .collect();
-        let place = if std::ptr::eq(ns, node) { "node" } else { "pod" };
+        let place = if std::ptr::eq(ns, node) {
+            "node"
+        } else if std::ptr::eq(ns, &floor[0].ns) {
+            "floor pod"
+        } else {
+            "pod"
+        };
         println!("  {place} {dev}: {}", shown.join(", "));
     }
+}
+
+/// Where cbrnet's pod path and the hand-made one differ on node 0, device against device: link
+/// attributes (`ip -d link`: MTU, qdisc, queues, GSO/GRO limits, bridge and bridge port
+/// options), offloads (`ethtool -k`) and the device's IPv4/IPv6 sysctls. What differs by
+/// construction (names, indexes, MACs, bridge ids, timers, counters) is left out.
+fn compare_pod_paths(lab: &Lab, floor: &[FloorPod]) {
+    let node = &lab.nodes[0].node.ns;
+    let pod = &lab.nodes[0].pods[0].0;
+    // cbrnet configures every host end alike: the first is as good as pod 0's own.
+    let veth = node
+        .links()
+        .into_iter()
+        .find(|l| l.starts_with("veth"))
+        .expect("a pod's host end on node 0");
+    let node_sysctls = sysctls(node);
+    let pairs = [
+        (
+            "bridge",
+            node,
+            "cbr0",
+            node,
+            FLOOR_BRIDGE,
+            &node_sysctls,
+            &node_sysctls,
+        ),
+        (
+            "host end",
+            node,
+            veth.as_str(),
+            node,
+            FLOOR_VETH,
+            &node_sysctls,
+            &node_sysctls,
+        ),
+        (
+            "pod eth0",
+            pod,
+            "eth0",
+            &floor[0].ns,
+            "eth0",
+            &sysctls(pod),
+            &sysctls(&floor[0].ns),
+        ),
+    ];
+    println!(
+        "cbrnet's pod path against the hand-made one on node 0 (only what differs; cbrnet / hand-made):"
+    );
+    for (what, ns_a, a, ns_b, b, sys_a, sys_b) in pairs {
+        let mut diffs = Vec::new();
+        let (la, lb) = (link_attrs(ns_a, a), link_attrs(ns_b, b));
+        diff_maps(&la, &lb, &mut diffs);
+        let (fa, fb) = (features(ns_a, a), features(ns_b, b));
+        diff_maps(&fa, &fb, &mut diffs);
+        let (sa, sb) = (dev_sysctls(sys_a, a), dev_sysctls(sys_b, b));
+        diff_maps(&sa, &sb, &mut diffs);
+        println!(
+            "  {what} {a} / {b}: {}",
+            if diffs.is_empty() {
+                "the same".into()
+            } else {
+                diffs.join(", ")
+            }
+        );
+    }
+}
+
+type Attrs = std::collections::BTreeMap<String, String>;
+
+fn diff_maps(a: &Attrs, b: &Attrs, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (va, vb) = (a.get(k), b.get(k));
+        if va != vb {
+            let show = |v: Option<&String>| v.map_or("-", String::as_str).to_string();
+            out.push(format!("{k} {} / {}", show(va), show(vb)));
+        }
+    }
+}
+
+/// `ip -j -d link show DEV`, flattened to `a.b.c = value`, without what differs by construction.
+fn link_attrs(ns: &Netns, dev: &str) -> Attrs {
+    const SKIP: [&str; 10] = [
+        "ifindex",
+        "ifname",
+        "address",
+        "broadcast",
+        "link",
+        "link_index",
+        "link_netnsid",
+        "master",
+        "altnames",
+        "perm_address",
+    ];
+    let v: Value = serde_json::from_str(&ns.ok(&["ip", "-j", "-d", "link", "show", "dev", dev]))
+        .expect("ip -j link show");
+    let mut out = Attrs::new();
+    flatten("", &v[0], &mut out);
+    out.retain(|k, _| {
+        let first = k.split('.').next().unwrap_or_default();
+        let last = k.rsplit('.').next().unwrap_or_default();
+        !SKIP.contains(&first)
+            && !last.ends_with("_timer")
+            && !last.ends_with("_id")
+            && !last.ends_with("_root")
+            && !last.ends_with("_bridge")
+            && !last.ends_with("_port")
+            && !matches!(last, "no" | "id" | "root_port" | "root_path_cost")
+    });
+    out
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Attrs) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, v)| flatten(&key(k), v, out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| flatten(&key(&i.to_string()), v, out)),
+        Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Every feature of `ethtool -k DEV`.
+fn features(ns: &Netns, dev: &str) -> Attrs {
+    ns.ok(&["ethtool", "-k", dev])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// `sysctl -a` in a namespace (lines `key = value`); keys that cannot be read are missing.
+fn sysctls(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.run(&["sysctl", "-a"]).stdout).into_owned()
+}
+
+/// The `net.ipv4.conf.DEV.*` and `net.ipv6.conf.DEV.*` sysctls, keyed without the device.
+fn dev_sysctls(all: &str, dev: &str) -> Attrs {
+    let mut out = Attrs::new();
+    for l in all.lines() {
+        let Some((k, v)) = l.split_once(" = ") else {
+            continue;
+        };
+        for family in ["ipv4", "ipv6"] {
+            if let Some(rest) = k.strip_prefix(&format!("net.{family}.conf.{dev}.")) {
+                out.insert(format!("{family}.{rest}"), v.to_string());
+            }
+        }
+    }
+    out
 }
 
 fn table(path: &str, rows: &[Row]) {
@@ -735,6 +1044,18 @@ fn ratios(path: PathKind, rows: &[Row]) {
         PathKind::HostGw => {
             println!("host-gw:");
             line("pod → pod / node → node", POD_POD, NODE_NODE, true);
+            line(
+                "cbrnet pod → pod / hand-made pod → pod (cbrnet's own overhead)",
+                POD_POD,
+                FLOOR_POD,
+                false,
+            );
+            line(
+                "hand-made pod → pod / node → node (the kernel's pod path)",
+                FLOOR_POD,
+                NODE_NODE,
+                false,
+            );
             if same_node {
                 line("pod → pod on one node / node → node", SAME_NODE, NODE_NODE, false);
                 line(
@@ -754,6 +1075,30 @@ fn ratios(path: PathKind, rows: &[Row]) {
                 true,
             );
             line("cbrnet, csum on / vxfloor, csum on", VX_ON, FLOOR_ON, true);
+            line(
+                "cbrnet, csum off / hand-made pod → pod, csum off (cbrnet's own overhead)",
+                VX_OFF,
+                FLOOR_POD_OFF,
+                false,
+            );
+            line(
+                "cbrnet, csum on / hand-made pod → pod, csum on (cbrnet's own overhead)",
+                VX_ON,
+                FLOOR_POD_ON,
+                false,
+            );
+            line(
+                "hand-made pod → pod / vxfloor, csum off (the kernel's pod path)",
+                FLOOR_POD_OFF,
+                FLOOR_OFF,
+                false,
+            );
+            line(
+                "hand-made pod → pod / vxfloor, csum on (the kernel's pod path)",
+                FLOOR_POD_ON,
+                FLOOR_ON,
+                false,
+            );
             line(
                 "cbrnet, csum off (default) / vxfloor, csum on (the kernel's default)",
                 VX_OFF,
