@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod lab;
+pub mod pki;
 pub mod runtime;
 
 use serde_json::Value;
