@@ -170,6 +170,8 @@ impl Conn {
                 let mut s = self.lock();
                 if s.refused.as_ref() != Some(&files) {
                     tracing::error!("etcd: the changed certificate, key or password files cannot be used ({e}); keeping the current connection");
+                } else {
+                    tracing::debug!("etcd: the changed files still cannot be used ({e})");
                 }
                 s.refused = Some(files);
                 (*s.client).clone()
