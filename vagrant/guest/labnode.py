@@ -72,8 +72,19 @@ def defaults():
     return env
 
 
-def store():
-    return defaults()["CBRNET_STORE"]
+# The node's etcd TLS settings, as flags of cbrnet-routed.
+TLS_FLAGS = {"CBRNET_ETCD_CA_FILE": "--etcd-ca-file", "CBRNET_ETCD_CERT_FILE": "--etcd-cert-file",
+             "CBRNET_ETCD_KEY_FILE": "--etcd-key-file"}
+
+
+def store_args():
+    """--store and the node's etcd TLS flags, for cbrnet-routed's commands."""
+    env = defaults()
+    args = ["--store", env["CBRNET_STORE"]]
+    for var, flag in TLS_FLAGS.items():
+        if env.get(var):
+            args += [flag, env[var]]
+    return args
 
 
 def node():
@@ -239,13 +250,16 @@ def wait_route(dst, gw, secs):
 
 
 def leases():
-    p = run("cbrnet-routed", "leases", "--store", store(), "--json")
+    p = run("cbrnet-routed", "leases", *store_args(), "--json")
     return {"node": node(), "leases": json.loads(p.stdout)}
 
 
 def etcdctl(*args):
-    ep = store().removeprefix("etcd:")
-    return run("etcdctl", f"--endpoints={ep}", *args, env={**os.environ, "ETCDCTL_API": "3"})
+    env = defaults()
+    ep = env["CBRNET_STORE"].removeprefix("etcd:")
+    tls = [f"--{f}={env[v]}" for v, f in (("CBRNET_ETCD_CA_FILE", "cacert"), ("CBRNET_ETCD_CERT_FILE", "cert"),
+                                          ("CBRNET_ETCD_KEY_FILE", "key")) if env.get(v)]
+    return run("etcdctl", f"--endpoints={ep}", *tls, *args, env={**os.environ, "ETCDCTL_API": "3"})
 
 
 def etcd_keys():
@@ -373,7 +387,7 @@ def newnode_start(name, ip):
         "systemd-run", "--quiet", f"--unit=cbrnet-routed-{name}", "--collect",
         "-p", f"NetworkNamespacePath=/run/netns/{name}",
         "/usr/bin/cbrnet-routed", "--node-name", name, "--node-ip", ip,
-        "--cluster-cidr", env["CBRNET_CLUSTER_CIDR"], "--store", env["CBRNET_STORE"],
+        "--cluster-cidr", env["CBRNET_CLUSTER_CIDR"], *store_args(),
         "--lease-ttl", env.get("CBRNET_LEASE_TTL", "24h"),
         "--subnet-file", f"{d}/subnet.json",
         # Its own (empty) CNI config directory: no pods here, and the background reclaim must
@@ -395,7 +409,7 @@ def newnode_start(name, ip):
 
 def newnode_stop(name):
     run("systemctl", "stop", f"cbrnet-routed-{name}.service", check=False)
-    r = run("cbrnet-routed", "release", "--store", store(), "--node-name", name, check=False)
+    r = run("cbrnet-routed", "release", *store_args(), "--node-name", name, check=False)
     run("ip", "netns", "del", name, check=False)
     run("rm", "-rf", f"/run/cbrnet-{name}", check=False)
     return {"node": node(), "released": r.returncode == 0, "release_output": (r.stdout + r.stderr).strip()}
@@ -545,7 +559,7 @@ def vxlan_state():
            for e in json.loads(p.stdout or "[]")] if p.returncode == 0 else []
     neigh = [{"dst": e.get("dst"), "lladdr": e.get("lladdr"), "state": e.get("state")}
              for e in ip_json("neigh", "show", "dev", VXLAN_DEV)]
-    lp = run("cbrnet-routed", "leases", "--store", store(), "--json", check=False)
+    lp = run("cbrnet-routed", "leases", *store_args(), "--json", check=False)
     ls = json.loads(lp.stdout) if lp.returncode == 0 and lp.stdout.strip() else []
     return {
         "node": node(),
