@@ -17,6 +17,7 @@ Every command prints one JSON document on stdout.
   labnode.py wait-route SUBNET GW|none SECS wait until the route to SUBNET is via GW (or absent)
   labnode.py leases                         the cluster's leases (cbrnet-routed leases --json)
   labnode.py etcd-keys                      the lease keys in etcd and their etcd lease TTLs
+  labnode.py etcd-tls                       the store over TLS: leases with the node's certificate, without, over http
   labnode.py restart-check PEER_POD_IP      SIGKILL cbrnet-routed, let systemd restart it, compare
   labnode.py vanish-pod NAME SECS           kill a pod without CNI DEL, wait for its address's reclaim
   labnode.py confinement                    what the unit leaves cbrnet-routed: capabilities, writable paths
@@ -444,6 +445,25 @@ def confinement():
     }
 
 
+def etcd_tls():
+    """The store as the daemon reaches it (TLS with the node's client certificate), and what etcd
+    says to a client without one and to plain http://."""
+    env = defaults()
+    ep = env["CBRNET_STORE"].removeprefix("etcd:").split(",")[0]
+    def leases(*args):
+        p = run("cbrnet-routed", "leases", *args, check=False)
+        return {"rc": p.returncode, "said": (p.stderr.strip().splitlines() or [""])[-1][-300:]}
+    key = env.get("CBRNET_ETCD_KEY_FILE", "")
+    return {
+        "node": node(),
+        "store": env["CBRNET_STORE"],
+        "key_mode": format(os.stat(key).st_mode & 0o7777, "04o") if key else None,
+        "with_cert": leases(*store_args()),
+        "without_cert": leases("--store", f"etcd:{ep}", "--etcd-ca-file", env.get("CBRNET_ETCD_CA_FILE", "")),
+        "plain_http": leases("--store", "etcd:" + ep.replace("https://", "http://")),
+    }
+
+
 # ---- backends: the daemon's settings, the VXLAN device, pod-to-pod checks, iperf3 ----------
 SAVED_DEFAULTS = DEFAULTS + ".cbrnet-lab-saved"
 VXLAN_DEV = "cbrnet.vxlan"
@@ -736,6 +756,7 @@ def main(argv):
         "wait-route": lambda: wait_route(args[0], args[1], float(args[2])),
         "leases": lambda: leases(),
         "etcd-keys": lambda: etcd_keys(),
+        "etcd-tls": lambda: etcd_tls(),
         "restart-check": lambda: restart_check(args[0] if args else None),
         "vanish-pod": lambda: vanish_pod(args[0], float(args[1])),
         "newnode-start": lambda: newnode_start(args[0], args[1]),
