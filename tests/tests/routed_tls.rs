@@ -264,3 +264,66 @@ fn tls_and_password_files_that_cannot_be_read_exit_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--etcd-ca-file"));
 }
+
+#[test]
+fn a_user_without_permission_on_the_prefix_is_said_in_healthz_and_by_leases() {
+    let TlsLab {
+        mut lab,
+        pki,
+        ca_file,
+        client_ca,
+    } = tls_lab("rtls-perm");
+    let admin = client_ca.client("root").write(pki.path(), "admin");
+    let url = lab.etcd.as_ref().unwrap().url();
+    let i = lab.add_node();
+    let opts = etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(&ca_file).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&admin.cert).unwrap(),
+                std::fs::read(&admin.key).unwrap(),
+            )),
+    );
+    lab.nodes[i].node.ns.block_on(0, || {
+        cbrnet_tests::etcd::enable_auth(&url, Some(opts), "cbrnet", "s3cret", "/cbrnet/subnets/")
+    });
+    let dir = lab.nodes[i].node.dir.path().to_path_buf();
+    let pair = client_ca.client("node-0").write(&dir, "client");
+    let pw = dir.join("password");
+    write_atomically(&pw, b"nobody\n", 0o600);
+    let mut flags = tls_flags(&ca_file, &pair);
+    flags.extend(
+        [
+            "--etcd-username",
+            "nobody",
+            "--etcd-password-file",
+            pw.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    lab.nodes[i].flags = flags.clone();
+    lab.spawn(i);
+    let reason = "etcd user \"nobody\" has no permission on the prefix \"/cbrnet/subnets/\"";
+    assert!(
+        lab.wait_for(Duration::from_secs(15), |l| l.nodes[i].log().contains(reason)),
+        "{}",
+        lab.nodes[i].log()
+    );
+    let (code, body) = lab.http_get(i, "/healthz");
+    assert_eq!(code, 503);
+    assert!(body.contains(reason), "{body}");
+    assert_eq!(lab.metric(i, "cbrnet_store_up"), 0.0);
+    flags.extend(["--store".to_string(), lab.store.clone()]);
+    let args: Vec<String> = ["leases".to_string()].into_iter().chain(flags).collect();
+    let (code, err) = routed(&lab.nodes[i].node.ns, &args);
+    assert_ne!(code, 0);
+    assert!(err.contains(reason), "{err}");
+    // without a user, etcd takes the certificate's common name for one (node-0: none such)
+    let mut args: Vec<String> = vec!["leases".into(), "--store".into(), lab.store.clone()];
+    args.extend(tls_flags(&ca_file, &pair));
+    let (code, err) = routed(&lab.nodes[i].node.ns, &args);
+    assert_ne!(code, 0);
+    assert!(err.contains("client certificate's common name"), "{err}");
+}

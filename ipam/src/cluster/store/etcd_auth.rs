@@ -294,6 +294,13 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
                 cx.auth.username.as_deref().unwrap_or("")
             );
         }
+        if m.contains("permission denied") && cx.auth.username.is_none() {
+            // With its users on, etcd takes a client certificate's common name for the user.
+            return format!(
+                "etcd refuses the prefix {:?} to the user named by the client certificate's common name (grant that user's role readwrite on the prefix, or give --etcd-username)",
+                cx.prefix
+            );
+        }
         if m.contains("permission denied") {
             return format!(
                 "etcd user {:?} has no permission on the prefix {:?} (grant its role readwrite on it)",
