@@ -282,6 +282,12 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
         src = s.source();
     }
     let has = |s: &str| chain.contains(s);
+    // A hang-up reads differently by where it is noticed: "Connection reset by peer (os error
+    // 104)", "connection reset", "broken pipe", "connection closed".
+    let lower = chain.to_lowercase();
+    let hung_up = ["broken pipe", "connection reset", "connection closed"]
+        .iter()
+        .any(|s| lower.contains(s));
     let ca = match &cx.auth.ca_file {
         Some(p) => format!("the CA of --etcd-ca-file {}", p.display()),
         None => "the system's CAs (no --etcd-ca-file)".into(),
@@ -328,9 +334,7 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
     // Under TLS 1.3 etcd judges the client's certificate after the client thinks the handshake is
     // done: its alert may be read, or the connection found closed first. Both say the same, so
     // the reason does not flip between retries.
-    if has("fatal alert")
-        || tls && (has("broken pipe") || has("Connection reset") || has("connection closed"))
-    {
+    if has("fatal alert") || tls && hung_up {
         if cx.auth.cert_file.is_none() {
             return format!(
                 "etcd at {eps} requires a client certificate: give --etcd-cert-file and --etcd-key-file"
@@ -344,7 +348,7 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
     if tls && (has("tls handshake eof") || has("InvalidContentType") || has("corrupt message")) {
         return format!("etcd at {eps} does not speak TLS: use http:// (or turn TLS on in etcd)");
     }
-    if !tls && (has("broken pipe") || has("frame with invalid size")) {
+    if !tls && (hung_up || has("frame with invalid size")) {
         return format!(
             "etcd at {eps} hangs up at once: it speaks TLS only, most likely (use https:// and --etcd-ca-file)"
         );
