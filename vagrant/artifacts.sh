@@ -4,6 +4,8 @@
 #                               cargo-deb: installed from crates.io if missing), rebuilt when a
 #                               source file is newer than it (or with CBRNET_REBUILD_DEB=1)
 #   busybox-oci.tar             the pods' image, from the host's static busybox (oci-busybox.py)
+#   pki/                        etcd's TLS: a CA, etcd's certificate, a client certificate per
+#                               node (pki.sh), made anew on every run
 #
 # Environment:
 #   CBRNET_DEB=/path/x.deb   use this package instead of building one
@@ -56,4 +58,5 @@ ldd_out=$(ldd "$busybox" 2>&1 || true)
 [ -x "$busybox" ] && [[ $ldd_out == *"not a dynamic executable"* ]] \
   || die "$busybox is not a static busybox (Debian: apt-get install busybox-static)"
 python3 "$here/oci-busybox.py" "$busybox" "$out/busybox-oci.tar" | sed 's/^/[artifacts] /'
-log "ready in ${out#"$repo"/}/: $(cd "$out" && ls cbrnet_*.deb busybox-oci.tar | tr '\n' ' ')"
+"$here/pki.sh" "$out/pki"
+log "ready in ${out#"$repo"/}/: $(cd "$out" && ls -d cbrnet_*.deb busybox-oci.tar pki | tr '\n' ' ')"

@@ -12,7 +12,9 @@ non-zero if any failed.
   (e) a pod killed without CNI DEL: cbrnet-routed, confined by its hardened unit, takes its
       address back (background reclaim, written under /run/cbrnet)
   (f) the unit gives the daemon what it needs and no more: only CAP_NET_ADMIN in its bounding
-      set, no new privileges, and only /run/cbrnet and /var/lib/cbrnet writable in its view
+      set, no new privileges, and only /run/cbrnet and /var/lib/cbrnet writable in its view; the
+      store is etcd over TLS with the node's client certificate, and refuses a client without one
+      and plain http://
   (g) VXLAN across the VMs on real virtio NICs: every node on CBRNET_BACKEND=vxlan, peers through
       cbrnet.vxlan (routes, FDB, neighbours), pod<->pod pings and a DF ping of the full pod MTU,
       iperf3 pod->pod with the device's TX checksum offload off and on, and node->node as the
@@ -413,6 +415,15 @@ class Lab:
                 if t["writable"] != want:
                     ok = False
                     ev(f"FAIL: {n}: {d} should be {'writable' if want else 'read-only'} for the daemon")
+            # The store: etcd over TLS only, with the node's client certificate (key root's alone).
+            t = node_cmd(n, "etcd-tls")
+            ev(f"{n}: store {t['store']}, key mode {t['key_mode']}; leases with the node's certificate: exit {t['with_cert']['rc']}; "
+               f"without: exit {t['without_cert']['rc']} ({t['without_cert']['said']}); over http://: exit {t['plain_http']['rc']} ({t['plain_http']['said']})")
+            if not (t["store"].startswith("etcd:https://") and t["key_mode"] == "0600" and t["with_cert"]["rc"] == 0
+                    and t["without_cert"]["rc"] != 0 and "client certificate" in t["without_cert"]["said"]
+                    and t["plain_http"]["rc"] != 0 and "TLS only" in t["plain_http"]["said"]):
+                ok = False
+                ev(f"FAIL: {n}: the store should take only TLS with a client certificate")
         return ok
 
 

@@ -6,11 +6,13 @@
 //!   CIDR as leases in a shared store (`file:DIR` or `etcd:URLS`); used by `cbrnet-routed`.
 //! - [`subnet_file`]: the node's subnet as the daemon publishes it (cluster level, writer) and the
 //!   plugins read it (node level, reader).
+//! - [`owner`]: the modes of what both levels write, and the refusal of what others could write.
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod duration;
 pub mod node;
+pub mod owner;
 pub mod subnet_file;
 
 pub use node::{IpamConf, IpamError, Owner};

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/run/cbrnet/subnet.json";
@@ -160,6 +160,9 @@ impl SubnetFile {
         if !meta.is_file() {
             return Err(invalid("not a regular file".into()));
         }
+        if let Some(why) = crate::owner::untrusted(path, &meta) {
+            return Err(invalid(why));
+        }
         if meta.len() > MAX_SIZE {
             return Err(invalid(format!(
                 "{} bytes is too large for a subnet file",
@@ -182,12 +185,14 @@ impl SubnetFile {
             return Ok(false);
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::owner::create_dir_all(dir)?;
         }
         let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
+            // Readable by the plugins, written by the daemon alone, whatever the umask.
+            f.set_permissions(std::fs::Permissions::from_mode(crate::owner::FILE_MODE))?;
             f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)

@@ -5,6 +5,7 @@
 use crate::backend::Mode;
 use cbrnet_ipam::cluster::lease::LeaseConfig;
 use cbrnet_ipam::cluster::record::MAX_NODE_NAME;
+use cbrnet_ipam::cluster::store::etcd_auth::EtcdAuth;
 use cbrnet_ipam::cluster::store::StoreSpec;
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::IpNetwork;
@@ -24,6 +25,10 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub run: Option<RunArgs>,
+    /// The daemon's etcd TLS and user. Beside `run`, not in it: clap cannot tell whether an
+    /// optional flattened group was given when it holds a flattened group itself.
+    #[command(flatten)]
+    pub etcd_auth: EtcdAuthArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +63,117 @@ pub struct StoreArgs {
     /// Key prefix of the leases in etcd.
     #[arg(long, default_value = "/cbrnet/subnets/")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_auth: EtcdAuthArgs,
+}
+
+/// How to authenticate to etcd: TLS files and an etcd user. A password is only ever read from a
+/// file (a flag would show it in `ps`). The files are read again when they change.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdAuthArgs {
+    /// The CA that signs etcd's server certificate (PEM); without it, https:// uses the
+    /// system's CAs.
+    #[arg(long, env = "CBRNET_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// The client certificate etcd asks for (PEM), with --etcd-key-file.
+    #[arg(long, env = "CBRNET_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM), readable by root only.
+    #[arg(long, env = "CBRNET_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// The etcd user, with --etcd-password-file.
+    #[arg(long, env = "CBRNET_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// A file whose first line is the etcd user's password.
+    #[arg(long, env = "CBRNET_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdAuthArgs {
+    /// Judges the flags against the store: each file given must be readable now, a certificate
+    /// comes with its key and a user with its password; TLS files need https:// endpoints.
+    pub fn validate(&self, store: &StoreSpec) -> Result<EtcdAuth, String> {
+        let auth = EtcdAuth {
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            username: self.etcd_username.clone(),
+            password_file: self.etcd_password_file.clone(),
+        };
+        for (flag, path) in auth.files() {
+            std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut [0u8; 1]))
+                .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        }
+        let pairs = [
+            (
+                "--etcd-cert-file",
+                auth.cert_file.is_some(),
+                "--etcd-key-file",
+                auth.key_file.is_some(),
+            ),
+            (
+                "--etcd-username",
+                auth.username.is_some(),
+                "--etcd-password-file",
+                auth.password_file.is_some(),
+            ),
+        ];
+        for (a, has_a, b, has_b) in pairs {
+            match (has_a, has_b) {
+                (true, false) => return Err(format!("{a} needs {b}")),
+                (false, true) => return Err(format!("{b} needs {a}")),
+                _ => {}
+            }
+        }
+        if auth.username.as_deref() == Some("") {
+            return Err("--etcd-username: empty".into());
+        }
+        if let StoreSpec::Etcd(eps) = store {
+            if auth.has_tls_files() && !eps.iter().all(|e| e.starts_with("https://")) {
+                return Err(format!(
+                    "--etcd-ca-file/--etcd-cert-file/--etcd-key-file: the endpoints of --store ({}) are not https://",
+                    eps.join(",")
+                ));
+            }
+        }
+        Ok(auth)
+    }
+
+    /// What is allowed but unsafe or unused, said at start.
+    pub fn warnings(&self, store: &StoreSpec) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = Vec::new();
+        let given =
+            self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some() || self.etcd_username.is_some();
+        match store {
+            StoreSpec::File(_) if given => {
+                out.push("--etcd-* flags are not used with a file: store".to_string());
+            }
+            StoreSpec::Etcd(eps) if self.etcd_username.is_some() && !eps[0].starts_with("https://") => {
+                out.push(
+                    "--etcd-username over http://: the password crosses the network in clear text".into(),
+                );
+            }
+            _ => {}
+        }
+        for (flag, path) in [
+            ("--etcd-key-file", &self.etcd_key_file),
+            ("--etcd-password-file", &self.etcd_password_file),
+        ] {
+            let Some(path) = path else { continue };
+            if let Ok(m) = std::fs::metadata(path) {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "{flag} {} is readable by group or others (mode {mode:04o}): a secret should be 0600 or 0400",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +291,10 @@ pub struct Config {
     pub node_ip: Ipv4Addr,
     pub cluster_cidr: IpNetwork,
     pub leases: LeaseConfig,
+    /// The etcd TLS files and user ([`Config::with_etcd_auth`]).
+    pub etcd_auth: EtcdAuth,
+    /// What is unsafe or unused in them, said at start.
+    pub etcd_auth_warnings: Vec<String>,
 }
 
 impl RunArgs {
@@ -241,6 +361,8 @@ impl RunArgs {
             ));
         }
         Ok(Config {
+            etcd_auth: EtcdAuth::default(),
+            etcd_auth_warnings: Vec::new(),
             cluster_cidr: self.cluster_cidr,
             node_ip,
             leases,
@@ -250,9 +372,16 @@ impl RunArgs {
 }
 
 impl Config {
+    /// Adds the etcd TLS files and user, judged against the store; the error names the flag.
+    pub fn with_etcd_auth(mut self, a: &EtcdAuthArgs) -> Result<Config, String> {
+        self.etcd_auth = a.validate(&self.args.store)?;
+        self.etcd_auth_warnings = a.warnings(&self.args.store);
+        Ok(self)
+    }
+
     /// What is allowed but will not work as the operator may expect, said once at start.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.etcd_auth_warnings.clone();
         // The network and broadcast addresses and the gateway are no pod's.
         let pods = (1u64 << (32 - u32::from(self.args.subnet_len.min(32)))).saturating_sub(3);
         if pods > cbrnet_bridge::port::MAX_PORTS {
@@ -280,12 +409,13 @@ mod tests {
             "192.168.1.2",
             "--cluster-cidr",
             "10.244.0.0/16",
-            "--store",
-            "file:/tmp/x",
         ];
+        if !extra.contains(&"--store") {
+            argv.extend(["--store", "file:/tmp/x"]);
+        }
         argv.extend_from_slice(extra);
         let c = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        c.run.unwrap().validate()
+        c.run.unwrap().validate()?.with_etcd_auth(&c.etcd_auth)
     }
 
     #[test]
@@ -317,6 +447,92 @@ mod tests {
             c.command,
             Some(Command::Leases(LeasesArgs { json: true, .. }))
         ));
+    }
+
+    #[test]
+    fn etcd_tls_and_user_flags_are_judged_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = |name: &str, mode: u32| {
+            let p = d.path().join(name);
+            std::fs::write(&p, "x\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p.to_str().unwrap().to_string()
+        };
+        let (ca, cert, key, pw) = (f("ca", 0o644), f("crt", 0o644), f("key", 0o600), f("pw", 0o600));
+        let loose = f("loose.key", 0o640);
+        let missing = d.path().join("missing").to_str().unwrap().to_string();
+        let https = ["--store", "etcd:https://e1:2379,https://e2:2379"];
+        let ok = |extra: &[&str]| run(&[&https[..], extra].concat());
+        let c = ok(&[
+            "--etcd-ca-file",
+            &ca,
+            "--etcd-cert-file",
+            &cert,
+            "--etcd-key-file",
+            &key,
+            "--etcd-username",
+            "cbrnet",
+            "--etcd-password-file",
+            &pw,
+        ])
+        .unwrap();
+        assert_eq!(c.etcd_auth.username.as_deref(), Some("cbrnet"));
+        assert_eq!(c.etcd_auth.key_file, Some(PathBuf::from(&key)));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // a key others may read is warned about
+        let c = ok(&["--etcd-cert-file", &cert, "--etcd-key-file", &loose]).unwrap();
+        let w = c.warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("--etcd-key-file") && w[0].contains("0640"),
+            "{w:?}"
+        );
+        for (extra, names) in [
+            (vec!["--etcd-ca-file", missing.as_str()], "--etcd-ca-file"),
+            (
+                vec!["--etcd-cert-file", &cert],
+                "--etcd-cert-file needs --etcd-key-file",
+            ),
+            (
+                vec!["--etcd-key-file", &key],
+                "--etcd-key-file needs --etcd-cert-file",
+            ),
+            (
+                vec!["--etcd-cert-file", &cert, "--etcd-key-file", &missing],
+                "--etcd-key-file",
+            ),
+            (
+                vec!["--etcd-username", "u"],
+                "--etcd-username needs --etcd-password-file",
+            ),
+            (
+                vec!["--etcd-password-file", &pw],
+                "--etcd-password-file needs --etcd-username",
+            ),
+            (
+                vec!["--etcd-username", "u", "--etcd-password-file", &missing],
+                "--etcd-password-file",
+            ),
+        ] {
+            let e = ok(&extra).unwrap_err();
+            assert!(e.contains(names), "{extra:?}: {e}");
+        }
+        // TLS files with plain endpoints: a contradiction
+        let e = run(&["--store", "etcd:http://e1:2379", "--etcd-ca-file", &ca]).unwrap_err();
+        assert!(e.contains("--etcd-ca-file") && e.contains("not https://"), "{e}");
+        // a password over plain http is warned about
+        let c = run(&[
+            "--store",
+            "etcd:http://e1:2379",
+            "--etcd-username",
+            "u",
+            "--etcd-password-file",
+            &pw,
+        ])
+        .unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("clear text")));
+        // no flag takes a password itself
+        assert!(run(&["--etcd-password", "x"]).is_err());
     }
 
     #[test]

@@ -112,12 +112,13 @@ where
             }
             Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) => {
-                if !matches!(e, ClusterError::NameHeld { .. }) {
-                    metrics.store_up.set(i64::from(false));
-                }
                 let d = b.next();
                 let msg = format!("{what}: {e}");
-                if log.due(&msg) {
+                let due = match e {
+                    ClusterError::NameHeld { .. } => log.due(&msg),
+                    _ => store_failed(metrics, &e),
+                };
+                if due {
                     if matches!(e, ClusterError::NameHeld { .. }) {
                         tracing::error!("{msg}; retrying");
                     } else {
@@ -127,6 +128,15 @@ where
                 tokio::time::sleep(d).await;
             }
         }
+    }
+}
+
+/// Records a failure of the store for `/healthz` (which says why); true when it is news and is to
+/// be logged: a store that keeps failing the same way is logged once, not at every retry.
+fn store_failed(metrics: &Metrics, e: &ClusterError) -> bool {
+    match e {
+        ClusterError::Store(why) => metrics.store_failed(why),
+        e => metrics.store_failed(&e.to_string()),
     }
 }
 
@@ -263,7 +273,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     metrics.node_ip_present.set(i64::from(true));
 
     let store = retry("opening the lease store", &metrics, || {
-        AnyStore::open(&cfg.args.store, &cfg.args.etcd_prefix, true)
+        AnyStore::open_with(&cfg.args.store, &cfg.args.etcd_prefix, true, &cfg.etcd_auth)
     })
     .await?;
     let me = Claimant {
@@ -293,12 +303,16 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
                 Err(e) if e.is_permanent() => return Err(e.into()),
                 Err(e) => {
                     let msg = format!("acquiring a lease: {e}");
-                    if log.due(&msg) {
+                    let due = match e {
+                        ClusterError::NameHeld { .. } => {
+                            metrics.store_up.set(1);
+                            log.due(&msg)
+                        }
+                        _ => store_failed(&metrics, &e),
+                    };
+                    if due {
                         tracing::error!("{msg}; retrying");
                     }
-                    metrics
-                        .store_up
-                        .set(i64::from(matches!(e, ClusterError::NameHeld { .. })));
                     tokio::time::sleep(b.next()).await;
                 }
             }
@@ -476,7 +490,10 @@ async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> 
                     node.metrics.reconcile_errors.inc();
                     node.metrics.error(ErrorKind::Routes);
                     let d = backoff.next();
-                    tracing::warn!("reconcile: {e}; keeping the routes we have, retrying in {d:?}");
+                    // A store failure was logged as it began (or changed its reason).
+                    if !matches!(e, RoutedError::Cluster(ClusterError::Store(_))) {
+                        tracing::warn!("reconcile: {e}; keeping the routes we have, retrying in {d:?}");
+                    }
                     retry_at = Some(Instant::now() + d);
                 }
             }
@@ -740,14 +757,17 @@ impl Node {
                 every
             }
             Err(e) => {
-                if !matches!(e, ClusterError::NameHeld { .. }) {
-                    self.metrics.store_up.set(i64::from(false));
+                let due = if !matches!(e, ClusterError::NameHeld { .. }) {
+                    store_failed(&self.metrics, &e)
                 } else {
                     // Another daemon took this node's name while this one was silent.
                     self.metrics.set_ready(false);
-                }
+                    true
+                };
                 let d = backoff.next();
-                tracing::warn!("renewing the lease: {e}; retrying in {d:?}");
+                if due {
+                    tracing::warn!("renewing the lease: {e}; retrying in {d:?}");
+                }
                 self.metrics.error(ErrorKind::Renew);
                 d
             }
@@ -765,7 +785,13 @@ impl Node {
             // What was not read is read again next time.
             self.pending.keys.extend(pending.keys);
             self.pending.all |= pending.all;
-            self.metrics.store_up.set(0);
+            let news = match &e {
+                RoutedError::Cluster(c) => store_failed(&self.metrics, c),
+                e => self.metrics.store_failed(&e.to_string()),
+            };
+            if news {
+                tracing::warn!("reading the lease store: {e}; keeping the routes we have, retrying");
+            }
             self.metrics.error(ErrorKind::Store);
             return Err(e);
         }

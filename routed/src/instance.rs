@@ -48,12 +48,13 @@ pub struct InstanceLock {
 /// holds it.
 pub fn try_lock(path: &Path) -> std::io::Result<Option<InstanceLock>> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        cbrnet_ipam::owner::create_dir_all(dir)?;
     }
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(cbrnet_ipam::owner::LOCK_MODE)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {

@@ -40,7 +40,11 @@ fn main() {
         .log_internal_errors(false)
         .init();
     // Errors that retrying cannot fix: exit 2 before anything is opened, created or written.
-    let run = match (cli.command.is_none(), cli.run.map(|r| r.validate())) {
+    let run = match (
+        cli.command.is_none(),
+        cli.run
+            .map(|r| r.validate().and_then(|c| c.with_etcd_auth(&cli.etcd_auth))),
+    ) {
         (true, Some(Ok(c))) => {
             for w in c.warnings() {
                 tracing::warn!("{w}");
@@ -53,6 +57,25 @@ fn main() {
         }
         _ => None,
     };
+    // The same for the commands that read or change the store.
+    let store_auth = match &cli.command {
+        Some(Command::Leases(cbrnet_routed::cli::LeasesArgs { store, .. }))
+        | Some(Command::Release(cbrnet_routed::cli::ReleaseArgs { store, .. })) => {
+            match store.etcd_auth.validate(&store.store) {
+                Ok(auth) => {
+                    for w in store.etcd_auth.warnings(&store.store) {
+                        report(&format!("warning: {w}"));
+                    }
+                    auth
+                }
+                Err(e) => {
+                    report(&e);
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => Default::default(),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,7 +86,7 @@ fn main() {
     let res: Result<(), String> = rt.block_on(async {
         match (cli.command, run) {
             (Some(Command::Leases(a)), _) => {
-                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix, false)
+                let s = AnyStore::open_with(&a.store.store, &a.store.etcd_prefix, false, &store_auth)
                     .await
                     .map_err(|e| e.to_string())?;
                 let listing = s.list().await.map_err(|e| e.to_string())?;
@@ -84,7 +107,7 @@ fn main() {
                 Ok(())
             }
             (Some(Command::Release(a)), _) => {
-                let s = AnyStore::open(&a.store.store, &a.store.etcd_prefix, false)
+                let s = AnyStore::open_with(&a.store.store, &a.store.etcd_prefix, false, &store_auth)
                     .await
                     .map_err(|e| e.to_string())?;
                 use cbrnet_routed::daemon::Released;

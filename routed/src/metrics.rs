@@ -64,6 +64,8 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Why the node's data path cannot work as configured (a device of ours taken by another).
     problems: Mutex<BTreeMap<Problem, String>>,
+    /// Why the lease store failed last (shown while `store_up` is 0).
+    store_problem: Mutex<Option<String>>,
 }
 
 /// What can make a running node unhealthy, each with its reason (in this order in /healthz).
@@ -97,6 +99,7 @@ impl Default for Metrics {
             peers_unroutable: Gauge::default(),
             ready: AtomicBool::new(false),
             problems: Mutex::new(BTreeMap::new()),
+            store_problem: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,10 +196,27 @@ impl Metrics {
         }
     }
 
+    /// Marks the store down for `why` (the error, in words). True when this is news: the store
+    /// answered since it last failed, or it fails for another reason now. A store that keeps
+    /// failing the same way is logged once, not once per retry.
+    pub fn store_failed(&self, why: &str) -> bool {
+        let was_up = self.store_up.get() != 0;
+        self.store_up.set(0);
+        let Ok(mut p) = self.store_problem.lock() else {
+            return true;
+        };
+        let news = was_up || p.as_deref() != Some(why);
+        *p = Some(why.to_string());
+        news
+    }
+
     /// Why the node is not healthy, if it is not.
     pub fn unhealthy(&self) -> Option<String> {
+        let store_problem = || self.store_problem.lock().ok().and_then(|p| p.clone());
         if self.node_ip_present.get() == 0 {
             Some("--node-ip is on no local interface".into())
+        } else if let Some(why) = store_problem().filter(|_| self.store_up.get() == 0) {
+            Some(format!("the lease store: {why}"))
         } else if !self.is_ready() {
             let setup = self
                 .problems
@@ -294,6 +314,17 @@ mod tests {
         m.set_problem(Problem::Backend, None);
         m.set_problem(Problem::Setup, None);
         assert_eq!(m.unhealthy(), None);
+        // a store failure: its reason, said once until it changes or the store answers again
+        assert!(m.store_failed("etcd at https://e:2379 refused the client certificate"));
+        assert!(!m.store_failed("etcd at https://e:2379 refused the client certificate"));
+        assert_eq!(
+            m.unhealthy().as_deref(),
+            Some("the lease store: etcd at https://e:2379 refused the client certificate")
+        );
+        assert!(m.store_failed("etcd at https://e:2379 does not listen (connection refused)"));
+        m.store_up.set(1);
+        assert_eq!(m.unhealthy(), None);
+        assert!(m.store_failed("etcd at https://e:2379 does not listen (connection refused)"));
         m.peers.get_or_create(&PathLabel { path: "vxlan" }).set(2);
         assert!(m.render().contains("cbrnet_peers{path=\"vxlan\"} 2"));
     }

@@ -1,7 +1,9 @@
 //! A real etcd (Debian's etcd-server) with a temporary data directory, inside a network namespace
-//! of the test's; stopped and removed on drop.
+//! of the test's; stopped and removed on drop. Plain, or TLS with a server certificate and, if
+//! asked, client certificates signed by a given CA; with etcd users if asked.
 
 use crate::{enter_netns, in_netns, Netns};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,20 +15,47 @@ pub struct Etcd {
     ns_path: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<ServerTls>,
+}
+
+/// etcd's TLS: its certificate and key, and the CA its clients' certificates must be signed by
+/// (`None`: no client certificate asked for).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Etcd {
     /// etcd inside `ns`, listening on `host` (an address of that namespace: its 127.0.0.1, or an
     /// address on a lab's underlay). Each namespace has its own ports, so the fixed ones are free.
     pub fn start_in(ns: &Netns, host: &str) -> Etcd {
+        Etcd::start(ns, host, None)
+    }
+
+    /// etcd speaking TLS only, as [`Etcd::start_in`].
+    pub fn start_tls_in(ns: &Netns, host: &str, tls: ServerTls) -> Etcd {
+        Etcd::start(ns, host, Some(tls))
+    }
+
+    fn start(ns: &Netns, host: &str, tls: Option<ServerTls>) -> Etcd {
         let mut e = Etcd {
             host: host.into(),
             ns_path: ns.path(),
             dir: crate::temp_dir(),
             child: None,
+            tls,
         };
         e.resume();
         e
+    }
+
+    /// The CA that client certificates must be signed by from the next [`Etcd::resume`] on.
+    pub fn set_client_ca(&mut self, ca: Option<PathBuf>) {
+        if let Some(t) = self.tls.as_mut() {
+            t.client_ca = ca;
+        }
     }
 
     /// The server's process, while it runs.
@@ -39,7 +68,8 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.host)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.host)
     }
 
     /// The store spec for cbrnet-routed.
@@ -75,7 +105,15 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("default={peer}")])
+            // Each authentication costs a bcrypt of the password: the cheapest there is, in tests.
+            .args(["--bcrypt-cost", "4"])
             .stdout(Stdio::null());
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.cert).arg("--key-file").arg(&t.key);
+            if let Some(ca) = &t.client_ca {
+                cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
+            }
+        }
         // Its log, kept for the message of a start that fails.
         let log_path = self.dir.path().join("etcd.log");
         match std::fs::OpenOptions::new()
@@ -116,4 +154,31 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.pause();
     }
+}
+
+/// Turns etcd's authentication on with `root` (password `root`) and `user` (password `password`),
+/// whose role may read and write the keys under `prefix` only. `opts`: how to reach etcd (its
+/// TLS), from inside its namespace.
+pub async fn enable_auth(
+    url: &str,
+    opts: Option<etcd_client::ConnectOptions>,
+    user: &str,
+    password: &str,
+    prefix: &str,
+) {
+    use etcd_client::Permission;
+    let mut c = etcd_client::Client::connect([url], opts)
+        .await
+        .expect("connecting to etcd");
+    c.user_add("root", "root", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.role_add("cbrnet").await.unwrap();
+    c.role_grant_permission("cbrnet", Permission::read_write(prefix).with_prefix())
+        .await
+        .unwrap();
+    c.user_add(user, password, None).await.unwrap();
+    c.user_grant_role(user, "cbrnet").await.unwrap();
+    // a user with no role at all
+    c.user_add("nobody", "nobody", None).await.unwrap();
+    c.auth_enable().await.unwrap();
 }

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod lab;
+pub mod pki;
 pub mod runtime;
 
 use serde_json::Value;
@@ -413,6 +414,18 @@ impl<'a> Call<'a> {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// Runs `cbrnet-routed ARGS` in `ns` to its end; (exit code, stderr).
+pub fn routed(ns: &Netns, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String) {
+    let mut cmd = Command::new(bin("cbrnet-routed"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    ns.enter(&mut cmd);
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A node: a namespace, a data directory, and a subnet file path, all its own.

@@ -4,7 +4,7 @@
 //! repaired or refused.
 
 use cbrnet_tests::lab::{Lab, StoreKind};
-use cbrnet_tests::{bin, Netns};
+use cbrnet_tests::{bin, routed, Netns};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -366,18 +366,6 @@ fn a_second_daemon_on_the_same_node_waits_for_the_first() {
         .count()
         == 2));
     assert_eq!(lab.nodes[0].subnet().unwrap(), before);
-}
-
-/// Runs `cbrnet-routed ARGS` in `ns` to its end; (exit code, stderr).
-fn routed(ns: &Netns, args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(bin("cbrnet-routed"));
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    ns.enter(&mut cmd);
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

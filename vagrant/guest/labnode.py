@@ -17,6 +17,7 @@ Every command prints one JSON document on stdout.
   labnode.py wait-route SUBNET GW|none SECS wait until the route to SUBNET is via GW (or absent)
   labnode.py leases                         the cluster's leases (cbrnet-routed leases --json)
   labnode.py etcd-keys                      the lease keys in etcd and their etcd lease TTLs
+  labnode.py etcd-tls                       the store over TLS: leases with the node's certificate, without, over http
   labnode.py restart-check PEER_POD_IP      SIGKILL cbrnet-routed, let systemd restart it, compare
   labnode.py vanish-pod NAME SECS           kill a pod without CNI DEL, wait for its address's reclaim
   labnode.py confinement                    what the unit leaves cbrnet-routed: capabilities, writable paths
@@ -72,8 +73,19 @@ def defaults():
     return env
 
 
-def store():
-    return defaults()["CBRNET_STORE"]
+# The node's etcd TLS settings, as flags of cbrnet-routed.
+TLS_FLAGS = {"CBRNET_ETCD_CA_FILE": "--etcd-ca-file", "CBRNET_ETCD_CERT_FILE": "--etcd-cert-file",
+             "CBRNET_ETCD_KEY_FILE": "--etcd-key-file"}
+
+
+def store_args():
+    """--store and the node's etcd TLS flags, for cbrnet-routed's commands."""
+    env = defaults()
+    args = ["--store", env["CBRNET_STORE"]]
+    for var, flag in TLS_FLAGS.items():
+        if env.get(var):
+            args += [flag, env[var]]
+    return args
 
 
 def node():
@@ -239,13 +251,16 @@ def wait_route(dst, gw, secs):
 
 
 def leases():
-    p = run("cbrnet-routed", "leases", "--store", store(), "--json")
+    p = run("cbrnet-routed", "leases", *store_args(), "--json")
     return {"node": node(), "leases": json.loads(p.stdout)}
 
 
 def etcdctl(*args):
-    ep = store().removeprefix("etcd:")
-    return run("etcdctl", f"--endpoints={ep}", *args, env={**os.environ, "ETCDCTL_API": "3"})
+    env = defaults()
+    ep = env["CBRNET_STORE"].removeprefix("etcd:")
+    tls = [f"--{f}={env[v]}" for v, f in (("CBRNET_ETCD_CA_FILE", "cacert"), ("CBRNET_ETCD_CERT_FILE", "cert"),
+                                          ("CBRNET_ETCD_KEY_FILE", "key")) if env.get(v)]
+    return run("etcdctl", f"--endpoints={ep}", *tls, *args, env={**os.environ, "ETCDCTL_API": "3"})
 
 
 def etcd_keys():
@@ -373,7 +388,7 @@ def newnode_start(name, ip):
         "systemd-run", "--quiet", f"--unit=cbrnet-routed-{name}", "--collect",
         "-p", f"NetworkNamespacePath=/run/netns/{name}",
         "/usr/bin/cbrnet-routed", "--node-name", name, "--node-ip", ip,
-        "--cluster-cidr", env["CBRNET_CLUSTER_CIDR"], "--store", env["CBRNET_STORE"],
+        "--cluster-cidr", env["CBRNET_CLUSTER_CIDR"], *store_args(),
         "--lease-ttl", env.get("CBRNET_LEASE_TTL", "24h"),
         "--subnet-file", f"{d}/subnet.json",
         # Its own (empty) CNI config directory: no pods here, and the background reclaim must
@@ -395,7 +410,7 @@ def newnode_start(name, ip):
 
 def newnode_stop(name):
     run("systemctl", "stop", f"cbrnet-routed-{name}.service", check=False)
-    r = run("cbrnet-routed", "release", "--store", store(), "--node-name", name, check=False)
+    r = run("cbrnet-routed", "release", *store_args(), "--node-name", name, check=False)
     run("ip", "netns", "del", name, check=False)
     run("rm", "-rf", f"/run/cbrnet-{name}", check=False)
     return {"node": node(), "released": r.returncode == 0, "release_output": (r.stdout + r.stderr).strip()}
@@ -427,6 +442,25 @@ def confinement():
         "writable": WRITABLE,
         "read_only": READ_ONLY,
         "tries": tries,
+    }
+
+
+def etcd_tls():
+    """The store as the daemon reaches it (TLS with the node's client certificate), and what etcd
+    says to a client without one and to plain http://."""
+    env = defaults()
+    ep = env["CBRNET_STORE"].removeprefix("etcd:").split(",")[0]
+    def leases(*args):
+        p = run("cbrnet-routed", "leases", *args, check=False)
+        return {"rc": p.returncode, "said": (p.stderr.strip().splitlines() or [""])[-1][-300:]}
+    key = env.get("CBRNET_ETCD_KEY_FILE", "")
+    return {
+        "node": node(),
+        "store": env["CBRNET_STORE"],
+        "key_mode": format(os.stat(key).st_mode & 0o7777, "04o") if key else None,
+        "with_cert": leases(*store_args()),
+        "without_cert": leases("--store", f"etcd:{ep}", "--etcd-ca-file", env.get("CBRNET_ETCD_CA_FILE", "")),
+        "plain_http": leases("--store", "etcd:" + ep.replace("https://", "http://")),
     }
 
 
@@ -545,7 +579,7 @@ def vxlan_state():
            for e in json.loads(p.stdout or "[]")] if p.returncode == 0 else []
     neigh = [{"dst": e.get("dst"), "lladdr": e.get("lladdr"), "state": e.get("state")}
              for e in ip_json("neigh", "show", "dev", VXLAN_DEV)]
-    lp = run("cbrnet-routed", "leases", "--store", store(), "--json", check=False)
+    lp = run("cbrnet-routed", "leases", *store_args(), "--json", check=False)
     ls = json.loads(lp.stdout) if lp.returncode == 0 and lp.stdout.strip() else []
     return {
         "node": node(),
@@ -722,6 +756,7 @@ def main(argv):
         "wait-route": lambda: wait_route(args[0], args[1], float(args[2])),
         "leases": lambda: leases(),
         "etcd-keys": lambda: etcd_keys(),
+        "etcd-tls": lambda: etcd_tls(),
         "restart-check": lambda: restart_check(args[0] if args else None),
         "vanish-pod": lambda: vanish_pod(args[0], float(args[1])),
         "newnode-start": lambda: newnode_start(args[0], args[1]),

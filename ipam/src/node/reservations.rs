@@ -148,12 +148,13 @@ fn open_lock_file(dir: &Path, name: &str) -> Result<(File, PathBuf), IpamError> 
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::owner::LOCK_MODE)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
     };
     let f = match open() {
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            crate::owner::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
             open()
         }
         r => r,

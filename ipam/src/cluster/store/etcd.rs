@@ -8,6 +8,7 @@
 //! Every call is bounded by [`TIMEOUT`]: a stuck etcd or a blackholed endpoint would otherwise
 //! stall a call forever, where the daemon needs an error it can retry.
 
+use super::etcd_auth::{explain, Context, EtcdAuth, Files};
 use super::{watch_pair, Entry, LeaseStore, Watch};
 use crate::cluster::error::ClusterError;
 use crate::cluster::record::{self, subnet_key, Lease, Listing, Versioned};
@@ -17,10 +18,14 @@ use etcd_client::{
 };
 use ipnetwork::IpNetwork;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long any one etcd call may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the TLS and password files are looked at for a change (and at every call while
+/// calls fail).
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
 /// Keys per answer when listing: some 150 bytes each, well inside one gRPC message.
 const PAGE: i64 = 1000;
 /// The largest answer taken: a page of records padded with junk values (etcd takes up to 1.5 MiB
@@ -31,48 +36,204 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct EtcdStore {
-    // Boxed: a `Client` is some 3.5 kB, which would bloat every `AnyStore`.
-    client: Box<Client>,
+    conn: Arc<Conn>,
     prefix: String,
 }
 
-/// Runs one etcd call within [`TIMEOUT`]; every failure is a (retryable) store error.
-async fn call<T>(
-    what: &str,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| ClusterError::Store(format!("etcd {what}: {e}"))),
-        Err(_) => Err(ClusterError::Store(format!(
-            "etcd {what}: no answer within {TIMEOUT:?}"
-        ))),
+/// Where etcd is and how to authenticate to it.
+struct Target {
+    endpoints: Vec<String>,
+    auth: EtcdAuth,
+    prefix: String,
+}
+
+/// The client and what it was made from, shared with the store's watch task.
+struct Conn {
+    target: Target,
+    state: Mutex<State>,
+    /// One look at changed files at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+struct State {
+    // Boxed: a `Client` is some 3.5 kB.
+    client: Box<Client>,
+    /// The files the client was made from.
+    files: Files,
+    /// When the files were last looked at.
+    checked: Instant,
+    /// A call failed since one last succeeded: new files are tried at once.
+    failing: bool,
+    /// New files that were judged broken or did not connect, said once, and not tried again until
+    /// they change or the current connection fails.
+    refused: Option<Files>,
+}
+
+/// The options every connection gets. HTTP/2 pings notice a silently dead connection under a
+/// watch (etcd refuses pings more often than every 5 s).
+fn base_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), TIMEOUT)
+}
+
+impl Target {
+    fn context(&self) -> Context<'_> {
+        Context {
+            endpoints: &self.endpoints,
+            auth: &self.auth,
+            prefix: &self.prefix,
+        }
+    }
+
+    fn tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    /// A client made from `files`, which answered once.
+    async fn make(&self, files: &Files) -> Result<Client, ClusterError> {
+        let opts = files
+            .options(&self.auth, self.tls(), base_options())
+            .map_err(ClusterError::Store)?;
+        let eps = &self.endpoints;
+        let client = match tokio::time::timeout(TIMEOUT, Client::connect(eps, Some(opts))).await {
+            Ok(Ok(c)) => c,
+            // Retrying cannot fix a malformed endpoint list.
+            Ok(Err(e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)))) => {
+                return Err(ClusterError::Config(format!("etcd endpoints {eps:?}: {e}")))
+            }
+            Ok(Err(e)) => return Err(ClusterError::Store(explain(&e, &self.context()))),
+            Err(_) => return Err(self.no_answer()),
+        };
+        // The client connects lazily: ask once, so a dead or wrong endpoint shows here.
+        match tokio::time::timeout(TIMEOUT, client.clone().status()).await {
+            Ok(Ok(_)) => Ok(client),
+            Ok(Err(e)) => Err(ClusterError::Store(explain(&e, &self.context()))),
+            Err(_) => Err(self.no_answer()),
+        }
+    }
+
+    fn no_answer(&self) -> ClusterError {
+        ClusterError::Store(format!(
+            "etcd at {} does not answer within {TIMEOUT:?}",
+            self.endpoints.join(",")
+        ))
+    }
+}
+
+impl Conn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client to call with. When the auth files changed, a client made from the new ones
+    /// takes over once it has answered; until then (a broken file, a CA etcd does not trust yet)
+    /// the current one stays, and the new files are tried again when the current connection
+    /// fails or they change again.
+    async fn client(&self) -> Client {
+        let (due, failing) = {
+            let s = self.lock();
+            (s.checked.elapsed() >= RELOAD_CHECK || s.failing, s.failing)
+        };
+        if self.target.auth.files().is_empty() || !due {
+            return (*self.lock().client).clone();
+        }
+        let _one = self.reloading.lock().await;
+        self.lock().checked = Instant::now();
+        let files = match self.target.auth.read() {
+            Ok(f) => f,
+            // Mid-rotation (a file renamed away): the current client stays.
+            Err(e) => {
+                tracing::debug!("etcd: {e}; keeping the current connection");
+                return (*self.lock().client).clone();
+            }
+        };
+        {
+            let s = self.lock();
+            if !s.files.changed(&files) || (s.refused.as_ref() == Some(&files) && !failing) {
+                return (*s.client).clone();
+            }
+        }
+        match self.target.make(&files).await {
+            Ok(c) => {
+                tracing::info!(
+                    "etcd: the certificate, key or password files changed; connected with the new ones"
+                );
+                let mut s = self.lock();
+                *s.client = c;
+                s.files = files;
+                s.refused = None;
+                s.failing = false;
+                (*s.client).clone()
+            }
+            Err(e) => {
+                let mut s = self.lock();
+                if s.refused.as_ref() != Some(&files) {
+                    tracing::error!("etcd: the changed certificate, key or password files cannot be used ({e}); keeping the current connection");
+                } else {
+                    tracing::debug!("etcd: the changed files still cannot be used ({e})");
+                }
+                s.refused = Some(files);
+                (*s.client).clone()
+            }
+        }
+    }
+
+    /// Runs one etcd call within [`TIMEOUT`]; every failure is a (retryable) store error, in words.
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, ClusterError> {
+        let r = match tokio::time::timeout(TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let why = explain(&e, &self.target.context());
+                // An error of the server's own (not a misconfiguration) names the call.
+                Err(ClusterError::Store(if why.starts_with("etcd") {
+                    why
+                } else {
+                    format!("etcd {what}: {why}")
+                }))
+            }
+            Err(_) => Err(self.target.no_answer()),
+        };
+        self.lock().failing = r.is_err();
+        r
     }
 }
 
 impl EtcdStore {
     pub async fn connect(endpoints: Vec<String>, prefix: &str) -> Result<EtcdStore, ClusterError> {
-        // HTTP/2 pings notice a silently dead connection under a watch (etcd refuses pings more
-        // often than every 5 s).
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), TIMEOUT);
-        let client = match tokio::time::timeout(TIMEOUT, Client::connect(&endpoints, Some(opts))).await {
-            Ok(Ok(c)) => c,
-            // Retrying cannot fix a malformed endpoint list.
-            Ok(Err(e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)))) => {
-                return Err(ClusterError::Config(format!("etcd endpoints {endpoints:?}: {e}")))
-            }
-            Ok(Err(e)) => return Err(ClusterError::Store(format!("etcd connect {endpoints:?}: {e}"))),
-            Err(_) => {
-                return Err(ClusterError::Store(format!(
-                    "etcd connect {endpoints:?}: timed out"
-                )))
-            }
+        EtcdStore::connect_with(endpoints, prefix, EtcdAuth::default()).await
+    }
+
+    /// Connects with TLS files and a user (read now, and again whenever they change).
+    pub async fn connect_with(
+        endpoints: Vec<String>,
+        prefix: &str,
+        auth: EtcdAuth,
+    ) -> Result<EtcdStore, ClusterError> {
+        let files = auth.read().map_err(ClusterError::Store)?;
+        let target = Target {
+            endpoints,
+            auth,
+            prefix: prefix.to_owned(),
         };
-        // The client connects lazily: ask once, so a dead or wrong endpoint shows here.
-        call("status", client.clone().status()).await?;
+        let client = target.make(&files).await?;
+        let conn = Conn {
+            target,
+            state: Mutex::new(State {
+                client: Box::new(client),
+                files,
+                checked: Instant::now(),
+                failing: false,
+                refused: None,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+        };
         Ok(EtcdStore {
-            client: Box::new(client),
+            conn: Arc::new(conn),
             prefix: prefix.to_owned(),
         })
     }
@@ -82,9 +243,8 @@ impl EtcdStore {
     #[cfg(any(test, feature = "conformance"))]
     pub async fn put_raw(&self, key: &str, value: Vec<u8>) -> Result<(), ClusterError> {
         let key = format!("{}{key}", self.prefix);
-        call("put", self.client.clone().put(key, value, None))
-            .await
-            .map(|_| ())
+        let mut c = self.conn.client().await;
+        self.conn.call("put", c.put(key, value, None)).await.map(|_| ())
     }
 
     fn key(&self, subnet: IpNetwork) -> String {
@@ -93,8 +253,10 @@ impl EtcdStore {
 
     /// Puts `lease` under a fresh etcd lease of `ttl` if `cmp` holds; the new revision, or `None`.
     async fn put_if(&self, cmp: Compare, lease: &Lease, ttl: Duration) -> Result<Option<u64>, ClusterError> {
-        let mut c = self.client.clone();
-        let id = call("lease grant", c.lease_grant(ttl.as_secs().max(1) as i64, None))
+        let mut c = self.conn.client().await;
+        let id = self
+            .conn
+            .call("lease grant", c.lease_grant(ttl.as_secs().max(1) as i64, None))
             .await?
             .id();
         let key = self.key(lease.subnet);
@@ -103,9 +265,9 @@ impl EtcdStore {
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(id).with_prev_key()));
         let txn = Txn::new().when([cmp]).and_then([put]);
         // On an error the put may still have happened: the etcd lease is left to expire.
-        let resp = call("txn", c.txn(txn)).await?;
+        let resp = self.conn.call("txn", c.txn(txn)).await?;
         if !resp.succeeded() {
-            let _ = call("lease revoke", c.lease_revoke(id)).await;
+            let _ = self.conn.call("lease revoke", c.lease_revoke(id)).await;
             return Ok(None);
         }
         let revision = match resp.header() {
@@ -120,7 +282,7 @@ impl EtcdStore {
             _ => None,
         });
         if let Some(old) = previous.filter(|old| *old != 0 && *old != id) {
-            let _ = call("lease revoke", c.lease_revoke(old)).await;
+            let _ = self.conn.call("lease revoke", c.lease_revoke(old)).await;
         }
         Ok(Some(revision))
     }
@@ -128,10 +290,12 @@ impl EtcdStore {
 
 /// Opens a watch on every key under `prefix`, and waits until etcd confirms it: changes after
 /// that are sure to be reported.
-async fn open_watch(client: &Client, prefix: &str) -> Result<WatchStream, ClusterError> {
-    let mut c = client.clone();
-    let mut s = call("watch", c.watch(prefix, Some(WatchOptions::new().with_prefix()))).await?;
-    match call("watch", s.message()).await? {
+async fn open_watch(conn: &Conn, prefix: &str) -> Result<WatchStream, ClusterError> {
+    let mut c = conn.client().await;
+    let mut s = conn
+        .call("watch", c.watch(prefix, Some(WatchOptions::new().with_prefix())))
+        .await?;
+    match conn.call("watch", s.message()).await? {
         Some(r) if r.created() && !r.canceled() => Ok(s),
         _ => Err(ClusterError::Store("etcd watch: not created".into())),
     }
@@ -154,7 +318,12 @@ impl LeaseStore for EtcdStore {
     /// Reads the prefix in pages of [`PAGE`] keys, all at the revision of the first page (one
     /// snapshot): a cluster's worth of leases in one answer would pass the gRPC message limit.
     async fn list(&self) -> Result<Listing, ClusterError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_ANSWER);
+        let mut kv = self
+            .conn
+            .client()
+            .await
+            .kv_client()
+            .max_decoding_message_size(MAX_ANSWER);
         let end = prefix_end(self.prefix.as_bytes());
         let mut from = self.prefix.as_bytes().to_vec();
         let mut revision = 0;
@@ -164,7 +333,7 @@ impl LeaseStore for EtcdStore {
                 .with_range(end.clone())
                 .with_limit(PAGE)
                 .with_revision(revision);
-            let resp = call("get", kv.get(from.clone(), Some(opts))).await?;
+            let resp = self.conn.call("get", kv.get(from.clone(), Some(opts))).await?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
@@ -205,15 +374,16 @@ impl LeaseStore for EtcdStore {
         let key = self.key(subnet);
         let same = Compare::mod_revision(key.clone(), CompareOp::Equal, version as i64);
         let txn = Txn::new().when([same]).and_then([TxnOp::delete(key, None)]);
-        Ok(call("txn", self.client.clone().txn(txn)).await?.succeeded())
+        let mut c = self.conn.client().await;
+        Ok(self.conn.call("txn", c.txn(txn)).await?.succeeded())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, ClusterError> {
-        let resp = call(
-            "get",
-            self.client.clone().get(format!("{}{key}", self.prefix), None),
-        )
-        .await?;
+        let mut c = self.conn.client().await;
+        let resp = self
+            .conn
+            .call("get", c.get(format!("{}{key}", self.prefix), None))
+            .await?;
         Ok(resp.kvs().first().map(|kv| {
             record::parse(key, kv.value()).map(|lease| Versioned {
                 lease,
@@ -224,8 +394,8 @@ impl LeaseStore for EtcdStore {
 
     async fn watch(&self) -> Result<Watch, ClusterError> {
         // The first watch is in place before we return, so a list made after this misses nothing.
-        let mut stream = open_watch(&self.client, &self.prefix).await?;
-        let (client, prefix) = (self.client.clone(), self.prefix.clone());
+        let mut stream = open_watch(&self.conn, &self.prefix).await?;
+        let (conn, prefix) = (self.conn.clone(), self.prefix.clone());
         let (feed, watch) = watch_pair();
         tokio::spawn(async move {
             loop {
@@ -259,7 +429,7 @@ impl LeaseStore for EtcdStore {
                         _ = feed.closed() => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    match open_watch(&client, &prefix).await {
+                    match open_watch(&conn, &prefix).await {
                         Ok(s) => break s,
                         Err(_) => delay = (delay * 2).min(BACKOFF_MAX),
                     }

@@ -21,7 +21,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -63,14 +63,17 @@ fn open_nofollow(p: &Path) -> std::io::Result<File> {
 impl FileStore {
     /// Opens the store, creating its directory if needed.
     pub fn open(dir: &Path) -> Result<FileStore, ClusterError> {
-        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        crate::owner::create_dir_all(dir).map_err(io("creating", dir))?;
         FileStore::open_existing(dir)
     }
 
     /// Opens a store that exists; never creates one.
     pub fn open_existing(dir: &Path) -> Result<FileStore, ClusterError> {
         match fs::metadata(dir) {
-            Ok(m) if m.is_dir() => Ok(FileStore { dir: dir.to_owned() }),
+            Ok(m) if m.is_dir() => match crate::owner::untrusted(dir, &m) {
+                Some(why) => Err(ClusterError::Config(format!("refusing the lease store: {why}"))),
+                None => Ok(FileStore { dir: dir.to_owned() }),
+            },
             Ok(_) => Err(ClusterError::Config(format!(
                 "lease store {} is not a directory",
                 dir.display()
@@ -89,6 +92,7 @@ impl FileStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::owner::LOCK_MODE)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&p)
             .map_err(io("opening", &p))?;
@@ -108,6 +112,8 @@ impl FileStore {
                 .create_new(true)
                 .custom_flags(nix::libc::O_CLOEXEC)
                 .open(&tmp)?;
+            // Readable by every node's daemon and `leases`, whatever the umask.
+            f.set_permissions(std::fs::Permissions::from_mode(crate::owner::FILE_MODE))?;
             f.write_all(&bytes)?;
             f.sync_all()
         };
@@ -392,6 +398,23 @@ mod tests {
     async fn same_node_gets_its_subnet_back_and_release_frees_it() {
         let d = tempfile::tempdir().unwrap();
         conformance::same_node_gets_its_subnet_back(&FileStore::open(d.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn records_are_0644_the_lock_0600_and_an_open_directory_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("store");
+        let s = FileStore::open(&dir).unwrap();
+        let b = conformance::same_node_gets_its_subnet_back(&s).await;
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dir.join(record::subnet_key(b.lease.subnet))), 0o644);
+        assert_eq!(mode(&dir.join(LOCK)), 0o600);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o757)).unwrap();
+        for r in [FileStore::open(&dir).err(), FileStore::open_existing(&dir).err()] {
+            let e = r.expect("refused").to_string();
+            assert!(e.contains("store is writable by others (mode 0757)"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -3,9 +3,11 @@
 //!
 //! - `file:DIR` ([`file`]): one directory shared by the nodes of one machine (the lab, a single
 //!   node); the embedded default.
-//! - `etcd:http://HOST:PORT[,...]` ([`etcd`]): a real etcd v3 cluster.
+//! - `etcd:http://HOST:PORT[,...]` or `etcd:https://...` ([`etcd`]): a real etcd v3 cluster,
+//!   with TLS and an etcd user if asked ([`etcd_auth`]).
 
 pub mod etcd;
+pub mod etcd_auth;
 pub mod file;
 
 use super::error::ClusterError;
@@ -121,7 +123,7 @@ pub enum AnyStore {
 pub enum StoreSpec {
     /// `file:DIR` (an absolute path).
     File(PathBuf),
-    /// `etcd:http://HOST:PORT[,https://HOST:PORT...]`.
+    /// `etcd:http://HOST:PORT[,...]` or `etcd:https://HOST:PORT[,...]`.
     Etcd(Vec<String>),
 }
 
@@ -131,7 +133,7 @@ impl std::str::FromStr for StoreSpec {
     fn from_str(spec: &str) -> Result<StoreSpec, ClusterError> {
         let bad = |why: &str| {
             ClusterError::Config(format!(
-                "store {spec:?}: {why} (expected file:/DIR or etcd:http://HOST:PORT[,...])"
+                "store {spec:?}: {why} (expected file:/DIR or etcd:http(s)://HOST:PORT[,...])"
             ))
         };
         if let Some(dir) = spec.strip_prefix("file:") {
@@ -155,6 +157,10 @@ impl std::str::FromStr for StoreSpec {
                     return Err(bad(&format!("endpoint {ep:?} is not HOST:PORT")));
                 }
             }
+            // One set of TLS options serves every endpoint.
+            if eps.iter().any(|e| e.starts_with("https://")) && eps.iter().any(|e| e.starts_with("http://")) {
+                return Err(bad("http:// and https:// endpoints mixed"));
+            }
             return Ok(StoreSpec::Etcd(eps));
         }
         Err(bad("unknown kind"))
@@ -165,6 +171,16 @@ impl AnyStore {
     /// Opens the store (etcd keys go under `etcd_prefix`). With `create` false, a file store's
     /// directory must already exist: a command that only reads never creates a store.
     pub async fn open(spec: &StoreSpec, etcd_prefix: &str, create: bool) -> Result<AnyStore, ClusterError> {
+        AnyStore::open_with(spec, etcd_prefix, create, &etcd_auth::EtcdAuth::default()).await
+    }
+
+    /// [`AnyStore::open`], connecting to etcd with `auth`'s TLS files and user.
+    pub async fn open_with(
+        spec: &StoreSpec,
+        etcd_prefix: &str,
+        create: bool,
+        auth: &etcd_auth::EtcdAuth,
+    ) -> Result<AnyStore, ClusterError> {
         match spec {
             StoreSpec::File(dir) => Ok(AnyStore::File(if create {
                 file::FileStore::open(dir)?
@@ -172,7 +188,7 @@ impl AnyStore {
                 file::FileStore::open_existing(dir)?
             })),
             StoreSpec::Etcd(eps) => Ok(AnyStore::Etcd(
-                etcd::EtcdStore::connect(eps.clone(), etcd_prefix).await?,
+                etcd::EtcdStore::connect_with(eps.clone(), etcd_prefix, auth.clone()).await?,
             )),
         }
     }
@@ -229,10 +245,10 @@ mod tests {
             StoreSpec::File("/var/lib/x".into())
         );
         assert_eq!(
-            "etcd:http://10.0.0.1:2379,https://e2:2379"
+            "etcd:https://10.0.0.1:2379,https://e2:2379"
                 .parse::<StoreSpec>()
                 .unwrap(),
-            StoreSpec::Etcd(vec!["http://10.0.0.1:2379".into(), "https://e2:2379".into()])
+            StoreSpec::Etcd(vec!["https://10.0.0.1:2379".into(), "https://e2:2379".into()])
         );
         for bad in [
             "",
@@ -245,6 +261,7 @@ mod tests {
             "etcd:http://h:99999",
             "etcd:http://:2379",
             "etcd:http://h:2379,",
+            "etcd:http://h:2379,https://g:2379",
             "consul:x",
             "/dir",
         ] {
