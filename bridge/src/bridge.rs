@@ -122,7 +122,20 @@ pub fn has_gateway(bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> bool 
 /// The request that puts `gateway` (with the subnet's prefix) on the bridge, for a
 /// [`crate::batch::Batch`] (with [`crate::batch::CREATE`]; EEXIST means it was there).
 pub fn address_message(bridge: &Bridge, gateway: IpAddr, subnet: IpNetwork) -> AddressMessage {
-    netlink::address_message(bridge.index, gateway, subnet.prefix())
+    gateway_message(bridge.index, gateway, subnet.prefix())
+}
+
+/// A gateway address for link `index`: an IPv6 one without duplicate address detection, as the
+/// subnet is this node's alone (leased or configured), so that pods can use it at once rather
+/// than after the second or more DAD takes once the bridge has a carrier.
+pub fn gateway_message(index: u32, gateway: IpAddr, prefix: u8) -> AddressMessage {
+    let mut m = netlink::address_message(index, gateway, prefix);
+    if gateway.is_ipv6() {
+        m.attributes.push(AddressAttribute::Flags(
+            netlink_packet_route::address::AddressFlags::Nodad,
+        ));
+    }
+    m
 }
 
 /// Puts the gateway address (with the subnet's prefix) on the bridge; already there is fine.
@@ -132,13 +145,9 @@ pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: I
     if has_gateway(bridge, gateway, subnet) {
         return Ok(false);
     }
-    match nl
-        .handle
-        .address()
-        .add(bridge.index, gateway, subnet.prefix())
-        .execute()
-        .await
-    {
+    let mut req = nl.handle.address().add(bridge.index, gateway, subnet.prefix());
+    *req.message_mut() = gateway_message(bridge.index, gateway, subnet.prefix());
+    match req.execute().await {
         Ok(()) => Ok(true),
         Err(e) if errno(&e) == Some(EEXIST) => Ok(false),
         Err(e) => Err(BridgeError::Netlink(
@@ -150,14 +159,23 @@ pub async fn ensure_address(nl: &Nl, bridge: &Bridge, gateway: IpAddr, subnet: I
 
 /// The IPv4 addresses on link `index`, with their prefixes.
 pub async fn ipv4_addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
+    Ok(addresses(nl, index)
+        .await?
+        .into_iter()
+        .filter(IpNetwork::is_ipv4)
+        .collect())
+}
+
+/// The addresses of both families on link `index`, with their prefixes.
+pub async fn addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
     let mut s = nl.handle.address().get().set_link_index_filter(index).execute();
     let mut out = Vec::new();
     while let Some(m) = s.try_next().await.map_err(BridgeError::netlink(format!(
         "listing the addresses of link {index}"
     )))? {
         for a in &m.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
-                if let Ok(n) = IpNetwork::new(IpAddr::V4(*ip), m.header.prefix_len) {
+            if let AddressAttribute::Address(ip) = a {
+                if let Ok(n) = IpNetwork::new(*ip, m.header.prefix_len) {
                     out.push(n);
                 }
             }
@@ -169,7 +187,11 @@ pub async fn ipv4_addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
 /// Removes `addr` (with its prefix) from link `index`; already gone is fine.
 pub async fn remove_address(nl: &Nl, index: u32, addr: IpNetwork) -> Result<()> {
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     msg.header.index = index;
     msg.header.prefix_len = addr.prefix();
     msg.attributes.push(AddressAttribute::Local(addr.ip()));

@@ -9,7 +9,7 @@ use cbrnet_ipam::cluster::store::etcd_auth::EtcdAuth;
 use cbrnet_ipam::cluster::store::StoreSpec;
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::IpNetwork;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -202,27 +202,33 @@ pub struct RunArgs {
     /// This node's name: a restarted node gets its subnet back by name.
     #[arg(long, env = "CBRNET_NODE_NAME")]
     pub node_name: String,
-    /// This node's address on the network it shares with the other nodes.
-    #[arg(long, env = "CBRNET_NODE_IP")]
-    pub node_ip: IpAddr,
-    /// The cluster's pod CIDR, carved into node subnets.
-    #[arg(long, env = "CBRNET_CLUSTER_CIDR")]
-    pub cluster_cidr: IpNetwork,
+    /// This node's addresses on the network it shares with the other nodes: one of each family
+    /// at most, comma-separated (192.168.56.11,fd00:56::11).
+    #[arg(long, env = "CBRNET_NODE_IP", value_delimiter = ',', required = true)]
+    pub node_ip: Vec<IpAddr>,
+    /// The cluster's pod CIDRs, carved into node subnets: one of each family at most,
+    /// comma-separated (10.244.0.0/16,fd00:10:244::/56).
+    #[arg(long, env = "CBRNET_CLUSTER_CIDR", value_delimiter = ',', required = true)]
+    pub cluster_cidr: Vec<IpNetwork>,
     /// The lease store: file:/DIR or etcd:http://HOST:PORT[,...].
     #[arg(long, env = "CBRNET_STORE", value_parser = parse_store)]
     pub store: StoreSpec,
     /// Key prefix of the leases in etcd.
     #[arg(long, env = "CBRNET_ETCD_PREFIX", default_value = "/cbrnet/subnets/")]
     pub etcd_prefix: String,
-    /// Prefix length of each node's subnet.
+    /// Prefix length of each node's IPv4 subnet.
     #[arg(long, env = "CBRNET_SUBNET_LEN", default_value_t = 24)]
     pub subnet_len: u8,
-    /// First subnet that may be leased (default: the cluster CIDR's first).
-    #[arg(long, env = "CBRNET_FIRST_SUBNET")]
-    pub first_subnet: Option<IpNetwork>,
-    /// Last subnet that may be leased (default: the cluster CIDR's last).
-    #[arg(long, env = "CBRNET_LAST_SUBNET")]
-    pub last_subnet: Option<IpNetwork>,
+    /// Prefix length of each node's IPv6 subnet.
+    #[arg(long, env = "CBRNET_SUBNET_LEN_V6", default_value_t = 64)]
+    pub subnet_len_v6: u8,
+    /// First subnet that may be leased, one per family at most (default: each cluster CIDR's
+    /// first).
+    #[arg(long, env = "CBRNET_FIRST_SUBNET", value_delimiter = ',')]
+    pub first_subnet: Vec<IpNetwork>,
+    /// Last subnet that may be leased, one per family at most (default: each cluster CIDR's last).
+    #[arg(long, env = "CBRNET_LAST_SUBNET", value_delimiter = ',')]
+    pub last_subnet: Vec<IpNetwork>,
     /// Lease lifetime; renewed every third of it (at most every 5m).
     #[arg(long, env = "CBRNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -288,13 +294,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub args: RunArgs,
-    pub node_ip: Ipv4Addr,
-    pub cluster_cidr: IpNetwork,
+    /// The node IP its lease publishes as `nodeIP`: the IPv4 one when it has one. The VXLAN
+    /// device's outer address.
+    pub node_ip: IpAddr,
+    /// The node's IPv6 address beside an IPv4 `node_ip` (the lease's `nodeIPv6`).
+    pub node_ip_v6: Option<Ipv6Addr>,
     pub leases: LeaseConfig,
     /// The etcd TLS files and user ([`Config::with_etcd_auth`]).
     pub etcd_auth: EtcdAuth,
     /// What is unsafe or unused in them, said at start.
     pub etcd_auth_warnings: Vec<String>,
+}
+
+/// At most one value of each family in `values` (a list flag); the IPv4 one first.
+fn one_per_family<T: Copy>(
+    values: &[T],
+    is_v4: impl Fn(&T) -> bool,
+    show: impl Fn(&T) -> String,
+) -> Result<(Option<T>, Option<T>), String> {
+    let (v4, v6): (Vec<&T>, Vec<&T>) = values.iter().partition(|v| is_v4(v));
+    for same in [&v4, &v6] {
+        if same.len() > 1 {
+            let all: Vec<String> = same.iter().map(|v| show(v)).collect();
+            return Err(format!(
+                "{} are of one family: one of each at most",
+                all.join(" and ")
+            ));
+        }
+    }
+    Ok((v4.first().copied().copied(), v6.first().copied().copied()))
 }
 
 impl RunArgs {
@@ -311,29 +339,82 @@ impl RunArgs {
                 format!("{name:?} is not a node name (1-{MAX_NODE_NAME} bytes, no spaces)"),
             ));
         }
-        let node_ip = match self.node_ip {
-            IpAddr::V4(ip)
-                if !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()) =>
-            {
-                ip
+        let (ip4, ip6) = one_per_family(&self.node_ip, IpAddr::is_ipv4, IpAddr::to_string)
+            .map_err(|e| flag("node-ip", e))?;
+        for ip in ip4.iter().chain(&ip6) {
+            let bad = match ip {
+                IpAddr::V4(a) => {
+                    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+                }
+                // A link-local address names no node beyond its link, and a mapped one is IPv4's.
+                IpAddr::V6(a) => {
+                    a.is_unspecified()
+                        || a.is_loopback()
+                        || a.is_multicast()
+                        || a.is_unicast_link_local()
+                        || a.to_ipv4_mapped().is_some()
+                }
+            };
+            if bad {
+                return Err(flag(
+                    "node-ip",
+                    format!("{ip} is not a unicast address a peer can reach"),
+                ));
             }
-            ip => return Err(flag("node-ip", format!("{ip} is not a unicast IPv4 address"))),
+        }
+        let (cidr4, cidr6) = one_per_family(&self.cluster_cidr, IpNetwork::is_ipv4, IpNetwork::to_string)
+            .map_err(|e| flag("cluster-cidr", e))?;
+        let node_ip = ip4
+            .or(ip6)
+            .ok_or_else(|| flag("node-ip", "no address given".into()))?;
+        let node_ip_v6 = match (ip4, ip6) {
+            (Some(_), Some(IpAddr::V6(a))) => Some(a),
+            _ => None,
         };
-        // The leases carry both families; the routes, the bridge and the VXLAN device are
-        // IPv4's alone so far.
-        if !self.cluster_cidr.is_ipv4() {
+        let lease_cfg = |cidr: IpNetwork| {
+            let len = if cidr.is_ipv4() {
+                self.subnet_len
+            } else {
+                self.subnet_len_v6
+            };
+            (cidr, len)
+        };
+        let mut cidrs = cidr4.into_iter().chain(cidr6).map(lease_cfg);
+        let Some((first_cidr, first_len)) = cidrs.next() else {
+            return Err(flag("cluster-cidr", "no CIDR given".into()));
+        };
+        let len_flags = if first_cidr.is_ipv4() {
+            "cluster-cidr/--subnet-len/--lease-ttl"
+        } else {
+            "cluster-cidr/--subnet-len-v6/--lease-ttl"
+        };
+        let mut leases = LeaseConfig::new(first_cidr, first_len, self.lease_ttl)
+            .map_err(|e| flag(len_flags, e.to_string()))?;
+        if let Some((cidr, len)) = cidrs.next() {
+            leases = leases
+                .with_family(cidr, len)
+                .map_err(|e| flag("cluster-cidr/--subnet-len-v6", e.to_string()))?;
+        }
+        let (first4, first6) = one_per_family(&self.first_subnet, IpNetwork::is_ipv4, IpNetwork::to_string)
+            .map_err(|e| flag("first-subnet", e))?;
+        let (last4, last6) = one_per_family(&self.last_subnet, IpNetwork::is_ipv4, IpNetwork::to_string)
+            .map_err(|e| flag("last-subnet", e))?;
+        for (first, last) in [(first4, last4), (first6, last6)] {
+            leases = leases
+                .with_range(first, last)
+                .map_err(|e| flag("first-subnet/--last-subnet", e.to_string()))?;
+        }
+        // The kernel routes an IPv4 prefix via an IPv6 next hop, never the reverse: IPv6 pods
+        // on nodes without IPv6 addresses are reached through VXLAN (IPv6 inside IPv4) only.
+        if cidr6.is_some() && ip6.is_none() && self.backend == Mode::HostGw {
             return Err(flag(
-                "cluster-cidr",
-                format!(
-                    "{} is not IPv4 (IPv6 pod networks are not routed yet)",
-                    self.cluster_cidr
-                ),
+                "node-ip",
+                "IPv6 pods with --backend host-gw need an IPv6 node IP too: the kernel takes no IPv4 \
+                 next hop for an IPv6 route (give --node-ip an address of each family, or use \
+                 --backend auto or vxlan, which carries IPv6 pods inside IPv4)"
+                    .into(),
             ));
         }
-        let leases = LeaseConfig::new(self.cluster_cidr, self.subnet_len, self.lease_ttl)
-            .map_err(|e| flag("cluster-cidr/--subnet-len/--lease-ttl", e.to_string()))?
-            .with_range(self.first_subnet, self.last_subnet)
-            .map_err(|e| flag("first-subnet/--last-subnet", e.to_string()))?;
         if self.resync_interval.is_zero() {
             return Err(flag("resync-interval", "must be more than 0".into()));
         }
@@ -363,8 +444,8 @@ impl RunArgs {
         Ok(Config {
             etcd_auth: EtcdAuth::default(),
             etcd_auth_warnings: Vec::new(),
-            cluster_cidr: self.cluster_cidr,
             node_ip,
+            node_ip_v6,
             leases,
             args: self,
         })
@@ -372,6 +453,28 @@ impl RunArgs {
 }
 
 impl Config {
+    /// Every node IP: the lease's `nodeIP`, then its `nodeIPv6`.
+    pub fn node_ips(&self) -> Vec<IpAddr> {
+        std::iter::once(self.node_ip)
+            .chain(self.node_ip_v6.map(IpAddr::V6))
+            .collect()
+    }
+
+    /// The node IP of a family, if the node has one.
+    pub fn node_ip_of(&self, v4: bool) -> Option<IpAddr> {
+        self.node_ips().into_iter().find(|ip| ip.is_ipv4() == v4)
+    }
+
+    /// The cluster CIDRs: the records' family first.
+    pub fn cluster_cidrs(&self) -> impl Iterator<Item = IpNetwork> + '_ {
+        self.leases.pools.iter().map(|p| p.cidr)
+    }
+
+    /// The cluster CIDR of a family, if the cluster has one.
+    pub fn cluster_cidr_of(&self, v4: bool) -> Option<IpNetwork> {
+        self.cluster_cidrs().find(|c| c.is_ipv4() == v4)
+    }
+
     /// Adds the etcd TLS files and user, judged against the store; the error names the flag.
     pub fn with_etcd_auth(mut self, a: &EtcdAuthArgs) -> Result<Config, String> {
         self.etcd_auth = a.validate(&self.args.store)?;
@@ -384,7 +487,9 @@ impl Config {
         let mut out = self.etcd_auth_warnings.clone();
         // The network and broadcast addresses and the gateway are no pod's.
         let pods = (1u64 << (32 - u32::from(self.args.subnet_len.min(32)))).saturating_sub(3);
-        if pods > cbrnet_bridge::port::MAX_PORTS {
+        // An IPv6 subnet always has more addresses than a bridge has ports: a limit of the bridge,
+        // not of the subnet the operator chose.
+        if pods > cbrnet_bridge::port::MAX_PORTS && self.cluster_cidr_of(true).is_some() {
             out.push(format!(
                 "--subnet-len {}: a node subnet has room for {pods} pods, but the node bridge takes at most \
                  {} ports; ADDs past that fail with error 115 (bridge full). Use /22 or longer.",
@@ -401,15 +506,13 @@ mod tests {
     use super::*;
 
     fn run(extra: &[&str]) -> Result<Config, String> {
-        let mut argv = vec![
-            "cbrnet-routed",
-            "--node-name",
-            "n1",
-            "--node-ip",
-            "192.168.1.2",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-        ];
+        let mut argv = vec!["cbrnet-routed", "--node-name", "n1"];
+        if !extra.contains(&"--node-ip") {
+            argv.extend(["--node-ip", "192.168.1.2"]);
+        }
+        if !extra.contains(&"--cluster-cidr") {
+            argv.extend(["--cluster-cidr", "10.244.0.0/16"]);
+        }
         if !extra.contains(&"--store") {
             argv.extend(["--store", "file:/tmp/x"]);
         }
@@ -536,6 +639,45 @@ mod tests {
     }
 
     #[test]
+    fn one_address_and_one_cidr_of_each_family() {
+        let c = run(&[
+            "--node-ip",
+            "fd00:56::11,192.168.56.11",
+            "--cluster-cidr",
+            "fd00:10:244::/56,10.244.0.0/16",
+            "--first-subnet",
+            "fd00:10:244:5::/64",
+            "--first-subnet",
+            "10.244.5.0/24",
+            "--last-subnet",
+            "10.244.9.0/24,fd00:10:244:9::/64",
+        ])
+        .unwrap();
+        assert_eq!(c.node_ip.to_string(), "192.168.56.11");
+        assert_eq!(c.node_ip_v6.unwrap().to_string(), "fd00:56::11");
+        assert_eq!(c.cluster_cidr_of(true).unwrap().to_string(), "10.244.0.0/16");
+        assert_eq!(c.cluster_cidr_of(false).unwrap().to_string(), "fd00:10:244::/56");
+        let v6 = c.leases.ipv6().unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(
+            (v6.first.unwrap().to_string(), v6.last.unwrap().to_string()),
+            ("fd00:10:244:5::/64".into(), "fd00:10:244:9::/64".into())
+        );
+        assert_eq!(c.leases.primary().first.unwrap().to_string(), "10.244.5.0/24");
+        // IPv6 only: the IPv6 address is the lease's nodeIP
+        let c = run(&["--node-ip", "fd00:56::11", "--cluster-cidr", "fd00:10:244::/56"]).unwrap();
+        assert_eq!(
+            (c.node_ip.to_string(), c.node_ip_v6),
+            ("fd00:56::11".into(), None)
+        );
+        assert!(c.leases.primary().cidr.is_ipv6());
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // IPv4 pods over an IPv6-only underlay, and dual-stack pods over IPv4 with VXLAN
+        assert!(run(&["--node-ip", "fd00:56::11"]).is_ok());
+        assert!(run(&["--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"]).is_ok());
+    }
+
+    #[test]
     fn a_subnet_larger_than_a_bridge_is_warned_about() {
         assert_eq!(run(&[]).unwrap().warnings(), Vec::<String>::new());
         // A /22 is 1,021 pods: within the 1,023 ports.
@@ -564,7 +706,7 @@ mod tests {
             (&["--lease-ttl", "18446744073709551615h"][..], "--lease-ttl"),
             (&["--lease-ttl", "1s"][..], "--lease-ttl"),
             (&["--node-ip", "127.0.0.1"][..], "--node-ip"),
-            (&["--node-ip", "fd00::1"][..], "--node-ip"),
+            (&["--node-ip", "ff02::1"][..], "--node-ip"),
             (&["--node-name", ""][..], "--node-name"),
             (&["--mtu", "20"][..], "--mtu"),
             (&["--bridge", "a-very-long-bridge"][..], "--bridge"),
@@ -576,7 +718,44 @@ mod tests {
             (&["--vxlan-port", "65536"][..], "--vxlan-port"),
             (&["--vxlan-tx-csum-offload", "yes"][..], "--vxlan-tx-csum-offload"),
             (&["--cluster-cidr", "10.244.1.0/16"][..], "--cluster-cidr"),
-            (&["--cluster-cidr", "fd00:10:244::/56"][..], "--cluster-cidr"),
+            (
+                &["--cluster-cidr", "10.244.0.0/16,10.245.0.0/16"][..],
+                "--cluster-cidr",
+            ),
+            (
+                &["--cluster-cidr", "fd00:10:244::/56,fd00:10:245::/56"][..],
+                "--cluster-cidr",
+            ),
+            (&["--node-ip", "192.168.1.2,192.168.1.3"][..], "--node-ip"),
+            (&["--node-ip", "fe80::1"][..], "--node-ip"),
+            (&["--node-ip", "::ffff:192.168.1.2"][..], "--node-ip"),
+            (
+                &["--cluster-cidr", "fd00:10:244::/56", "--subnet-len-v6", "121"][..],
+                "--subnet-len-v6",
+            ),
+            (
+                &["--first-subnet", "10.244.5.0/24,10.244.6.0/24"][..],
+                "--first-subnet",
+            ),
+            (
+                &[
+                    "--cluster-cidr",
+                    "10.244.0.0/16",
+                    "--first-subnet",
+                    "fd00:10:244:5::/64",
+                ][..],
+                "--first-subnet/--last-subnet",
+            ),
+            // the kernel routes no IPv6 prefix via an IPv4 next hop
+            (
+                &[
+                    "--cluster-cidr",
+                    "10.244.0.0/16,fd00:10:244::/56",
+                    "--backend",
+                    "host-gw",
+                ][..],
+                "--node-ip",
+            ),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(names), "{args:?}: {e}");

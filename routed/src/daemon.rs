@@ -5,7 +5,7 @@
 //! on link and address events that touch the bridge and on every resync; the lease on its renewal
 //! timer and whenever a reconcile finds it missing, expired or changed.
 
-use crate::backend::{self, routes, vxlan, Desired, Path};
+use crate::backend::{self, routes, vxlan, Desired, Family, Path};
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
 use crate::events::{Event, Events, Neigh};
@@ -259,12 +259,9 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     let nl = Nl { handle };
     // As at boot: the node's address may come later (DHCP, a slow interface).
     let mut log = Throttled::default();
-    while !node_ip_is_local(&nl.handle, cfg.node_ip).await? {
+    while let Some(missing) = node_ip_missing(&nl.handle, &cfg).await? {
         metrics.node_ip_present.set(i64::from(false));
-        let msg = format!(
-            "--node-ip {} is on no local interface; waiting for it",
-            cfg.node_ip
-        );
+        let msg = format!("--node-ip {missing} is on no local interface; waiting for it");
         if log.due(&msg) {
             tracing::error!("{msg}");
         }
@@ -278,9 +275,9 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     .await?;
     let me = Claimant {
         node_name: cfg.args.node_name.clone(),
-        node_ip: IpAddr::V4(cfg.node_ip),
+        node_ip: cfg.node_ip,
         holder: instance::holder(),
-        node_ip_v6: None,
+        node_ip_v6: cfg.node_ip_v6,
         vtep_mac: cfg
             .args
             .backend
@@ -392,11 +389,13 @@ fn nexthops_usable(raw: &mut Raw) -> bool {
     usable
 }
 
-async fn node_ip_is_local(h: &Handle, ip: std::net::Ipv4Addr) -> Result<bool> {
-    Ok(routes::connected(h)
-        .await?
-        .iter()
-        .any(|n| n.ip() == IpAddr::V4(ip)))
+/// A node IP that is on no local interface, if one is.
+async fn node_ip_missing(h: &Handle, cfg: &Config) -> Result<Option<IpAddr>> {
+    let local = routes::connected(h).await?;
+    Ok(cfg
+        .node_ips()
+        .into_iter()
+        .find(|ip| !local.iter().any(|n| n.ip() == *ip)))
 }
 
 async fn run_loop(mut node: Node, sigterm: &mut tokio::signal::unix::Signal) -> Result<()> {
@@ -619,7 +618,9 @@ impl Node {
     async fn set_up(&mut self) -> Result<()> {
         let vxlan_mtu = self.vxlan_mtu().await?;
         let pod_mtu = self.cfg.args.mtu.or(vxlan_mtu);
-        let mut repaired = setup::reconcile(&self.nl, &self.cfg, &self.held.lease, pod_mtu).await?;
+        let underlay = self.underlay_links().await?;
+        let mut repaired =
+            setup::reconcile(&self.nl, &self.cfg, &self.held.lease, pod_mtu, &underlay).await?;
         if let Ok(Some(l)) = self.nl.link(&self.cfg.args.bridge).await {
             self.bridge_index = Some(l.header.index);
         }
@@ -633,6 +634,34 @@ impl Node {
         Ok(())
     }
 
+    /// The names of the links the node IPs are on (needed only with IPv6 pods: whose router
+    /// advertisements forwarding must not turn off).
+    async fn underlay_links(&self) -> Result<Vec<String>> {
+        if self.cfg.cluster_cidr_of(false).is_none() {
+            return Ok(Vec::new());
+        }
+        let ips = self.cfg.node_ips();
+        let mut indexes: Vec<u32> = routes::connected_links(&self.nl.handle)
+            .await?
+            .into_iter()
+            .filter(|(n, _)| ips.contains(&n.ip()))
+            .map(|(_, i)| i)
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut names = Vec::new();
+        for i in indexes {
+            let mut s = self.nl.handle.link().get().match_index(i).execute();
+            if let Ok(Some(l)) = futures::TryStreamExt::try_next(&mut s).await {
+                names.extend(l.attributes.iter().find_map(|a| match a {
+                    netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(names)
+    }
+
     /// The VXLAN device's MTU (`None` without one): the underlay link's less the encapsulation.
     /// While the node IP is on no link, the underlay's MTU as last seen.
     async fn vxlan_mtu(&mut self) -> Result<Option<u32>> {
@@ -640,7 +669,7 @@ impl Node {
             return Ok(None);
         }
         let links = routes::connected_links(&self.nl.handle).await?;
-        let node_ip = IpAddr::V4(self.cfg.node_ip);
+        let node_ip = self.cfg.node_ip;
         if let Some((_, index)) = links.iter().find(|(n, _)| n.ip() == node_ip) {
             let mut s = self.nl.handle.link().get().match_index(*index).execute();
             if let Ok(Some(l)) = futures::TryStreamExt::try_next(&mut s).await {
@@ -650,8 +679,18 @@ impl Node {
             }
         }
         let underlay = self.underlay.map_or(1500, |(_, mtu)| mtu);
-        // The smallest MTU an IPv4 link may have, whatever the underlay says.
-        Ok(Some(underlay.saturating_sub(vxlan::OVERHEAD_V4).max(68)))
+        let overhead = if node_ip.is_ipv4() {
+            vxlan::OVERHEAD_V4
+        } else {
+            vxlan::OVERHEAD_V6
+        };
+        // The smallest MTU a link may have: IPv4's 68, IPv6's 1280 when it carries IPv6 pods.
+        let floor = if self.cfg.cluster_cidr_of(false).is_some() {
+            1280
+        } else {
+            68
+        };
+        Ok(Some(underlay.saturating_sub(overhead).max(floor)))
     }
 
     /// The VXLAN device as the backend wants it (or gone, on host-gw); returns what was repaired.
@@ -668,20 +707,17 @@ impl Node {
                 Vec::new()
             });
         };
-        let IpAddr::V4(address) = self.held.lease.subnet.network() else {
-            return Err(RoutedError::Config(format!(
-                "the held subnet {} is not IPv4",
-                self.held.lease.subnet
-            )));
-        };
         let spec = vxlan::Spec {
             vni: args.vxlan_vni,
             port: args.vxlan_port,
             local: self.cfg.node_ip,
             mac: vxlan::vtep_mac(&args.node_name),
             mtu,
-            address,
-            cluster_cidr: self.cfg.cluster_cidr,
+            addresses: setup::served(&self.cfg, &self.held.lease)
+                .iter()
+                .map(IpNetwork::network)
+                .collect(),
+            cluster_cidrs: self.cfg.cluster_cidrs().collect(),
             tx_csum_offload: args.vxlan_tx_csum_offload,
         };
         let (index, repaired, down) = match vxlan::ensure(&self.nl, &spec).await? {
@@ -1031,7 +1067,10 @@ impl Node {
         self.metrics.leases.set(live.len() as i64);
         let local: Vec<IpNetwork> = links.iter().map(|(n, _)| *n).collect();
         self.metrics.node_ip_present.set(i64::from(
-            local.iter().any(|n| n.ip() == IpAddr::V4(self.cfg.node_ip)),
+            self.cfg
+                .node_ips()
+                .iter()
+                .all(|ip| local.iter().any(|n| n.ip() == *ip)),
         ));
         let me = backend::Local {
             mode: self.cfg.args.backend,
@@ -1044,10 +1083,15 @@ impl Node {
                 .backend
                 .uses_vxlan()
                 .then(|| vxlan::vtep_mac(&self.cfg.args.node_name)),
+            underlay: Family::of(&IpNetwork::from(self.cfg.node_ip)),
+            ipv6: self.cfg.cluster_cidr_of(false).is_some(),
         };
         let desired = backend::choose(live, &me);
         for path in Path::ALL {
-            let n = desired.counts.get(&path).copied().unwrap_or(0) as i64;
+            let n = Family::ALL
+                .iter()
+                .map(|f| desired.counts.get(&(path, *f)).copied().unwrap_or(0))
+                .sum::<usize>() as i64;
             self.metrics
                 .peers
                 .get_or_create(&metrics::PathLabel { path: path.as_str() })

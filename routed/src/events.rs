@@ -9,7 +9,7 @@ use crate::error::{Result, RoutedError};
 use crate::raw::{messages, parse_route, u16_at, u32_at};
 use ipnetwork::IpNetwork;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -26,6 +26,8 @@ const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const RTNLGRP_NEXTHOP: u32 = 32;
 const NHMSG: usize = 8;
 const NHA_ID: u16 = 1;
@@ -35,23 +37,24 @@ const NDMSG: usize = 12;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const AF_BRIDGE: u8 = 7;
 
 /// What happened, as far as the daemon cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A route of the main IPv4 table went: its protocol and destination.
+    /// A route of the main table (either family) went: its protocol and destination.
     RouteGone(u8, IpNetwork),
-    /// A route of the main IPv4 table was added or replaced: protocol, destination, gateway
+    /// A route of the main table was added or replaced: protocol, destination, gateway
     /// (through a nexthop: the address its id stands for).
     RouteNew(u8, IpNetwork, Option<std::net::IpAddr>),
     /// A nexthop object went (and with it, silently, every route through it).
     NexthopGone(u32),
     /// A link appeared, changed or went (`name` when the kernel said it).
     Link { index: u32, name: Option<String> },
-    /// An IPv4 address was added to or removed from link `index`.
+    /// An address was added to or removed from link `index`.
     Address { index: u32 },
-    /// An FDB or IPv4 neighbour entry of link `index` was added, changed or deleted.
+    /// An FDB or neighbour entry of link `index` was added, changed or deleted.
     Neigh { index: u32, deleted: bool, entry: Neigh },
     /// The kernel dropped events: anything may have changed.
     Lost,
@@ -61,12 +64,12 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Neigh {
     /// MAC → remote address.
-    Fdb { mac: [u8; 6], dst: Option<Ipv4Addr> },
-    /// IPv4 address → MAC.
-    Ip { ip: Ipv4Addr, mac: Option<[u8; 6]> },
+    Fdb { mac: [u8; 6], dst: Option<IpAddr> },
+    /// Address (either family) → MAC.
+    Ip { ip: IpAddr, mac: Option<[u8; 6]> },
 }
 
-/// A socket subscribed to link, IPv4 address, IPv4 route and nexthop events of the calling
+/// A socket subscribed to link, address, route (both families), neighbour and nexthop events of the calling
 /// thread's network namespace.
 pub struct Events {
     fd: AsyncFd<Socket>,
@@ -82,6 +85,8 @@ impl Events {
             RTNLGRP_LINK,
             RTNLGRP_IPV4_IFADDR,
             RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
             RTNLGRP_NEIGH,
         ] {
             socket.add_membership(g).map_err(io)?;
@@ -186,16 +191,20 @@ fn attribute(p: &[u8], fixed: usize, kind: u16) -> Option<&[u8]> {
     None
 }
 
-/// An ndmsg payload of an FDB or IPv4 neighbour entry.
+/// An ndmsg payload of an FDB or neighbour entry.
 fn neigh(p: &[u8], deleted: bool) -> Option<Event> {
     let index = u32_at(p, 4)?;
     let mac = attribute(p, NDMSG, NDA_LLADDR).and_then(|v| <[u8; 6]>::try_from(v).ok());
-    let ip = attribute(p, NDMSG, NDA_DST)
-        .and_then(|v| <[u8; 4]>::try_from(v).ok())
-        .map(Ipv4Addr::from);
+    let ip = attribute(p, NDMSG, NDA_DST).and_then(|v| match v.len() {
+        4 => <[u8; 4]>::try_from(v).ok().map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        16 => <[u8; 16]>::try_from(v)
+            .ok()
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        _ => None,
+    });
     let entry = match *p.first()? {
         AF_BRIDGE => Neigh::Fdb { mac: mac?, dst: ip },
-        AF_INET => Neigh::Ip { ip: ip?, mac },
+        AF_INET | AF_INET6 => Neigh::Ip { ip: ip?, mac },
         _ => return None,
     };
     Some(Event::Neigh {
@@ -269,11 +278,23 @@ mod tests {
         arp.extend_from_slice(&[0x80, 0, 0, 0]);
         let arp = with_attr(arp, NDA_DST, &[10, 244, 2, 0]);
         buf.extend(msg(RTM_DELNEIGH, &arp));
-        // an IPv6 neighbour is of no interest
+        // an IPv6 neighbour; one without an address is of no interest
         let mut v6 = vec![10u8, 0, 0, 0];
         v6.extend_from_slice(&5u32.to_ne_bytes());
         v6.extend_from_slice(&[0x80, 0, 0, 0]);
         buf.extend(msg(RTM_NEWNEIGH, &v6));
+        let v6 = with_attr(
+            v6,
+            NDA_DST,
+            &"fd00:10:244:2::".parse::<Ipv6Addr>().unwrap().octets(),
+        );
+        buf.extend(msg(RTM_NEWNEIGH, &v6));
+        let route6 = with_attr(
+            vec![10, 64, 0, 0, 254, 157, 0, 1, 0, 0, 0, 0],
+            1,
+            &"fd00:10:244:3::".parse::<Ipv6Addr>().unwrap().octets(),
+        );
+        buf.extend(msg(RTM_DELROUTE, &route6));
         // a truncated message and one of no interest change nothing
         buf.extend(msg(RTM_DELLINK, &[0u8; 3]));
         buf.extend(msg(RTM_DELNEXTHOP, &[0u8; 3]));
@@ -296,17 +317,26 @@ mod tests {
                     deleted: false,
                     entry: Neigh::Fdb {
                         mac: [0x0e, 0, 0, 0, 0, 2],
-                        dst: Some(Ipv4Addr::new(172, 16, 0, 2))
+                        dst: Some(IpAddr::V4(Ipv4Addr::new(172, 16, 0, 2)))
                     }
                 },
                 Event::Neigh {
                     index: 5,
                     deleted: true,
                     entry: Neigh::Ip {
-                        ip: Ipv4Addr::new(10, 244, 2, 0),
+                        ip: IpAddr::V4(Ipv4Addr::new(10, 244, 2, 0)),
                         mac: None
                     }
                 },
+                Event::Neigh {
+                    index: 5,
+                    deleted: false,
+                    entry: Neigh::Ip {
+                        ip: "fd00:10:244:2::".parse().unwrap(),
+                        mac: None
+                    }
+                },
+                Event::RouteGone(157, "fd00:10:244:3::/64".parse().unwrap()),
             ]
         );
         // a name attribute that claims more than the message has

@@ -24,6 +24,7 @@ const RTA_DST: u16 = 1;
 const RTA_GATEWAY: u16 = 5;
 const RTA_TABLE: u16 = 15;
 const RTA_NH_ID: u16 = 30;
+const RTA_VIA: u16 = 18;
 const RTMSG: usize = 12;
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
@@ -40,6 +41,7 @@ const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 pub(crate) use cbrnet_bridge::batch::HEADER;
 /// Requests per write: each acknowledgement takes about a kilobyte of the socket's receive buffer
 /// (the default holds some 200), and one that does not fit is lost (ENOBUFS).
@@ -128,14 +130,24 @@ fn parse_nexthop(payload: &[u8]) -> Option<(u32, Nexthop)> {
     ))
 }
 
-/// An IPv4 route message of the main table: (protocol, destination, gateway).
+/// A route message of the main table, of either family: (protocol, destination, gateway; a
+/// nexthop object's id reads as the IPv4 address it is made from).
 pub(crate) fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>)> {
-    // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
+    use std::net::{IpAddr, Ipv6Addr};
     let (family, dst_len, table, protocol) = (*p.first()?, *p.get(1)?, *p.get(4)?, *p.get(5)?);
-    if family != AF_INET {
-        return None;
-    }
-    let (mut dst, mut gw, mut table32) = (Ipv4Addr::UNSPECIFIED, None, None);
+    let addr = |v: &[u8]| -> Option<IpAddr> {
+        match v.len() {
+            4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?))),
+            16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?))),
+            _ => None,
+        }
+    };
+    let mut dst = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let (mut gw, mut table32) = (None, None);
     let mut at = RTMSG;
     while let (Some(len), Some(kind)) = (u16_at(p, at), u16_at(p, at + 2)) {
         let len = len as usize;
@@ -144,9 +156,15 @@ pub(crate) fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<
         }
         let v = &p[at + 4..at + len];
         match kind {
-            RTA_DST if v.len() == 4 => dst = Ipv4Addr::new(v[0], v[1], v[2], v[3]),
-            RTA_GATEWAY if v.len() == 4 => gw = Some(Ipv4Addr::new(v[0], v[1], v[2], v[3])),
-            RTA_NH_ID => gw = u32_at(v, 0).map(Ipv4Addr::from),
+            RTA_DST => {
+                if let Some(a) = addr(v).filter(|a| a.is_ipv4() == dst.is_ipv4()) {
+                    dst = a;
+                }
+            }
+            RTA_GATEWAY => gw = addr(v),
+            // struct rtvia: a 16-bit family, then the address.
+            RTA_VIA if v.len() > 2 => gw = addr(&v[2..]),
+            RTA_NH_ID => gw = u32_at(v, 0).map(|id| IpAddr::V4(Ipv4Addr::from(id))),
             RTA_TABLE => table32 = u32_at(v, 0),
             _ => {}
         }
@@ -155,8 +173,8 @@ pub(crate) fn parse_route(p: &[u8]) -> Option<(u8, ipnetwork::IpNetwork, Option<
     if table32.unwrap_or(u32::from(table)) != u32::from(RT_TABLE_MAIN) {
         return None;
     }
-    let dst = ipnetwork::IpNetwork::new(std::net::IpAddr::V4(dst), dst_len).ok()?;
-    Some((protocol, dst, gw.map(std::net::IpAddr::V4)))
+    let dst = ipnetwork::IpNetwork::new(dst, dst_len).ok()?;
+    Some((protocol, dst, gw))
 }
 
 impl Raw {
@@ -201,10 +219,22 @@ impl Raw {
         protocol: u8,
         mut each: impl FnMut(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>),
     ) -> Result<()> {
+        for family in [AF_INET, AF_INET6] {
+            self.dump_family(family, protocol, &mut each)?;
+        }
+        Ok(())
+    }
+
+    fn dump_family(
+        &mut self,
+        family: u8,
+        protocol: u8,
+        each: &mut impl FnMut(u8, ipnetwork::IpNetwork, Option<std::net::IpAddr>),
+    ) -> Result<()> {
         let seq = self.next_seq();
         // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
         let mut req = vec![0u8; HEADER];
-        req.extend_from_slice(&[AF_INET, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0, 0, 0, 0]);
+        req.extend_from_slice(&[family, 0, 0, 0, RT_TABLE_MAIN, protocol, 0, 0, 0, 0, 0, 0]);
         let len = req.len() as u32;
         req[0..4].copy_from_slice(&len.to_ne_bytes());
         req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());

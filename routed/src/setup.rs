@@ -1,11 +1,13 @@
 //! The node's set-up, reconciled: the bridge with the gateway of the held subnet (and no stale
-//! gateway of a subnet the node no longer holds), IPv4 forwarding, the masquerade table and the
+//! gateway of a subnet the node no longer holds), forwarding of each family (and the underlay's
+//! router advertisements), the masquerade table and the
 //! subnet file. Run at start, on every resync, and on link and address events that touch the
 //! bridge; each piece found drifted is put back and reported.
 
 use crate::cli::Config;
 use crate::error::{Result, RoutedError};
 use cbrnet_bridge::{bridge, forwarding, mac, masq, Nl};
+use cbrnet_ipam::cluster::record::gateway_of;
 use cbrnet_ipam::cluster::Lease;
 use cbrnet_ipam::SubnetFile;
 use ipnetwork::IpNetwork;
@@ -13,11 +15,29 @@ use ipnetwork::IpNetwork;
 /// The nftables table of `--ip-masq`.
 pub const MASQ_TABLE: &str = "cbrnet_routed";
 
+/// The subnets of `lease` this node serves: its first family's, and its IPv6 one when the
+/// cluster has IPv6 pods.
+pub fn served(cfg: &Config, lease: &Lease) -> Vec<IpNetwork> {
+    lease
+        .subnets()
+        .into_iter()
+        .filter(|s| cfg.cluster_cidr_of(s.is_ipv4()).is_some())
+        .collect()
+}
+
 /// Makes the node match `lease`, with pods of MTU `mtu` (`None`: the plugin's default); returns
-/// what had drifted and was put back. The subnet file comes last: the plugin may add pods as soon
-/// as it exists, so it only ever names a set-up node.
-pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease, mtu: Option<u32>) -> Result<Vec<String>> {
+/// what had drifted and was put back. `underlay` names the links of the node IPs. The subnet
+/// file comes last: the plugin may add pods as soon as it exists, so it only ever names a
+/// set-up node.
+pub async fn reconcile(
+    nl: &Nl,
+    cfg: &Config,
+    lease: &Lease,
+    mtu: Option<u32>,
+    underlay: &[String],
+) -> Result<Vec<String>> {
     let args = &cfg.args;
+    let subnets = served(cfg, lease);
     let gw = lease.gateway();
     let mut repaired = Vec::new();
     let spec = bridge::Spec {
@@ -30,41 +50,58 @@ pub async fn reconcile(nl: &Nl, cfg: &Config, lease: &Lease, mtu: Option<u32>) -
     if br.created {
         repaired.push(format!("bridge {} was missing", args.bridge));
     }
-    if bridge::ensure_address(nl, &br, gw, lease.subnet).await? {
-        repaired.push(format!(
-            "gateway {gw}/{} was not on {}",
-            lease.subnet.prefix(),
-            args.bridge
-        ));
+    let mut want = Vec::new();
+    for s in &subnets {
+        let g = gateway_of(*s);
+        if bridge::ensure_address(nl, &br, g, *s).await? {
+            repaired.push(format!("gateway {g}/{} was not on {}", s.prefix(), args.bridge));
+        }
+        want.push(IpNetwork::new(g, s.prefix()).map_err(|e| RoutedError::Config(e.to_string()))?);
     }
-    // Addresses of the cluster CIDR other than our gateway: the gateway of a subnet we held
+    // Addresses of the cluster CIDRs other than our gateways: the gateway of a subnet we held
     // before, or one put there by hand. Pods of that subnet can no longer be served here.
-    let want = IpNetwork::new(gw, lease.subnet.prefix()).map_err(|e| RoutedError::Config(e.to_string()))?;
-    for a in bridge::ipv4_addresses(nl, br.index).await? {
-        if a != want && cfg.cluster_cidr.contains(a.ip()) {
+    for a in bridge::addresses(nl, br.index).await? {
+        if !want.contains(&a) && cfg.cluster_cidrs().any(|c| c.contains(a.ip())) {
             bridge::remove_address(nl, br.index, a).await?;
             repaired.push(format!("stale address {a} removed from {}", args.bridge));
         }
     }
-    if forwarding::enable(false)? {
-        repaired.push("IPv4 forwarding was off".into());
+    let v4 = cfg.cluster_cidr_of(true).is_some();
+    let v6 = cfg.cluster_cidr_of(false).is_some();
+    // Before forwarding goes on: a forwarding link with accept_ra 1 drops the node's router
+    // advertisements.
+    if v6 {
+        for link in underlay {
+            if forwarding::keep_router_advertisements(link)? {
+                repaired.push(format!(
+                    "accept_ra of {link} was 1 (router advertisements ignored once forwarding): set to 2"
+                ));
+            }
+        }
     }
-    let rules = [masq::Masq {
-        subnet: lease.subnet,
-        cluster: cfg.cluster_cidr,
-    }];
+    if forwarding::enable_families(v4, v6)? {
+        repaired.push("forwarding was off".into());
+    }
+    let rules: Vec<masq::Masq> = subnets
+        .iter()
+        .filter_map(|s| {
+            cfg.cluster_cidr_of(s.is_ipv4())
+                .map(|cluster| masq::Masq { subnet: *s, cluster })
+        })
+        .collect();
     if args.ip_masq && !masq::is_in_place(MASQ_TABLE, &rules)? {
         masq::ensure(MASQ_TABLE, &rules)?;
         repaired.push(format!("masquerade table {MASQ_TABLE} was missing or changed"));
     }
+    let v6_subnet = subnets.get(1).copied();
     let file = SubnetFile {
         subnet: lease.subnet,
         gateway: gw,
-        cluster_cidr: Some(cfg.cluster_cidr),
+        cluster_cidr: cfg.cluster_cidr_of(lease.subnet.is_ipv4()),
         mtu,
-        ipv6_subnet: None,
-        ipv6_gateway: None,
-        ipv6_cluster_cidr: None,
+        ipv6_subnet: v6_subnet,
+        ipv6_gateway: v6_subnet.map(gateway_of),
+        ipv6_cluster_cidr: v6_subnet.and_then(|_| cfg.cluster_cidr_of(false)),
     };
     let written = file
         .write(&args.subnet_file)

@@ -61,10 +61,22 @@ impl Lease {
     }
     /// The gateway of the subnet: its first address (on the node's bridge).
     pub fn gateway(&self) -> IpAddr {
-        match self.subnet {
-            IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(1))),
-            IpNetwork::V6(n) => IpAddr::V6(u128::from(n.network()).wrapping_add(1).into()),
-        }
+        gateway_of(self.subnet)
+    }
+
+    /// Every subnet of the lease: the first family's, then the IPv6 one of a dual-stack lease.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        std::iter::once(self.subnet)
+            .chain(self.ipv6_subnet.map(IpNetwork::V6))
+            .collect()
+    }
+}
+
+/// The gateway of a node subnet: its first address (on the node's bridge).
+pub fn gateway_of(subnet: IpNetwork) -> IpAddr {
+    match subnet {
+        IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(1))),
+        IpNetwork::V6(n) => IpAddr::V6(u128::from(n.network()).wrapping_add(1).into()),
     }
 }
 

@@ -10,7 +10,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `proto 157` in `ip route`: cbrnet's routes (listed in README; unassigned in iproute2's rt_protos).
 pub const ROUTE_PROTOCOL: u8 = 157;
@@ -62,12 +62,13 @@ pub fn plan(want: &Want, ours: &Ours, foreign: &HashSet<IpNetwork>) -> Plan {
     p
 }
 
-/// Our IPv4 networks: every address with its prefix.
+/// Our networks: every address with its prefix (IPv6 link-local ones excepted: no node IP or
+/// pod subnet is one).
 pub async fn connected(h: &Handle) -> Result<Vec<IpNetwork>> {
     Ok(connected_links(h).await?.into_iter().map(|(n, _)| n).collect())
 }
 
-/// Our IPv4 networks with the link each is on.
+/// Our networks with the link each is on.
 pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
     let mut s = h.address().get().execute();
     let mut out = Vec::new();
@@ -77,10 +78,13 @@ pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
         .map_err(|e| RoutedError::Netlink("listing addresses".into(), e))?
     {
         for a in &m.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
-                if let Ok(n) = IpNetwork::new(IpAddr::V4(*ip), m.header.prefix_len) {
-                    out.push((n, m.header.index));
-                }
+            let ip = match a {
+                AddressAttribute::Address(IpAddr::V6(v6)) if v6.is_unicast_link_local() => continue,
+                AddressAttribute::Address(ip) => *ip,
+                _ => continue,
+            };
+            if let Ok(n) = IpNetwork::new(ip, m.header.prefix_len) {
+                out.push((n, m.header.index));
             }
         }
     }
@@ -88,7 +92,8 @@ pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
 }
 
 /// Adds or replaces `dst via gw`, through the nexthop object `nh` when there is one; without
-/// one, a VXLAN hop goes out of `vxlan_dev` on-link.
+/// one, a VXLAN hop goes out of `vxlan_dev` on-link. An IPv4 destination may have an IPv6
+/// gateway (RTA_VIA); the kernel takes no IPv4 gateway for an IPv6 destination.
 pub async fn put(
     h: &Handle,
     dst: IpNetwork,
@@ -97,30 +102,49 @@ pub async fn put(
     vxlan_dev: Option<u32>,
 ) -> Result<()> {
     let gw = hop.gw;
-    let (IpAddr::V4(net), IpAddr::V4(gw4)) = (dst.network(), gw) else {
-        return Err(RoutedError::Config(format!(
-            "{dst} via {gw}: only IPv4 is routed"
-        )));
-    };
-    let b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net, dst.prefix())
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-    let msg = match nh {
-        Some(id) => {
-            let mut m = b.build();
-            m.attributes.push(RouteAttribute::NhId(id));
-            m
+    let dev = match (hop.vxlan, nh, vxlan_dev) {
+        (true, None, None) => {
+            return Err(RoutedError::Config(format!(
+                "{dst} via {gw}: the VXLAN device is not there"
+            )))
         }
-        None if hop.vxlan => {
-            let Some(dev) = vxlan_dev else {
-                return Err(RoutedError::Config(format!(
-                    "{dst} via {gw}: the VXLAN device is not there"
-                )));
-            };
-            b.gateway(gw4).output_interface(dev).onlink().build()
-        }
-        None => b.gateway(gw4).build(),
+        (true, None, Some(dev)) => Some(dev),
+        _ => None,
     };
+    let proto = RouteProtocol::Other(ROUTE_PROTOCOL);
+    let mut msg = match (dst.network(), gw) {
+        (IpAddr::V4(net), gw) => {
+            let b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net, dst.prefix())
+                .protocol(proto);
+            match (nh, gw) {
+                (Some(_), _) => b.build(),
+                (None, IpAddr::V4(g)) => b.gateway(g).build(),
+                (None, IpAddr::V6(g)) => b.via(g).build(),
+            }
+        }
+        (IpAddr::V6(net), IpAddr::V6(g)) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net, dst.prefix())
+                .protocol(proto);
+            match nh {
+                Some(_) => b.build(),
+                None => b.gateway(g).build(),
+            }
+        }
+        (IpAddr::V6(_), IpAddr::V4(_)) => {
+            return Err(RoutedError::Config(format!(
+                "{dst} via {gw}: the kernel routes no IPv6 prefix via an IPv4 next hop"
+            )))
+        }
+    };
+    if let Some(id) = nh {
+        msg.attributes.push(RouteAttribute::NhId(id));
+    }
+    if let Some(dev) = dev {
+        msg.attributes.push(RouteAttribute::Oif(dev));
+        msg.header.flags |= netlink_packet_route::route::RouteFlags::Onlink;
+    }
     h.route()
         .add(msg)
         .replace()
@@ -131,13 +155,17 @@ pub async fn put(
 
 /// Deletes our route to `dst`; already gone is fine.
 pub async fn remove(h: &Handle, dst: IpNetwork) -> Result<()> {
-    let IpAddr::V4(net) = dst.network() else {
-        return Ok(());
+    let proto = RouteProtocol::Other(ROUTE_PROTOCOL);
+    let msg = match dst.network() {
+        IpAddr::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net, dst.prefix())
+            .protocol(proto)
+            .build(),
+        IpAddr::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net, dst.prefix())
+            .protocol(proto)
+            .build(),
     };
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net, dst.prefix())
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-        .build();
     match h.route().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(ESRCH) => Ok(()),

@@ -26,12 +26,14 @@ use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The node's VXLAN device.
 pub const DEVICE: &str = "cbrnet.vxlan";
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
 pub const OVERHEAD_V4: u32 = 50;
+/// The same with an outer IPv6 header (40).
+pub const OVERHEAD_V6: u32 = 70;
 /// Requests in flight at once (see the daemon's route requests).
 const IN_FLIGHT: usize = 64;
 const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
@@ -62,16 +64,17 @@ pub fn vtep_mac(node_name: &str) -> [u8; 6] {
 pub struct Spec {
     pub vni: u32,
     pub port: u16,
-    /// The node IP: the outer source address.
-    pub local: Ipv4Addr,
+    /// The node IP: the outer source address (its family is the underlay's).
+    pub local: IpAddr,
     pub mac: [u8; 6],
     pub mtu: u32,
-    /// The network address of this node's subnet, given to the device as a /32: traffic the node
-    /// itself sends through the device leaves from an address of its own subnet, which every
-    /// peer routes back through VXLAN.
-    pub address: Ipv4Addr,
-    /// The cluster CIDR: any other address of it on the device is stale (a subnet held before).
-    pub cluster_cidr: IpNetwork,
+    /// The network address of each of this node's subnets, given to the device as a /32 (/128):
+    /// traffic the node itself sends through the device leaves from an address of its own
+    /// subnet, which every peer routes back through VXLAN.
+    pub addresses: Vec<IpAddr>,
+    /// The cluster CIDRs: any other address of them on the device is stale (a subnet held
+    /// before).
+    pub cluster_cidrs: Vec<IpNetwork>,
     pub tx_csum_offload: bool,
 }
 
@@ -91,7 +94,7 @@ fn vxlan_info(l: &LinkMessage) -> Option<&[InfoVxlan]> {
 struct Found {
     vni: Option<u32>,
     port: Option<u16>,
-    local: Option<Ipv4Addr>,
+    local: Option<IpAddr>,
     learning: bool,
 }
 
@@ -107,7 +110,8 @@ fn found(l: &LinkMessage) -> Option<Found> {
         match i {
             InfoVxlan::Id(v) => f.vni = Some(*v),
             InfoVxlan::Port(p) => f.port = Some(*p),
-            InfoVxlan::Local(a) => f.local = Some(*a),
+            InfoVxlan::Local(a) => f.local = Some(IpAddr::V4(*a)),
+            InfoVxlan::Local6(a) => f.local = Some(IpAddr::V6(*a)),
             InfoVxlan::Learning(b) => f.learning = *b,
             _ => {}
         }
@@ -164,9 +168,12 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<std::result::Result<(u32, Ve
     let l = match link {
         Some(l) => l,
         None => {
-            let msg = LinkVxlan::new(DEVICE, spec.vni)
-                .port(spec.port)
-                .local(spec.local)
+            let msg = LinkVxlan::new(DEVICE, spec.vni).port(spec.port);
+            let msg = match spec.local {
+                IpAddr::V4(a) => msg.local(a),
+                IpAddr::V6(a) => msg.local6(a),
+            };
+            let msg = msg
                 .learning(false)
                 .mtu(spec.mtu)
                 .address(spec.mac.to_vec())
@@ -212,26 +219,26 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<std::result::Result<(u32, Ve
             .map_err(|e| RoutedError::Netlink(format!("setting {DEVICE} {}", changes.join(", ")), e))?;
         repaired.push(format!("{DEVICE} set to {}", changes.join(", ")));
     }
-    let want =
-        IpNetwork::new(IpAddr::V4(spec.address), 32).map_err(|e| RoutedError::Config(e.to_string()))?;
-    let have = cbrnet_bridge::bridge::ipv4_addresses(nl, index).await?;
+    let want: Vec<IpNetwork> = spec
+        .addresses
+        .iter()
+        .map(|a| IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| RoutedError::Config(e.to_string()))?;
+    let have = cbrnet_bridge::bridge::addresses(nl, index).await?;
     for a in &have {
-        if *a != want && spec.cluster_cidr.contains(a.ip()) {
+        if !want.contains(a) && spec.cluster_cidrs.iter().any(|c| c.contains(a.ip())) {
             cbrnet_bridge::bridge::remove_address(nl, index, *a).await?;
             repaired.push(format!("stale address {a} removed from {DEVICE}"));
         }
     }
-    if !have.contains(&want) {
-        match nl
-            .handle
-            .address()
-            .add(index, IpAddr::V4(spec.address), 32)
-            .execute()
-            .await
-        {
-            Ok(()) => repaired.push(format!("address {want} was not on {DEVICE}")),
+    for w in want.iter().filter(|w| !have.contains(w)) {
+        let mut req = nl.handle.address().add(index, w.ip(), w.prefix());
+        *req.message_mut() = cbrnet_bridge::bridge::gateway_message(index, w.ip(), w.prefix());
+        match req.execute().await {
+            Ok(()) => repaired.push(format!("address {w} was not on {DEVICE}")),
             Err(e) if errno(&e) == Some(EEXIST) => {}
-            Err(e) => return Err(RoutedError::Netlink(format!("adding {want} to {DEVICE}"), e)),
+            Err(e) => return Err(RoutedError::Netlink(format!("adding {w} to {DEVICE}"), e)),
         }
     }
     let offload = ethtool::set_tx_checksum(DEVICE, spec.tx_csum_offload)
@@ -269,9 +276,9 @@ async fn delete(nl: &Nl, index: u32) -> Result<()> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Entries {
     /// VTEP MAC → node IP.
-    pub fdb: HashMap<[u8; 6], Ipv4Addr>,
-    /// Hop address → VTEP MAC.
-    pub neigh: HashMap<Ipv4Addr, [u8; 6]>,
+    pub fdb: HashMap<[u8; 6], IpAddr>,
+    /// Hop address (of either family) → VTEP MAC.
+    pub neigh: HashMap<IpAddr, [u8; 6]>,
 }
 
 fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
@@ -281,14 +288,21 @@ fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
     })
 }
 
-/// NDA_DST as an IPv4 address. netlink-packet-route decodes it by the message's family, so an
-/// FDB entry's (family AF_BRIDGE) comes as raw bytes.
-fn dst_v4(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+/// NDA_DST. netlink-packet-route decodes it by the message's family, so an FDB entry's (family
+/// AF_BRIDGE) comes as raw bytes, told apart by their length.
+fn dst(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(*v),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-        }
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+            _ => None,
+        },
         _ => None,
     })
 }
@@ -312,28 +326,30 @@ pub async fn dump(h: &Handle, index: u32) -> Result<Entries> {
         if m.header.ifindex != index || m.header.state != NeighbourState::Permanent {
             continue;
         }
-        if let (Some(mac), Some(ip)) = (lladdr(&m), dst_v4(&m)) {
+        if let (Some(mac), Some(ip)) = (lladdr(&m), dst(&m)) {
             if is_vtep_mac(&mac) {
                 out.fdb.insert(mac, ip);
             }
         }
     }
-    let mut req = h.neighbours().get().set_address_family(AddressFamily::Inet);
-    req.message_mut().header.ifindex = index;
-    let mut s = req.execute();
-    while let Some(m) = s
-        .try_next()
-        .await
-        .map_err(|e| RoutedError::Netlink(format!("listing the neighbours of {DEVICE}"), e))?
-    {
-        let ours = m.attributes.iter().any(
-            |a| matches!(a, NeighbourAttribute::Protocol(RouteProtocol::Other(p)) if *p == ROUTE_PROTOCOL),
-        );
-        if m.header.ifindex != index || !ours {
-            continue;
-        }
-        if let (Some(ip), Some(mac)) = (dst_v4(&m), lladdr(&m)) {
-            out.neigh.insert(ip, mac);
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut req = h.neighbours().get().set_address_family(family);
+        req.message_mut().header.ifindex = index;
+        let mut s = req.execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| RoutedError::Netlink(format!("listing the neighbours of {DEVICE}"), e))?
+        {
+            let ours = m.attributes.iter().any(
+                |a| matches!(a, NeighbourAttribute::Protocol(RouteProtocol::Other(p)) if *p == ROUTE_PROTOCOL),
+            );
+            if m.header.ifindex != index || !ours {
+                continue;
+            }
+            if let (Some(ip), Some(mac)) = (dst(&m), lladdr(&m)) {
+                out.neigh.insert(ip, mac);
+            }
         }
     }
     Ok(out)
@@ -342,10 +358,10 @@ pub async fn dump(h: &Handle, index: u32) -> Result<Entries> {
 /// What to change to get from `have` to the entries `peers` need.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub fdb_put: Vec<([u8; 6], Ipv4Addr)>,
-    pub neigh_put: Vec<(Ipv4Addr, [u8; 6])>,
+    pub fdb_put: Vec<([u8; 6], IpAddr)>,
+    pub neigh_put: Vec<(IpAddr, [u8; 6])>,
     pub fdb_delete: Vec<[u8; 6]>,
-    pub neigh_delete: Vec<Ipv4Addr>,
+    pub neigh_delete: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -363,11 +379,11 @@ pub fn plan(peers: &[VxPeer], have: &Entries) -> Plan {
     let mut fdb = HashMap::with_capacity(peers.len());
     let mut neigh = HashMap::with_capacity(peers.len());
     for peer in peers {
-        fdb.insert(peer.mac, peer.node_ip);
-        neigh.insert(peer.hop(), peer.mac);
-        if have.fdb.get(&peer.mac) != Some(&peer.node_ip) {
+        // A dual-stack peer has one entry per subnet and one FDB entry.
+        if fdb.insert(peer.mac, peer.node_ip).is_none() && have.fdb.get(&peer.mac) != Some(&peer.node_ip) {
             p.fdb_put.push((peer.mac, peer.node_ip));
         }
+        neigh.insert(peer.hop(), peer.mac);
         if have.neigh.get(&peer.hop()) != Some(&peer.mac) {
             p.neigh_put.push((peer.hop(), peer.mac));
         }
@@ -395,8 +411,8 @@ pub async fn apply(h: &Handle, index: u32, plan: &Plan, delete: bool, have: &mut
     /// One request, and what it leaves in the kernel once it succeeded.
     #[derive(Clone, Copy)]
     enum Op {
-        Fdb([u8; 6], Option<Ipv4Addr>),
-        Neigh(Ipv4Addr, Option<[u8; 6]>),
+        Fdb([u8; 6], Option<IpAddr>),
+        Neigh(IpAddr, Option<[u8; 6]>),
     }
     // Made one by one as requests go out, not gathered: a cluster's worth is tens of thousands.
     let ops: Box<dyn Iterator<Item = Op> + '_> = match delete {
@@ -451,10 +467,10 @@ pub async fn apply(h: &Handle, index: u32, plan: &Plan, delete: bool, have: &mut
     first_error.map_or(Ok(()), Err)
 }
 
-async fn fdb_put(h: &Handle, index: u32, mac: [u8; 6], node_ip: Ipv4Addr) -> Result<()> {
+async fn fdb_put(h: &Handle, index: u32, mac: [u8; 6], node_ip: IpAddr) -> Result<()> {
     h.neighbours()
         .add_bridge(index, &mac)
-        .destination(IpAddr::V4(node_ip))
+        .destination(node_ip)
         .flags(NeighbourFlags::Own)
         .replace()
         .execute()
@@ -484,10 +500,10 @@ async fn fdb_del(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
     }
 }
 
-async fn neigh_put(h: &Handle, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+async fn neigh_put(h: &Handle, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
     let mut req = h
         .neighbours()
-        .add(index, IpAddr::V4(ip))
+        .add(index, ip)
         .link_layer_address(&mac)
         .state(NeighbourState::Permanent)
         .replace();
@@ -502,12 +518,15 @@ async fn neigh_put(h: &Handle, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result
     })
 }
 
-async fn neigh_del(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<()> {
+async fn neigh_del(h: &Handle, index: u32, ip: IpAddr) -> Result<()> {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
     m.header.ifindex = index;
-    m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    let (family, dst) = match ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    m.header.family = family;
+    m.attributes.push(NeighbourAttribute::Destination(dst));
     match h.neighbours().del(m).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(ENOENT) => Ok(()),
@@ -583,7 +602,7 @@ mod tests {
             .attributes
             .iter()
             .any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Other(_)))));
-        assert_eq!(dst_v4(&back), Some(Ipv4Addr::new(172, 16, 0, 2)));
+        assert_eq!(dst(&back), Some(IpAddr::V4(Ipv4Addr::new(172, 16, 0, 2))));
         assert_eq!(lladdr(&back), Some([0x0e, 0, 0, 0, 0, 2]));
     }
 
@@ -639,11 +658,22 @@ mod tests {
             ]
         );
         assert_eq!(p.fdb_delete, [[0x0e, 0, 0, 0, 0, 9]]);
-        assert_eq!(p.neigh_delete, ["10.244.9.0".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(p.neigh_delete, ["10.244.9.0".parse::<IpAddr>().unwrap()]);
         let done = Entries {
             fdb: peers.iter().map(|p| (p.mac, p.node_ip)).collect(),
             neigh: peers.iter().map(|p| (p.hop(), p.mac)).collect(),
         };
         assert!(plan(&peers, &done).is_empty());
+        // a dual-stack peer: one FDB entry, a neighbour entry per family
+        let v6 = VxPeer {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            ..peers[0]
+        };
+        let p = plan(&[peers[0], v6], &Entries::default());
+        assert_eq!(p.fdb_put.len(), 1);
+        assert_eq!(
+            p.neigh_put.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
+            ["10.244.2.0", "fd00:10:244:2::"]
+        );
     }
 }
