@@ -988,9 +988,16 @@ impl Node {
             for c in self.conflicts.fresh(conflicts) {
                 tracing::warn!("route conflict: {c}");
             }
-            self.metrics
-                .routes_installed
-                .set(want.keys().filter(|d| ours.contains_key(*d)).count() as i64);
+            for f in self.cfg.cluster_cidrs().map(|c| Family::of(&c)) {
+                let n = want
+                    .keys()
+                    .filter(|d| Family::of(d) == f && ours.contains_key(*d))
+                    .count();
+                self.metrics
+                    .routes_installed
+                    .get_or_create(&metrics::FamilyLabel { family: f.as_str() })
+                    .set(n as i64);
+            }
             self.routes_synced = first_error.is_none();
         }
         if let (Some((index, vx_plan)), Some(have)) = (&vx_plan, self.vx_entries.as_mut()) {
@@ -1064,7 +1071,16 @@ impl Node {
                 Ok(()) => {}
             }
         }
-        self.metrics.leases.set(live.len() as i64);
+        for f in self.cfg.cluster_cidrs().map(|c| Family::of(&c)) {
+            let n = live
+                .iter()
+                .filter(|l| l.subnets().iter().any(|s| Family::of(s) == f))
+                .count();
+            self.metrics
+                .leases
+                .get_or_create(&metrics::FamilyLabel { family: f.as_str() })
+                .set(n as i64);
+        }
         let local: Vec<IpNetwork> = links.iter().map(|(n, _)| *n).collect();
         self.metrics.node_ip_present.set(i64::from(
             self.cfg
@@ -1087,19 +1103,23 @@ impl Node {
             ipv6: self.cfg.cluster_cidr_of(false).is_some(),
         };
         let desired = backend::choose(live, &me);
+        let mut unroutable = 0;
         for path in Path::ALL {
-            let n = Family::ALL
-                .iter()
-                .map(|f| desired.counts.get(&(path, *f)).copied().unwrap_or(0))
-                .sum::<usize>() as i64;
-            self.metrics
-                .peers
-                .get_or_create(&metrics::PathLabel { path: path.as_str() })
-                .set(n);
-            if path == Path::Unroutable {
-                self.metrics.peers_unroutable.set(n);
+            for f in self.cfg.cluster_cidrs().map(|c| Family::of(&c)) {
+                let n = desired.counts.get(&(path, f)).copied().unwrap_or(0);
+                self.metrics
+                    .peers
+                    .get_or_create(&metrics::PathLabel {
+                        path: path.as_str(),
+                        family: f.as_str(),
+                    })
+                    .set(n as i64);
+                if path == Path::Unroutable {
+                    unroutable += n;
+                }
             }
         }
+        self.metrics.peers_unroutable.set(unroutable as i64);
         // Peers this node's own choice of backend cannot reach make it unhealthy; a peer whose
         // record cannot be used is that peer's problem.
         let here = &desired.unroutable_here;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 /// (a route via another address), `vxlan` (a route via the subnet's own network address, which
 /// only the VXLAN device's routes have), `unroutable` (no route of ours).
 pub fn paths(
-    own: Option<IpNetwork>,
+    own: &[IpNetwork],
     ours: &Ours,
     subnets: impl IntoIterator<Item = IpNetwork>,
 ) -> HashMap<IpNetwork, &'static str> {
@@ -19,7 +19,7 @@ pub fn paths(
         .into_iter()
         .map(|s| {
             let path = match ours.get(&s) {
-                _ if Some(s) == own => "self",
+                _ if own.contains(&s) => "self",
                 Some(Some(gw)) if *gw == s.network() => "vxlan",
                 Some(_) => "direct",
                 None => "unroutable",
@@ -53,10 +53,19 @@ fn leases(
     paths: Option<&HashMap<IpNetwork, &'static str>>,
 ) -> String {
     let now = unix_now();
-    // An expired lease is nobody's to reach.
+    // An expired lease is nobody's to reach. A lease of two families whose subnets are reached
+    // differently shows both (`direct,vxlan`: IPv4 directly, IPv6 through VXLAN).
     let path = |l: &cbrnet_ipam::cluster::Lease| match paths {
-        Some(_) if l.expired(now) => Some("-"),
-        Some(p) => Some(p.get(&l.subnet).copied().unwrap_or("unroutable")),
+        Some(_) if l.expired(now) => Some("-".to_string()),
+        Some(p) => {
+            let mut each: Vec<&str> = l
+                .subnets()
+                .iter()
+                .map(|s| p.get(s).copied().unwrap_or("unroutable"))
+                .collect();
+            each.dedup();
+            Some(each.join(","))
+        }
         None => None,
     };
     if as_json {
@@ -176,10 +185,10 @@ mod tests {
         // on a node: a column of paths
         let net = |s: &str| s.parse::<IpNetwork>().unwrap();
         let mut ours = Ours::new();
-        let p = paths(None, &ours, [net("10.244.3.0/24")]);
+        let p = paths(&[], &ours, [net("10.244.3.0/24")]);
         assert_eq!(p[&net("10.244.3.0/24")], "unroutable");
         ours.insert(net("10.244.3.0/24"), Some("10.244.3.0".parse().unwrap()));
-        let p = paths(None, &ours, [net("10.244.3.0/24")]);
+        let p = paths(&[], &ours, [net("10.244.3.0/24")]);
         assert_eq!(p[&net("10.244.3.0/24")], "vxlan");
         let (t, _) = render(&listing, false, Some(&p));
         assert!(t.lines().next().unwrap().ends_with(" PATH"), "{t}");
@@ -189,12 +198,12 @@ mod tests {
         assert_eq!(j[0]["path"], "vxlan");
         ours.insert(net("10.244.3.0/24"), Some("192.168.1.2".parse().unwrap()));
         assert_eq!(
-            paths(None, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
+            paths(&[], &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
             "direct"
         );
-        let own = Some(net("10.244.3.0/24"));
+        let own = [net("10.244.3.0/24")];
         assert_eq!(
-            paths(own, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
+            paths(&own, &ours, [net("10.244.3.0/24")])[&net("10.244.3.0/24")],
             "self"
         );
         // a dual-stack lease shows both subnets and both node IPs
@@ -216,5 +225,13 @@ mod tests {
             j[0]["subnets"],
             serde_json::json!(["10.244.3.0/24", "fd00:10:244:3::/64"])
         );
+        // on a node: IPv4 directly, IPv6 through VXLAN
+        ours.insert(
+            net("fd00:10:244:3::/64"),
+            Some("fd00:10:244:3::".parse().unwrap()),
+        );
+        let p = paths(&[], &ours, dual.leases[0].lease.subnets());
+        let (t, _) = render(&dual, false, Some(&p));
+        assert!(t.lines().nth(1).unwrap().ends_with(" direct,vxlan"), "{t}");
     }
 }

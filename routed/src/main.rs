@@ -96,8 +96,9 @@ fn main() {
                         let ours = cbrnet_routed::raw::Raw::open()
                             .and_then(|mut r| r.our_routes())
                             .map_err(|e| format!("reading this node's routes: {e}"))?;
-                        let subnets = listing.leases.iter().map(|v| v.lease.subnet);
-                        Some(cbrnet_routed::leases::paths(Some(f.subnet), &ours, subnets))
+                        let subnets = listing.leases.iter().flat_map(|v| v.lease.subnets());
+                        let own: Vec<_> = f.families().iter().map(|f| f.subnet).collect();
+                        Some(cbrnet_routed::leases::paths(&own, &ours, subnets))
                     }
                     Err(_) => None,
                 };

@@ -41,13 +41,22 @@ pub struct KindLabel {
 pub struct PathLabel {
     /// direct, vxlan or unroutable.
     pub path: &'static str,
+    /// ipv4 or ipv6.
+    pub family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    /// ipv4 or ipv6.
+    pub family: &'static str,
 }
 
 pub struct Metrics {
     registry: Registry,
-    /// Live valid leases in the store, this node's included.
-    pub leases: Gauge,
-    pub routes_installed: Gauge,
+    /// Live valid leases in the store with a subnet of the family, this node's included.
+    pub leases: Family<FamilyLabel, Gauge>,
+    /// Routes of ours in the kernel, per family of their destination.
+    pub routes_installed: Family<FamilyLabel, Gauge>,
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Counter,
     pub errors: Family<KindLabel, Counter>,
@@ -57,7 +66,7 @@ pub struct Metrics {
     pub repairs: Counter,
     pub reclaimed: Counter,
     pub node_ip_present: Gauge,
-    /// Other nodes' live leases, by how this node reaches them.
+    /// Other nodes' live subnets, by how this node reaches them and family.
     pub peers: Family<PathLabel, Gauge>,
     pub peers_unroutable: Gauge,
     /// A lease is held and the node is set up.
@@ -83,8 +92,8 @@ impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
-            leases: Gauge::default(),
-            routes_installed: Gauge::default(),
+            leases: Family::default(),
+            routes_installed: Family::default(),
             // 100 µs to ~1.6 s: a reconcile of a few to thousands of leases.
             reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             reconcile_errors: Counter::default(),
@@ -109,7 +118,7 @@ impl Default for Metrics {
         );
         registry.register(
             "cbrnet_routes_installed",
-            "Host-gw routes of ours in the kernel",
+            "Routes of ours (to other nodes' subnets) in the kernel",
             m.routes_installed.clone(),
         );
         registry.register(
@@ -280,13 +289,13 @@ mod tests {
     #[test]
     fn exposition_names_and_health() {
         let m = Metrics::default();
-        m.leases.set(3);
+        m.leases.get_or_create(&FamilyLabel { family: "ipv4" }).set(3);
         m.repairs.inc();
         m.error(ErrorKind::Store);
         m.reconcile_duration.observe(0.002);
         let s = m.render();
         for line in [
-            "cbrnet_leases 3",
+            "cbrnet_leases{family=\"ipv4\"} 3",
             "cbrnet_node_repairs_total 1",
             "cbrnet_errors_total{kind=\"Store\"} 1",
             "cbrnet_reconcile_duration_seconds_count 1",
@@ -325,7 +334,14 @@ mod tests {
         m.store_up.set(1);
         assert_eq!(m.unhealthy(), None);
         assert!(m.store_failed("etcd at https://e:2379 does not listen (connection refused)"));
-        m.peers.get_or_create(&PathLabel { path: "vxlan" }).set(2);
-        assert!(m.render().contains("cbrnet_peers{path=\"vxlan\"} 2"));
+        m.peers
+            .get_or_create(&PathLabel {
+                path: "vxlan",
+                family: "ipv6",
+            })
+            .set(2);
+        assert!(m
+            .render()
+            .contains("cbrnet_peers{path=\"vxlan\",family=\"ipv6\"} 2"));
     }
 }

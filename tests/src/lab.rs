@@ -9,6 +9,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The lab's IPv6 pod network.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
+
+/// The pods' address families (`cbrnet-lab --ip-family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+    Dual,
+}
+
+impl IpFamily {
+    pub fn has_v4(self) -> bool {
+        self != IpFamily::V6
+    }
+    pub fn has_v6(self) -> bool {
+        self != IpFamily::V4
+    }
+    /// The cluster CIDRs of the family, as `--cluster-cidr` takes them.
+    pub fn cluster_cidr(self) -> String {
+        match self {
+            IpFamily::V4 => CLUSTER_CIDR.into(),
+            IpFamily::V6 => CLUSTER_CIDR_V6.into(),
+            IpFamily::Dual => format!("{CLUSTER_CIDR},{CLUSTER_CIDR_V6}"),
+        }
+    }
+}
 
 /// The device through which the daemon routes the subnets of peers it reaches over VXLAN.
 pub const VXLAN_DEV: &str = "cbrnet.vxlan";
@@ -28,6 +56,11 @@ fn segment_prefix(s: usize) -> String {
     format!("192.168.{}", 50 + s)
 }
 
+/// Segment `s` of the underlay in IPv6: fd50:s::/64 (outside the pods' fd00::/16).
+fn segment_prefix_v6(s: usize) -> String {
+    format!("fd50:{s:x}:")
+}
+
 /// What a node routes to the router of its segment: the underlay's segments and nothing else, so
 /// that no pod traffic to an unknown destination reaches the router. 192.168.48.0/20 holds
 /// segments 0-13; 192.168.64.0/20 the rest.
@@ -43,9 +76,13 @@ pub struct LabNode {
     pub name: String,
     pub node: Node,
     pub ip: String,
+    /// The node's IPv6 underlay address, when the lab's underlay has IPv6.
+    pub ip6: Option<String>,
     pub daemon: Option<Child>,
-    /// (namespace, container ID, address)
+    /// (namespace, container ID, address: the first the plugin gave)
     pub pods: Vec<(Netns, String, String)>,
+    /// Every address of each pod, by container ID.
+    pub pod_addrs: std::collections::HashMap<String, Vec<String>>,
     /// Extra daemon flags (e.g. a short lease TTL).
     pub flags: Vec<String>,
     /// Extra environment of the daemon.
@@ -56,9 +93,9 @@ impl LabNode {
     /// `ip route show proto 157`, without the `nhid N` of routes through nexthop objects, so that
     /// a route reads `SUBNET via NODE_IP dev ...` either way.
     pub fn route_table(&self) -> String {
-        self.node
-            .ns
-            .ok(&["ip", "route", "show", "proto", "157"])
+        let mut table = self.node.ns.ok(&["ip", "route", "show", "proto", "157"]);
+        table += &self.node.ns.ok(&["ip", "-6", "route", "show", "proto", "157"]);
+        table
             .lines()
             .map(|l| {
                 let mut words: Vec<&str> = l.split_whitespace().collect();
@@ -70,9 +107,28 @@ impl LabNode {
             .collect()
     }
     pub fn subnet(&self) -> Option<String> {
-        let s = std::fs::read_to_string(self.node.subnet_file()).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-        Some(v["subnet"].as_str()?.to_string())
+        self.subnets().into_iter().next()
+    }
+    /// Every subnet the node publishes (`subnet`, then `ipv6Subnet`).
+    pub fn subnets(&self) -> Vec<String> {
+        let Some(v) = std::fs::read_to_string(self.node.subnet_file())
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        else {
+            return Vec::new();
+        };
+        ["subnet", "ipv6Subnet"]
+            .iter()
+            .filter_map(|k| Some(v[k].as_str()?.to_string()))
+            .collect()
+    }
+    /// The node's underlay address of a family.
+    pub fn ip_of(&self, v6: bool) -> Option<&str> {
+        if v6 {
+            self.ip6.as_deref()
+        } else {
+            Some(&self.ip)
+        }
     }
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.node.dir.path().join("routed.log")).unwrap_or_default()
@@ -112,6 +168,11 @@ pub struct Lab {
     pub segments: usize,
     /// `--backend` of the daemons started from now on (None: the daemon's default).
     pub backend: Option<String>,
+    /// The pods' families; set before the first node is added (`cluster_cidr` follows it).
+    pub family: IpFamily,
+    /// The underlay's families: IPv4 (always: the store is reached over it), and IPv6 when the
+    /// pods have IPv6 unless this is set (IPv6 pods over an IPv4-only underlay).
+    pub underlay_v4_only: bool,
     /// Segments the underlay namespace has been built with so far.
     built_segments: usize,
     tag: String,
@@ -142,9 +203,35 @@ impl Lab {
             resync_interval: "1s".into(),
             segments: 1,
             backend: None,
+            family: IpFamily::V4,
+            underlay_v4_only: false,
             built_segments: 1,
             tag: tag.into(),
         }
+    }
+
+    /// Does the underlay carry IPv6 (an address of each node, and the router's)?
+    pub fn underlay_v6(&self) -> bool {
+        self.family.has_v6() && !self.underlay_v4_only
+    }
+
+    /// Sets the pods' families (before the first node): the cluster CIDR follows.
+    pub fn set_family(&mut self, f: IpFamily) {
+        assert!(self.nodes.is_empty(), "set the lab's family before adding nodes");
+        self.family = f;
+        self.cluster_cidr = f.cluster_cidr();
+    }
+
+    /// Node `i`'s `--node-ip`: its IPv4 address unless the pods are IPv6 only, and its IPv6
+    /// one where the underlay has it.
+    pub fn node_ip_arg(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        let mut ips = Vec::new();
+        if self.family.has_v4() || !self.underlay_v6() {
+            ips.push(n.ip.clone());
+        }
+        ips.extend(n.ip6.clone().filter(|_| self.family.has_v6()));
+        ips.join(",")
     }
 
     /// The underlay segment of node `i`.
@@ -173,8 +260,17 @@ impl Lab {
             }
             let router = format!("{}.1/24", segment_prefix(s));
             self.underlay.ok(&["ip", "addr", "add", &router, "dev", &bridge]);
+            if self.underlay_v6() {
+                let router6 = format!("{}:1/64", segment_prefix_v6(s));
+                self.underlay
+                    .ok(&["ip", "addr", "add", &router6, "dev", &bridge, "nodad"]);
+            }
         }
         self.underlay.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        if self.underlay_v6() {
+            self.underlay
+                .ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
         self.built_segments = self.segments;
     }
 
@@ -206,18 +302,37 @@ impl Lab {
         node.ns
             .ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         node.ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        // Written as the kernel and the daemon write it (fd50::a, not fd50:0::a).
+        let ip6 = self.underlay_v6().then(|| {
+            let a: std::net::Ipv6Addr = format!("{}:{:x}", segment_prefix_v6(s), 10 + i)
+                .parse()
+                .expect("the lab's IPv6 node address is an address");
+            a.to_string()
+        });
+        if let Some(ip6) = &ip6 {
+            // The address is the lab's alone: no DAD, usable at once.
+            node.ns
+                .ok(&["ip", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        }
         if self.segments > 1 {
             let router = format!("{}.1", segment_prefix(s));
             for net in underlay_aggregates(self.segments) {
                 node.ns.ok(&["ip", "route", "add", net, "via", &router]);
+            }
+            if ip6.is_some() {
+                let router6 = format!("{}:1", segment_prefix_v6(s));
+                node.ns
+                    .ok(&["ip", "-6", "route", "add", "fd50::/16", "via", &router6]);
             }
         }
         self.nodes.push(LabNode {
             name: format!("node-{i}"),
             node,
             ip,
+            ip6,
             daemon: None,
             pods: Vec::new(),
+            pod_addrs: Default::default(),
             flags: Vec::new(),
             env: Vec::new(),
         });
@@ -263,6 +378,7 @@ impl Lab {
             self.resync_interval.clone(),
             self.backend.clone(),
         );
+        let node_ip = self.node_ip_arg(i);
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = json!({
@@ -281,7 +397,7 @@ impl Lab {
             "--node-name",
             &n.name,
             "--node-ip",
-            &n.ip,
+            &node_ip,
             "--cluster-cidr",
             &cidr,
             "--store",
@@ -337,6 +453,13 @@ impl Lab {
             .run(&n.node.ns, &conf)
             .expect_ok();
         let ip = result_ip(&r);
+        let all: Vec<String> = r["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some(a["address"].as_str()?.split('/').next()?.to_string()))
+            .collect();
+        n.pod_addrs.insert(id.clone(), all);
         n.pods.push((pod, id, ip.clone()));
         ip
     }
@@ -355,14 +478,39 @@ impl Lab {
         }
     }
 
-    /// Every pod pings every other pod; returns the pairs that failed.
+    /// Every address of a pod of node `i` (its first one if its result was not kept).
+    fn addrs_of<'a>(&'a self, i: usize, pod: &'a (Netns, String, String)) -> Vec<&'a str> {
+        match self.nodes[i].pod_addrs.get(&pod.1) {
+            Some(all) if !all.is_empty() => all.iter().map(String::as_str).collect(),
+            _ => vec![pod.2.as_str()],
+        }
+    }
+
+    /// Every pod pings every other pod on every address it has; returns the pairs that failed
+    /// (the target named with the address when a pod has more than one).
     pub fn unreachable_pairs(&self) -> Vec<(String, String)> {
-        let pods: Vec<&(Netns, String, String)> = self.nodes.iter().flat_map(|n| &n.pods).collect();
+        let pods: Vec<(usize, &(Netns, String, String))> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.pods.iter().map(move |p| (i, p)))
+            .collect();
         let mut bad = Vec::new();
-        for a in &pods {
-            for b in &pods {
-                if a.1 != b.1 && !a.0.can_ping(&b.2) {
-                    bad.push((a.1.clone(), b.1.clone()));
+        for (_, a) in &pods {
+            for (j, b) in &pods {
+                if a.1 == b.1 {
+                    continue;
+                }
+                let addrs = self.addrs_of(*j, b);
+                for addr in &addrs {
+                    if !a.0.can_ping(addr) {
+                        let to = if addrs.len() > 1 {
+                            format!("{} at {addr}", b.1)
+                        } else {
+                            b.1.clone()
+                        };
+                        bad.push((a.1.clone(), to));
+                    }
                 }
             }
         }
@@ -390,30 +538,56 @@ impl Lab {
             .unwrap_or_else(|| panic!("node {i}: no pod and no mtu in its subnet file"))
     }
 
-    /// Every pod pings every other pod, plainly and then with DF set at its full MTU (ICMP and
-    /// IPv4 headers take 28 bytes), which fails where an encapsulation leaves less room than the
-    /// pods think they have; returns the pairs that failed and which ping did ("ping" or "df").
+    /// Every pod pings every other pod on each of its addresses, plainly and then with DF set
+    /// at its full MTU (ICMP and IP headers take 28 bytes in IPv4, 48 in IPv6), which fails
+    /// where an encapsulation leaves less room than the pods think they have; returns the pairs
+    /// that failed (the target named with the address when it has more than one) and which ping
+    /// did ("ping" or "df").
     pub fn unreachable_pairs_df(&self) -> Vec<(String, String, &'static str)> {
         let mut bad = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.pods.is_empty() {
                 continue;
             }
-            let size = self.pod_mtu(i) - 28;
+            let mtu = self.pod_mtu(i);
             for a in &n.pods {
-                for b in self.nodes.iter().flat_map(|m| &m.pods) {
-                    if a.1 == b.1 {
-                        continue;
-                    }
-                    if !a.0.can_ping(&b.2) {
-                        bad.push((a.1.clone(), b.1.clone(), "ping"));
-                    } else if !a.0.can_ping_df(&b.2, size) {
-                        bad.push((a.1.clone(), b.1.clone(), "df"));
+                for (j, m) in self.nodes.iter().enumerate() {
+                    for b in &m.pods {
+                        if a.1 == b.1 {
+                            continue;
+                        }
+                        let addrs = self.addrs_of(j, b);
+                        for addr in &addrs {
+                            let to = if addrs.len() > 1 {
+                                format!("{} at {addr}", b.1)
+                            } else {
+                                b.1.clone()
+                            };
+                            let headers = if addr.contains(':') { 48 } else { 28 };
+                            if !a.0.can_ping(addr) {
+                                bad.push((a.1.clone(), to, "ping"));
+                            } else if !a.0.can_ping_df(addr, mtu - headers) {
+                                bad.push((a.1.clone(), to, "df"));
+                            }
+                        }
                     }
                 }
             }
         }
         bad
+    }
+
+    /// How many (pod, other pod's address) pairs [`Lab::unreachable_pairs_df`] tries.
+    pub fn pod_pairs(&self) -> usize {
+        let all: Vec<(usize, &(Netns, String, String))> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.pods.iter().map(move |p| (i, p)))
+            .collect();
+        let addrs: usize = all.iter().map(|(j, b)| self.addrs_of(*j, b).len()).sum();
+        // each pod tries every address but its own
+        all.iter().map(|(j, b)| addrs - self.addrs_of(*j, b).len()).sum()
     }
 
     /// Runs `cbrnet-routed ARGS --store <the lab's store>` inside the first node (the store's
@@ -447,6 +621,16 @@ impl Lab {
         }
     }
 
+    /// The same for one of `j`'s subnets: an IPv6 one with no IPv6 underlay goes through VXLAN
+    /// (the kernel takes no IPv4 next hop for an IPv6 route).
+    pub fn expected_path_of(&self, i: usize, j: usize, v6: bool) -> &'static str {
+        if v6 && !self.underlay_v6() {
+            "vxlan"
+        } else {
+            self.expected_path(i, j)
+        }
+    }
+
     /// Full-mesh expectation: node `i` has a route to every other node's subnet, of its
     /// [`Lab::expected_path`]: `SUBNET via NODE_IP ...` directly, `SUBNET via SUBNET_ADDRESS dev
     /// cbrnet.vxlan ...` over VXLAN.
@@ -457,18 +641,23 @@ impl Lab {
                 .lines()
                 .any(|l| l.split_whitespace().take(want.len()).eq(want.iter().copied()))
         };
-        self.nodes.iter().enumerate().all(|(j, n)| {
-            let Some(subnet) = n.subnet().filter(|_| j != i) else {
-                return true;
-            };
-            match self.expected_path(i, j) {
-                "direct" => has(&[&subnet, "via", &n.ip]),
-                _ => {
-                    let net = subnet.split('/').next().unwrap_or_default();
-                    has(&[&subnet, "via", net, "dev", VXLAN_DEV])
-                }
-            }
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .all(|(j, n)| {
+                n.subnets().iter().all(|subnet| {
+                    let v6 = subnet.contains(':');
+                    match (self.expected_path_of(i, j, v6), n.ip_of(v6)) {
+                        ("direct", Some(ip)) => has(&[subnet, "via", ip]),
+                        ("direct", None) => false,
+                        _ => {
+                            let net = subnet.split('/').next().unwrap_or_default();
+                            has(&[subnet, "via", net, "dev", VXLAN_DEV])
+                        }
+                    }
+                })
+            })
     }
 }
 
@@ -581,9 +770,11 @@ impl Lab {
             pids.extend(n.daemon.as_ref().map(Child::id));
             dirs.push(n.node.dir.path().display().to_string());
             nodes.push(json!({
-                "name": n.name, "ip": n.ip, "segment": self.segment_of(i), "netns": n.node.ns.name,
+                "name": n.name, "ip": n.ip, "ip6": n.ip6, "segment": self.segment_of(i), "netns": n.node.ns.name,
                 "subnetFile": n.node.subnet_file(), "log": n.node.dir.path().join("routed.log"),
-                "pods": n.pods.iter().map(|(p, id, ip)| json!({"id": id, "ip": ip, "netns": p.name})).collect::<Vec<_>>(),
+                "pods": n.pods.iter().map(|(p, id, ip)| json!({
+                    "id": id, "ip": ip, "ips": n.pod_addrs.get(id), "netns": p.name,
+                })).collect::<Vec<_>>(),
             }));
         }
         json!({"store": self.store, "namespaces": namespaces, "pids": pids, "dirs": dirs, "nodes": nodes})

@@ -75,10 +75,13 @@ fn auto_reaches_every_pod_directly_on_a_segment_and_through_vxlan_across() {
     assert_eq!(lab.pod_mtu(0), 1450);
     // node 0 reaches node 2 (segment 0) directly, nodes 1 and 3 through VXLAN
     lab.wait_for(Duration::from_secs(3), |l| {
-        l.metric(0, "cbrnet_peers{path=\"vxlan\"}") == 2.0
+        l.metric(0, "cbrnet_peers{path=\"vxlan\",family=\"ipv4\"}") == 2.0
     });
-    assert_eq!(lab.metric(0, "cbrnet_peers{path=\"direct\"}"), 1.0);
-    assert_eq!(lab.metric(0, "cbrnet_peers{path=\"vxlan\"}"), 2.0);
+    assert_eq!(
+        lab.metric(0, "cbrnet_peers{path=\"direct\",family=\"ipv4\"}"),
+        1.0
+    );
+    assert_eq!(lab.metric(0, "cbrnet_peers{path=\"vxlan\",family=\"ipv4\"}"), 2.0);
     assert_eq!(lab.metric(0, "cbrnet_peers_unroutable"), 0.0);
     // exactly one FDB entry and one permanent neighbour per VXLAN peer
     let (f, n) = (fdb(&lab, 0), neigh(&lab, 0));
@@ -140,7 +143,7 @@ fn vxlan_takes_every_peer_through_the_device() {
     }
     converge(&lab);
     assert_all_reach(&lab);
-    assert_eq!(lab.metric(0, "cbrnet_peers{path=\"vxlan\"}"), 2.0);
+    assert_eq!(lab.metric(0, "cbrnet_peers{path=\"vxlan\",family=\"ipv4\"}"), 2.0);
 }
 
 #[test]
@@ -394,8 +397,8 @@ fn leases_without_or_with_a_bad_vtep_mac_are_routed_as_far_as_they_can_be() {
     assert!(
         lab.wait_for(Duration::from_secs(5), |l| {
             l.metric(0, "cbrnet_peers_unroutable") == 4.0
-                && l.metric(0, "cbrnet_peers{path=\"direct\"}") == 1.0
-                && l.metric(0, "cbrnet_peers{path=\"vxlan\"}") == 1.0
+                && l.metric(0, "cbrnet_peers{path=\"direct\",family=\"ipv4\"}") == 1.0
+                && l.metric(0, "cbrnet_peers{path=\"vxlan\",family=\"ipv4\"}") == 1.0
         }),
         "{}\n{}",
         lab.http_get(0, "/metrics").1,

@@ -97,6 +97,42 @@ fn a_small_lab_passes_and_leaves_nothing() {
 }
 
 #[test]
+fn a_dual_stack_lab_across_segments_passes_on_both_families() {
+    let out = Command::new(bin("cbrnet-lab"))
+        .args([
+            "--nodes",
+            "2",
+            "--pods",
+            "1",
+            "--segments",
+            "2",
+            "--ip-family",
+            "dual",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    let out = out.wait_with_output().unwrap();
+    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // two pods, each reaching both addresses of the other, through VXLAN (across segments)
+    assert!(text.contains("4 of 4 pod pairs reachable"), "{text}");
+    assert!(text.contains("fd00:10:244:"), "{text}");
+    assert!(
+        text.contains("dev cbrnet.vxlan") && text.contains("[vxlan]"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_held_lab_is_torn_down_by_sigterm() {
     let mut lab = Command::new(bin("cbrnet-lab"))
         .args(["--nodes", "2", "--pods", "1", "--hold"])

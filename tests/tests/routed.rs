@@ -236,8 +236,8 @@ fn healthz_metrics_and_ip_masq() {
     std::thread::sleep(Duration::from_millis(1200)); // let a resync count the routes
     let (status, m) = lab.http_get(0, "/metrics");
     assert_eq!(status, 200);
-    assert!(m.contains("cbrnet_leases 2\n"), "{m}");
-    assert!(m.contains("cbrnet_routes_installed 1\n"), "{m}");
+    assert!(m.contains("cbrnet_leases{family=\"ipv4\"} 2\n"), "{m}");
+    assert!(m.contains("cbrnet_routes_installed{family=\"ipv4\"} 1\n"), "{m}");
     assert!(m.contains("cbrnet_store_up 1\n"), "{m}");
     assert!(m.contains("cbrnet_reconcile_errors_total 0\n"), "{m}");
     assert!(

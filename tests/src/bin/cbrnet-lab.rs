@@ -4,7 +4,7 @@
 //! `run` (the default) removes everything when it ends, whether it passes, fails or is
 //! interrupted; `up` leaves the lab running for `status` and `down`.
 
-use cbrnet_tests::lab::{route_path, Lab, StoreKind};
+use cbrnet_tests::lab::{route_path, IpFamily, Lab, StoreKind};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::path::Path;
@@ -61,6 +61,17 @@ struct Shape {
     /// direct on a shared segment and VXLAN across (auto). Not given: the daemon's default.
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// The pods' address families: IPv4 (10.244.0.0/16), IPv6 (fd00:10:244::/56) or both; the
+    /// underlay has IPv6 (fd50:s::/64) too when the pods do.
+    #[arg(long, value_enum, default_value_t = Family::Ipv4)]
+    ip_family: Family,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Family {
+    Ipv4,
+    Ipv6,
+    Dual,
 }
 
 #[derive(Args, Clone)]
@@ -115,6 +126,11 @@ fn build(shape: &Shape) -> Lab {
         Store::Etcd => StoreKind::Etcd,
     };
     let mut lab = Lab::new("lab", kind);
+    lab.set_family(match shape.ip_family {
+        Family::Ipv4 => IpFamily::V4,
+        Family::Ipv6 => IpFamily::V6,
+        Family::Dual => IpFamily::Dual,
+    });
     lab.segments = shape.segments.into();
     lab.backend = shape.backend.map(|b| {
         b.to_possible_value()
@@ -151,15 +167,22 @@ fn build(shape: &Shape) -> Lab {
 /// The nodes, their pods and routes, and the leases with their expiry.
 fn print_lab(lab: &Lab) {
     for (i, n) in lab.nodes.iter().enumerate() {
+        let subnets = n.subnets();
         println!(
-            "\n{} ip {} segment {} subnet {}",
+            "\n{} ip {}{} segment {} subnet {}",
             n.name,
             n.ip,
+            n.ip6.as_deref().map(|a| format!(",{a}")).unwrap_or_default(),
             lab.segment_of(i),
-            n.subnet().unwrap_or_else(|| "(none)".into())
+            if subnets.is_empty() {
+                "(none)".into()
+            } else {
+                subnets.join(",")
+            }
         );
         for (_, id, ip) in &n.pods {
-            println!("  pod {ip:<14} {id}");
+            let all = n.pod_addrs.get(id).map(|a| a.join(",")).unwrap_or(ip.clone());
+            println!("  pod {all:<14} {id}");
         }
         println!("  routes (proto 157 = cbrnet):");
         for r in n.route_table().lines() {
@@ -172,8 +195,7 @@ fn print_lab(lab: &Lab) {
 fn run(a: &RunArgs) {
     let lab = build(&a.shape);
     print_lab(&lab);
-    let pods: usize = lab.nodes.iter().map(|n| n.pods.len()).sum();
-    let total = pods * pods.saturating_sub(1);
+    let total = lab.pod_pairs();
     let mtus: std::collections::BTreeSet<usize> = (0..lab.nodes.len())
         .filter(|i| !lab.nodes[*i].pods.is_empty())
         .map(|i| lab.pod_mtu(i))
@@ -181,10 +203,13 @@ fn run(a: &RunArgs) {
     let mtus: Vec<String> = mtus.iter().map(usize::to_string).collect();
     let bad = lab.unreachable_pairs_df();
     if !mtus.is_empty() {
-        println!("\npod MTU {}: DF pings of MTU - 28 bytes of data", mtus.join("/"));
+        println!(
+            "\npod MTU {}: DF pings of MTU - 28 bytes of data (IPv6: - 48)",
+            mtus.join("/")
+        );
     }
     println!(
-        "{} of {total} pod pairs reachable (ping and DF ping)",
+        "{} of {total} pod pairs reachable (ping and DF ping, to every address)",
         total - bad.len()
     );
     for (a, b, what) in &bad {

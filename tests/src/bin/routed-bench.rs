@@ -593,11 +593,11 @@ fn scale(kind: StoreKind, backend: Backend, peers: &Peers) -> Scale {
     // The daemon's own count first (an HTTP request): the kernel is counted only once it says
     // it is done (it writes a peer's FDB and neighbour entries before its route), and then
     // until the kernel agrees.
-    while lab.metric(i, "cbrnet_routes_installed") < n as f64 {
+    while lab.metric(i, "cbrnet_routes_installed{family=\"ipv4\"}") < n as f64 {
         assert!(
             t0.elapsed() < Duration::from_secs(600),
             "only {} routes after 600 s",
-            lab.metric(i, "cbrnet_routes_installed")
+            lab.metric(i, "cbrnet_routes_installed{family=\"ipv4\"}")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -636,7 +636,7 @@ fn scale(kind: StoreKind, backend: Backend, peers: &Peers) -> Scale {
     lab.stop(i);
     lab.resync_interval = "10s".into();
     lab.start(i);
-    while lab.metric(i, "cbrnet_routes_installed") < n as f64 {
+    while lab.metric(i, "cbrnet_routes_installed{family=\"ipv4\"}") < n as f64 {
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = lab.nodes[i].daemon.as_ref().unwrap().id();

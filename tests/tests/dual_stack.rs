@@ -1,0 +1,221 @@
+//! Dual-stack and IPv6-only clusters: one lease per node with a subnet of each family, a gateway
+//! of each on the bridge, and pods reaching each other on every address they have, on every
+//! backend, over an underlay with IPv6 and over one without it.
+
+use cbrnet_tests::lab::{IpFamily, Lab, StoreKind, VXLAN_DEV};
+use std::time::Duration;
+
+/// A lab over `segments` segments with pods of `family` and `backend`, no node yet.
+fn lab(tag: &str, kind: StoreKind, family: IpFamily, segments: usize, backend: &str) -> Lab {
+    let mut lab = Lab::new(tag, kind);
+    lab.set_family(family);
+    lab.segments = segments;
+    lab.backend = Some(backend.into());
+    lab
+}
+
+/// Adds `nodes` nodes, starts them, adds a pod to each and waits for every route.
+fn up(lab: &mut Lab, nodes: usize) {
+    for _ in 0..nodes {
+        lab.add_node();
+    }
+    for i in 0..nodes {
+        lab.start(i);
+    }
+    for i in 0..nodes {
+        lab.add_pod(i);
+    }
+    for i in 0..nodes {
+        assert!(
+            lab.wait_routes(i, Duration::from_secs(10), |_| lab.routes_complete(i))
+                .is_some(),
+            "node {i}: routes incomplete:\n{}\n{}",
+            lab.nodes[i].route_table(),
+            lab.nodes[i].log()
+        );
+    }
+}
+
+fn assert_all_reach(lab: &Lab) {
+    assert_eq!(lab.unreachable_pairs(), Vec::<(String, String)>::new());
+}
+
+/// Node `i`'s subnet file, parsed.
+fn subnet_file(lab: &Lab, i: usize) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(lab.nodes[i].node.subnet_file()).unwrap()).unwrap()
+}
+
+/// The addresses on node `i`'s bridge (`ip -o addr show dev cbr0`).
+fn bridge_addrs(lab: &Lab, i: usize) -> String {
+    lab.nodes[i]
+        .node
+        .ns
+        .ok(&["ip", "-o", "addr", "show", "dev", "cbr0"])
+}
+
+/// Every pod has an address of each family, the subnet file both subnets, the bridge both
+/// gateways (the IPv6 one usable at once: not tentative), the lease both subnets.
+fn assert_two_families(lab: &Lab) {
+    for (i, n) in lab.nodes.iter().enumerate() {
+        let f = subnet_file(lab, i);
+        let (s4, s6) = (f["subnet"].as_str().unwrap(), f["ipv6Subnet"].as_str().unwrap());
+        assert!(s4.starts_with("10.244.") && s6.starts_with("fd00:10:244:"), "{f}");
+        assert_eq!(f["ipv6ClusterCIDR"], "fd00:10:244::/56");
+        let gw6 = f["ipv6Gateway"].as_str().unwrap();
+        let br = bridge_addrs(lab, i);
+        assert!(br.contains(&format!("{gw6}/64")), "{br}");
+        assert!(
+            !br.lines()
+                .any(|l| l.contains("scope global") && l.contains("tentative")),
+            "{br}"
+        );
+        for (_, id, _) in &n.pods {
+            let addrs = &n.pod_addrs[id];
+            assert_eq!(addrs.len(), 2, "{id}: {addrs:?}");
+        }
+    }
+    let leases = lab.leases();
+    let leases = leases.as_array().unwrap();
+    assert_eq!(leases.len(), lab.nodes.len());
+    for l in leases {
+        assert!(l["ipv6Subnet"].as_str().is_some(), "{l}");
+    }
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_on_both_families_directly() {
+    let mut lab = lab("ds-hgw", StoreKind::File, IpFamily::Dual, 1, "host-gw");
+    up(&mut lab, 3);
+    assert_two_families(&lab);
+    assert_all_reach(&lab);
+    // each family through the peer's node IP of that family
+    let t = lab.nodes[0].route_table();
+    for n in &lab.nodes[1..] {
+        let s = n.subnets();
+        assert!(t.contains(&format!("{} via {} dev eth0", s[0], n.ip)), "{t}");
+        assert!(
+            t.contains(&format!("{} via {} dev eth0", s[1], n.ip6.as_deref().unwrap())),
+            "{t}"
+        );
+    }
+    // metrics per family
+    assert!(lab.wait_for(Duration::from_secs(3), |l| {
+        l.metric(0, "cbrnet_routes_installed{family=\"ipv6\"}") == 2.0
+    }));
+    for f in ["ipv4", "ipv6"] {
+        assert_eq!(lab.metric(0, &format!("cbrnet_leases{{family=\"{f}\"}}")), 3.0);
+        assert_eq!(
+            lab.metric(0, &format!("cbrnet_peers{{path=\"direct\",family=\"{f}\"}}")),
+            2.0
+        );
+    }
+    // forwarding of both families, and router advertisements still taken on the underlay
+    let ns = &lab.nodes[0].node.ns;
+    assert_eq!(
+        ns.ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).trim(),
+        "1"
+    );
+    assert_eq!(ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "1");
+    assert_eq!(
+        ns.ok(&["sysctl", "-n", "net.ipv6.conf.eth0.accept_ra"]).trim(),
+        "2"
+    );
+    // a route of each family deleted by hand comes back
+    let s = lab.nodes[1].subnets();
+    ns.ok(&["ip", "-6", "route", "del", &s[1]]);
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(5), |_| lab.routes_complete(0))
+            .is_some(),
+        "{}",
+        lab.nodes[0].route_table()
+    );
+    // the bridge's IPv6 gateway flushed by hand comes back
+    ns.ok(&["ip", "-6", "addr", "flush", "dev", "cbr0", "scope", "global"]);
+    let gw6 = subnet_file(&lab, 0)["ipv6Gateway"].as_str().unwrap().to_string();
+    assert!(lab.wait_for(Duration::from_secs(5), |l| bridge_addrs(l, 0).contains(&gw6)));
+    assert_all_reach(&lab);
+}
+
+#[test]
+fn dual_stack_over_vxlan_and_auto_across_segments_etcd() {
+    for (tag, backend) in [("ds-vx", "vxlan"), ("ds-auto", "auto")] {
+        let mut lab = lab(tag, StoreKind::Etcd, IpFamily::Dual, 2, backend);
+        up(&mut lab, 3);
+        assert_two_families(&lab);
+        assert_all_reach(&lab);
+        // node 1 is across: each of its subnets through the device, one FDB entry (outer IPv4),
+        // a neighbour entry per family
+        let n1 = &lab.nodes[1];
+        let ns = &lab.nodes[0].node.ns;
+        let neigh = ns.ok(&["ip", "neigh", "show", "dev", VXLAN_DEV]);
+        let neigh6 = ns.ok(&["ip", "-6", "neigh", "show", "dev", VXLAN_DEV]);
+        for s in n1.subnets() {
+            let hop = s.split('/').next().unwrap();
+            assert!(
+                neigh.contains(&format!("{hop} lladdr")) || neigh6.contains(&format!("{hop} lladdr")),
+                "{backend}: {hop}: {neigh}{neigh6}"
+            );
+        }
+        let fdb = ns.ok(&["bridge", "fdb", "show", "dev", VXLAN_DEV]);
+        assert!(fdb.contains(&format!("dst {} self permanent", n1.ip)), "{fdb}");
+        // the device carries the network address of each subnet of this node
+        let dev = ns.ok(&["ip", "-o", "addr", "show", "dev", VXLAN_DEV]);
+        for s in lab.nodes[0].subnets() {
+            let net = s.split('/').next().unwrap();
+            assert!(dev.contains(&format!("{net}/")), "{dev}");
+        }
+    }
+}
+
+#[test]
+fn dual_stack_pods_over_an_ipv4_only_underlay_use_vxlan_for_ipv6() {
+    let mut lab = lab("ds-v4ul", StoreKind::File, IpFamily::Dual, 1, "auto");
+    lab.underlay_v4_only = true;
+    up(&mut lab, 3);
+    assert_two_families(&lab);
+    assert_all_reach(&lab);
+    // IPv4 directly, IPv6 inside IPv4 through the device
+    let t = lab.nodes[0].route_table();
+    for n in &lab.nodes[1..] {
+        let s = n.subnets();
+        assert!(t.contains(&format!("{} via {} dev eth0", s[0], n.ip)), "{t}");
+        let net6 = s[1].split('/').next().unwrap();
+        assert!(t.contains(&format!("{} via {net6} dev {VXLAN_DEV}", s[1])), "{t}");
+    }
+    assert!(lab.wait_for(Duration::from_secs(3), |l| {
+        l.metric(0, "cbrnet_peers{path=\"vxlan\",family=\"ipv6\"}") == 2.0
+    }));
+    assert_eq!(
+        lab.metric(0, "cbrnet_peers{path=\"direct\",family=\"ipv4\"}"),
+        2.0
+    );
+    // `leases` on a node says how each family of each peer is reached
+    let leases = lab.nodes[0].node.ns.ok(&[
+        cbrnet_tests::bin("cbrnet-routed").to_str().unwrap(),
+        "leases",
+        "--store",
+        &lab.store,
+        "--subnet-file",
+        lab.nodes[0].node.subnet_file().to_str().unwrap(),
+    ]);
+    assert_eq!(leases.matches(" direct,vxlan").count(), 2, "{leases}");
+}
+
+#[test]
+fn an_ipv6_only_cluster_reaches_every_pod() {
+    let mut lab = lab("v6only", StoreKind::File, IpFamily::V6, 2, "auto");
+    up(&mut lab, 3);
+    assert_all_reach(&lab);
+    let f = subnet_file(&lab, 0);
+    assert!(f["subnet"].as_str().unwrap().starts_with("fd00:10:244:"), "{f}");
+    assert!(f.get("ipv6Subnet").is_none(), "{f}");
+    // the lease names the IPv6 node IP; the VXLAN device's outer address is IPv6 (MTU - 70)
+    let l = lab.leases();
+    assert!(l[0]["nodeIP"].as_str().unwrap().starts_with("fd50:"), "{l}");
+    let d = lab.nodes[0].node.ns.ok(&["ip", "-d", "link", "show", VXLAN_DEV]);
+    assert!(d.contains("mtu 1430") && d.contains("local fd50:"), "{d}");
+    assert_eq!(f["mtu"], 1430);
+    // IPv4 forwarding is left as it was: the node routes no IPv4 pods
+    let ns = &lab.nodes[0].node.ns;
+    assert_eq!(ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "0");
+}
