@@ -486,6 +486,19 @@ impl Lab {
         }
     }
 
+    /// Waits up to `limit` per node for every node's routes to be complete; panics naming the
+    /// first node that is not, with its routes and log.
+    pub fn converge(&self, limit: Duration) {
+        for i in 0..self.nodes.len() {
+            assert!(
+                self.wait_routes(i, limit, |_| self.routes_complete(i)).is_some(),
+                "node {i}: routes incomplete:\n{}\n{}",
+                self.nodes[i].route_table(),
+                self.nodes[i].log()
+            );
+        }
+    }
+
     /// Every pod pings every other pod on every address it has; returns the pairs that failed
     /// (the target named with the address when a pod has more than one).
     pub fn unreachable_pairs(&self) -> Vec<(String, String)> {

@@ -21,15 +21,7 @@ fn lab(tag: &str, segments: usize, nodes: usize, backend: Option<&str>) -> Lab {
 }
 
 fn converge(lab: &Lab) {
-    for i in 0..lab.nodes.len() {
-        assert!(
-            lab.wait_routes(i, Duration::from_secs(10), |_| lab.routes_complete(i))
-                .is_some(),
-            "node {i}: routes incomplete:\n{}\n{}",
-            lab.nodes[i].route_table(),
-            lab.nodes[i].log()
-        );
-    }
+    lab.converge(Duration::from_secs(10));
 }
 
 /// `bridge fdb show dev cbrnet.vxlan` and `ip neigh show dev cbrnet.vxlan` of node `i`.

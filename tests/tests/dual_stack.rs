@@ -25,15 +25,7 @@ fn up(lab: &mut Lab, nodes: usize) {
     for i in 0..nodes {
         lab.add_pod(i);
     }
-    for i in 0..nodes {
-        assert!(
-            lab.wait_routes(i, Duration::from_secs(10), |_| lab.routes_complete(i))
-                .is_some(),
-            "node {i}: routes incomplete:\n{}\n{}",
-            lab.nodes[i].route_table(),
-            lab.nodes[i].log()
-        );
-    }
+    lab.converge(Duration::from_secs(10));
 }
 
 fn assert_all_reach(lab: &Lab) {

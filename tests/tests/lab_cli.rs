@@ -70,10 +70,10 @@ fn bad_flags_are_refused_before_anything_is_made() {
     }
 }
 
-#[test]
-fn a_small_lab_passes_and_leaves_nothing() {
+/// Runs `cbrnet-lab ARGS` to its end; checks it left no namespace and succeeded; its stdout.
+fn lab_run(args: &[&str]) -> String {
     let out = Command::new(bin("cbrnet-lab"))
-        .args(["--nodes", "2", "--pods", "1"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,12 +82,18 @@ fn a_small_lab_passes_and_leaves_nothing() {
     let pid = out.id();
     let out = out.wait_with_output().unwrap();
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn a_small_lab_passes_and_leaves_nothing() {
+    let text = lab_run(&["--nodes", "2", "--pods", "1"]);
     assert!(text.contains("2 of 2 pod pairs reachable"), "{text}");
     assert!(text.contains("routes (proto 157 = cbrnet)"), "{text}");
     assert!(
@@ -98,31 +104,16 @@ fn a_small_lab_passes_and_leaves_nothing() {
 
 #[test]
 fn a_dual_stack_lab_across_segments_passes_on_both_families() {
-    let out = Command::new(bin("cbrnet-lab"))
-        .args([
-            "--nodes",
-            "2",
-            "--pods",
-            "1",
-            "--segments",
-            "2",
-            "--ip-family",
-            "dual",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = out.id();
-    let out = out.wait_with_output().unwrap();
-    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = lab_run(&[
+        "--nodes",
+        "2",
+        "--pods",
+        "1",
+        "--segments",
+        "2",
+        "--ip-family",
+        "dual",
+    ]);
     // two pods, each reaching both addresses of the other, through VXLAN (across segments)
     assert!(text.contains("4 of 4 pod pairs reachable"), "{text}");
     assert!(text.contains("fd00:10:244:"), "{text}");
