@@ -273,6 +273,10 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         AnyStore::open_with(&cfg.args.store, &cfg.args.etcd_prefix, true, &cfg.etcd_auth)
     })
     .await?;
+    // Every subnet the node's file named when the daemon last ran.
+    let published: Vec<IpNetwork> = SubnetFile::read(&cfg.args.subnet_file)
+        .map(|f| f.families().iter().map(|f| f.subnet).collect())
+        .unwrap_or_default();
     let me = Claimant {
         node_name: cfg.args.node_name.clone(),
         node_ip: cfg.node_ip,
@@ -284,10 +288,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
             .uses_vxlan()
             .then(|| cbrnet_bridge::mac::format(&vxlan::vtep_mac(&cfg.args.node_name))),
         // What this node last published, if it is a subnet of this cluster.
-        prefer: SubnetFile::read(&cfg.args.subnet_file)
-            .ok()
-            .map(|f| f.subnet)
-            .filter(|s| cfg.leases.holds(*s)),
+        prefer: published.first().copied().filter(|s| cfg.leases.holds(*s)),
     };
     let mut seen = Seen::default();
     let held = {
@@ -301,8 +302,10 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
                 Err(e) => {
                     let msg = format!("acquiring a lease: {e}");
                     let due = match e {
-                        ClusterError::NameHeld { .. } => {
+                        // The store answered: these are the cluster's state, said in /healthz.
+                        ClusterError::NameHeld { .. } | ClusterError::ClusterFull(..) => {
                             metrics.store_up.set(1);
+                            metrics.set_problem(Problem::Setup, Some(format!("no lease: {e}")));
                             log.due(&msg)
                         }
                         _ => store_failed(&metrics, &e),
@@ -323,9 +326,23 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
              with addresses of the old subnet are cut off until they are recreated"
         );
     }
+    let serves = setup::served(&cfg, &held.lease);
+    let moved = me.prefer.is_some_and(|p| p != held.lease.subnet);
+    if !moved && !published.is_empty() && published != serves {
+        let show = |v: &[IpNetwork]| v.iter().map(IpNetwork::to_string).collect::<Vec<_>>().join(",");
+        tracing::warn!(
+            before = %show(&published), now = %show(&serves),
+            "this node's subnets follow its changed configuration (--cluster-cidr): pods with addresses \
+             of a subnet it no longer serves keep them, unreachable, until they are recreated"
+        );
+    }
     let mut me = me;
     me.prefer = Some(held.lease.subnet);
-    tracing::info!(subnet = %held.lease.subnet, node_ip = %held.lease.node_ip, holder = %me.holder, "lease held");
+    tracing::info!(
+        subnet = %held.lease.subnet,
+        ipv6_subnet = %held.lease.ipv6_subnet.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+        node_ip = %held.lease.node_ip, holder = %me.holder, "lease held"
+    );
     let mut raw = Raw::open()?;
     let nexthops = nexthops_usable(&mut raw);
     let mut node = Node {
@@ -905,8 +922,17 @@ impl Node {
             let each = plan.put.len() + plan.delete.len() <= LOG_EACH;
             // Results are taken as they come, not gathered: a cluster's worth is tens of thousands.
             let vx_index = self.vx_index;
+            // Routes `put` must delete before it adds (see there): few, only on a path change.
+            let replacing: HashSet<IpNetwork> = plan
+                .put
+                .iter()
+                .filter(|(d, hop)| hop.vxlan && d.is_ipv6() && ours.contains_key(d))
+                .map(|(d, _)| *d)
+                .collect();
+            let replacing = &replacing;
             let puts = futures::stream::iter(plan.put.iter().map(|(dst, hop)| {
                 let h = h.clone();
+                let replaces = replacing.contains(dst);
                 let nh = match hop.gw {
                     IpAddr::V4(g) if via.contains(&raw::id(g)) => Some(raw::id(g)),
                     _ => None,
@@ -915,7 +941,7 @@ impl Node {
                     (
                         *dst,
                         Some(hop.gw),
-                        routes::put(&h, *dst, *hop, nh, vx_index).await,
+                        routes::put(&h, *dst, *hop, nh, vx_index, replaces).await,
                     )
                 }
             }))

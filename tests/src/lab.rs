@@ -509,13 +509,16 @@ impl Lab {
             .flat_map(|(i, n)| n.pods.iter().map(move |p| (i, p)))
             .collect();
         let mut bad = Vec::new();
-        for (_, a) in &pods {
+        for (i, a) in &pods {
+            let v6 = self.addrs_of(*i, a).iter().any(|x| x.contains(':'));
+            let v4 = self.addrs_of(*i, a).iter().any(|x| !x.contains(':'));
             for (j, b) in &pods {
                 if a.1 == b.1 {
                     continue;
                 }
                 let addrs = self.addrs_of(*j, b);
-                for addr in &addrs {
+                // A pod pings the addresses of the families it has itself.
+                for addr in addrs.iter().filter(|x| if x.contains(':') { v6 } else { v4 }) {
                     if !a.0.can_ping(addr) {
                         let to = if addrs.len() > 1 {
                             format!("{} at {addr}", b.1)
@@ -564,13 +567,15 @@ impl Lab {
             }
             let mtu = self.pod_mtu(i);
             for a in &n.pods {
+                let own = self.addrs_of(i, a);
+                let has = |x: &&str| own.iter().any(|o| o.contains(':') == x.contains(':'));
                 for (j, m) in self.nodes.iter().enumerate() {
                     for b in &m.pods {
                         if a.1 == b.1 {
                             continue;
                         }
                         let addrs = self.addrs_of(j, b);
-                        for addr in &addrs {
+                        for addr in addrs.iter().filter(|x| has(x)) {
                             let to = if addrs.len() > 1 {
                                 format!("{} at {addr}", b.1)
                             } else {

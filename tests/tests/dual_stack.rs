@@ -211,3 +211,137 @@ fn an_ipv6_only_cluster_reaches_every_pod() {
     let ns = &lab.nodes[0].node.ns;
     assert_eq!(ns.ok(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(), "0");
 }
+
+#[test]
+fn an_older_single_family_lease_is_routed_for_the_family_it_has() {
+    let mut lab = lab("ds-old", StoreKind::File, IpFamily::Dual, 1, "auto");
+    up(&mut lab, 2);
+    // a node of an earlier version (or a hand edit): IPv4 only, on the segment
+    let exp = cbrnet_ipam::cluster::record::unix_now() + 3600;
+    let old =
+        format!(r#"{{"subnet":"10.244.9.0/24","nodeName":"old","nodeIP":"192.168.50.99","expires":{exp}}}"#);
+    lab.put_raw("10.244.9.0-24", old.as_bytes());
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(5), |t| t
+            .contains("10.244.9.0/24 via 192.168.50.99"))
+            .is_some(),
+        "{}",
+        lab.nodes[0].route_table()
+    );
+    assert!(lab.wait_for(Duration::from_secs(3), |l| {
+        l.metric(0, "cbrnet_leases{family=\"ipv4\"}") == 3.0
+    }));
+    assert_eq!(lab.metric(0, "cbrnet_leases{family=\"ipv6\"}"), 2.0);
+    assert_eq!(lab.metric(0, "cbrnet_peers_unroutable"), 0.0);
+    assert_eq!(lab.http_get(0, "/healthz").0, 200);
+    assert!(!lab.nodes[0].route_table().contains("fd00:10:244:9"));
+    assert_all_reach(&lab);
+}
+
+#[test]
+fn an_ipv6_cidr_too_small_for_the_nodes_is_said_and_the_others_keep_working() {
+    // two /64s in the /63: the third node finds no slot with both families
+    let mut lab = lab("ds-full", StoreKind::File, IpFamily::Dual, 1, "auto");
+    lab.cluster_cidr = "10.244.0.0/16,fd00:10:244::/63".into();
+    up(&mut lab, 2);
+    let i = lab.add_node();
+    lab.spawn(i);
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| l.nodes[i]
+            .log()
+            .contains("cluster CIDR fd00:10:244::/63 is full")),
+        "{}",
+        lab.nodes[i].log()
+    );
+    let (code, body) = lab.http_get(i, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("no lease: cluster CIDR fd00:10:244::/63 is full"),
+        "{body}"
+    );
+    assert_eq!(lab.metric(i, "cbrnet_store_up"), 1.0);
+    assert!(lab.nodes[i].subnet().is_none());
+    // said once, not at every retry
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lab.nodes[i].log().matches("is full").count(),
+        1,
+        "{}",
+        lab.nodes[i].log()
+    );
+    assert_eq!(lab.leases().as_array().unwrap().len(), 2);
+    assert_all_reach(&lab);
+}
+
+#[test]
+fn an_ipv6_node_ip_that_goes_and_comes_back() {
+    let mut lab = lab("ds-ipgo", StoreKind::File, IpFamily::Dual, 1, "auto");
+    up(&mut lab, 3);
+    let ip6 = lab.nodes[1].ip6.clone().unwrap();
+    let ns1 = &lab.nodes[1].node.ns;
+    ns1.ok(&["ip", "addr", "del", &format!("{ip6}/64"), "dev", "eth0"]);
+    // node 1 says its node IP is gone; its IPv6 routes to the others, whose next hops the kernel
+    // took away with the address, go through VXLAN (IPv6 inside IPv4) meanwhile
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.http_get(1, "/healthz").0 == 503));
+    assert!(lab.http_get(1, "/healthz").1.contains("--node-ip"));
+    let others6: Vec<String> = [0, 2]
+        .iter()
+        .map(|j| lab.nodes[*j].subnets()[1].clone())
+        .collect();
+    assert!(
+        lab.wait_routes(1, Duration::from_secs(5), |t| others6.iter().all(|s| t.contains(
+            &format!("{s} via {} dev {VXLAN_DEV}", s.split('/').next().unwrap())
+        )))
+        .is_some(),
+        "{}\n{}",
+        lab.nodes[1].route_table(),
+        lab.nodes[1].log()
+    );
+    // IPv4 is untouched
+    let t = lab.nodes[1].route_table();
+    assert!(
+        t.contains(&format!("{} via {}", lab.nodes[0].subnets()[0], lab.nodes[0].ip)),
+        "{t}"
+    );
+    // back: every path as before, every pod reaching every address
+    let ns1 = &lab.nodes[1].node.ns;
+    ns1.ok(&["ip", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.http_get(1, "/healthz").0 == 200));
+    lab.converge(Duration::from_secs(10));
+    assert_all_reach(&lab);
+}
+
+#[test]
+fn a_restart_with_a_second_cluster_cidr_follows_it_and_leaves_old_pods_alone() {
+    // an IPv4 cluster whose nodes have no IPv6 underlay, turned dual-stack node by node
+    let mut lab = lab("ds-grow", StoreKind::File, IpFamily::V4, 1, "auto");
+    up(&mut lab, 2);
+    let v4 = lab.nodes[1].subnet().unwrap();
+    lab.stop(1);
+    lab.family = IpFamily::Dual;
+    lab.underlay_v4_only = true;
+    lab.cluster_cidr = IpFamily::Dual.cluster_cidr();
+    lab.start(1);
+    // the same IPv4 subnet, an IPv6 one beside it, said in the log
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[1].subnets().len() == 2));
+    let subnets = lab.nodes[1].subnets();
+    assert_eq!(subnets[0], v4);
+    assert!(subnets[1].starts_with("fd00:10:244:"), "{subnets:?}");
+    let log = lab.nodes[1].log();
+    assert!(log.contains("subnets follow its changed configuration"), "{log}");
+    // node 0, still IPv4 only, routes node 1's IPv4 subnet and ignores the other
+    let via = format!("{v4} via {}", lab.nodes[1].ip);
+    assert!(lab
+        .wait_routes(0, Duration::from_secs(5), |t| t.contains(&via))
+        .is_some());
+    assert!(!lab.nodes[0].route_table().contains("fd00:"));
+    // the pod made before keeps working on IPv4
+    assert_all_reach(&lab);
+    // node 0 follows: a new pod on each node gets both families and reaches every address
+    lab.stop(0);
+    lab.start(0);
+    lab.add_pod(0);
+    lab.add_pod(1);
+    lab.converge(Duration::from_secs(10));
+    assert_all_reach(&lab);
+}

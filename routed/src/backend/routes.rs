@@ -91,17 +91,25 @@ pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
     Ok(out)
 }
 
-/// Adds or replaces `dst via gw`, through the nexthop object `nh` when there is one; without
-/// one, a VXLAN hop goes out of `vxlan_dev` on-link. An IPv4 destination may have an IPv6
-/// gateway (RTA_VIA); the kernel takes no IPv4 gateway for an IPv6 destination.
+/// Adds or replaces `dst via gw` (`replaces`: a route of ours to `dst` is there), through the
+/// nexthop object `nh` when there is one; without one, a VXLAN hop goes out of `vxlan_dev`
+/// on-link. An IPv4 destination may have an IPv6 gateway (RTA_VIA); the kernel takes no IPv4
+/// gateway for an IPv6 destination.
 pub async fn put(
     h: &Handle,
     dst: IpNetwork,
     hop: Hop,
     nh: Option<u32>,
     vxlan_dev: Option<u32>,
+    replaces: bool,
 ) -> Result<()> {
     let gw = hop.gw;
+    // IPv6 refuses an on-link gateway that a route through another device covers, and the
+    // route being replaced covers it (its gateway is an address of the destination): that one
+    // goes first.
+    if replaces && hop.vxlan && dst.is_ipv6() {
+        remove(h, dst).await?;
+    }
     let dev = match (hop.vxlan, nh, vxlan_dev) {
         (true, None, None) => {
             return Err(RoutedError::Config(format!(
