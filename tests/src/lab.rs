@@ -393,33 +393,32 @@ impl Lab {
             .open(n.node.dir.path().join("routed.log"))
             .unwrap();
         let mut cmd = Command::new(bin("cbrnet-routed"));
-        cmd.args([
-            "--node-name",
-            &n.name,
-            "--node-ip",
-            &node_ip,
-            "--cluster-cidr",
-            &cidr,
-            "--store",
-            &store,
-        ])
-        .arg("--subnet-file")
-        .arg(n.node.subnet_file())
-        .arg("--cni-conf-dir")
-        .arg(&conf_dir)
-        .args(["--resync-interval", &resync])
-        // A node's own --backend (a node of another kind) wins over the lab's.
-        .args(
-            backend
-                .iter()
-                .filter(|_| !n.flags.iter().any(|f| f == "--backend"))
-                .flat_map(|b| ["--backend", b.as_str()]),
-        )
-        .args(&n.flags)
-        .envs(n.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+        // A node's own --node-ip wins over the lab's.
+        let node_ip = if n.flags.iter().any(|f| f == "--node-ip") {
+            Vec::new()
+        } else {
+            vec!["--node-ip".to_string(), node_ip]
+        };
+        cmd.args(["--node-name", &n.name])
+            .args(&node_ip)
+            .args(["--cluster-cidr", &cidr, "--store", &store])
+            .arg("--subnet-file")
+            .arg(n.node.subnet_file())
+            .arg("--cni-conf-dir")
+            .arg(&conf_dir)
+            .args(["--resync-interval", &resync])
+            // A node's own --backend (a node of another kind) wins over the lab's.
+            .args(
+                backend
+                    .iter()
+                    .filter(|_| !n.flags.iter().any(|f| f == "--backend"))
+                    .flat_map(|b| ["--backend", b.as_str()]),
+            )
+            .args(&n.flags)
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         n.node.ns.enter(&mut cmd);
         let child = cmd.spawn().expect("starting cbrnet-routed");
         crate::register_daemon(child.id());

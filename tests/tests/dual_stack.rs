@@ -345,3 +345,44 @@ fn a_restart_with_a_second_cluster_cidr_follows_it_and_leaves_old_pods_alone() {
     lab.converge(Duration::from_secs(10));
     assert_all_reach(&lab);
 }
+
+#[test]
+fn ipv4_pods_over_ipv6_node_ips_directly_and_through_vxlan() {
+    // an IPv6 underlay (the IPv4 one only reaches the store): the nodes' only node IPs are IPv6
+    for (tag, backend) in [("v4o6-hgw", "host-gw"), ("v4o6-vx", "vxlan")] {
+        let mut lab = lab(tag, StoreKind::File, IpFamily::Dual, 1, backend);
+        lab.cluster_cidr = cbrnet_tests::lab::CLUSTER_CIDR.into();
+        for i in 0..3 {
+            lab.add_node();
+            let ip6 = lab.nodes[i].ip6.clone().unwrap();
+            lab.nodes[i].flags = vec!["--node-ip".into(), ip6];
+        }
+        for i in 0..3 {
+            lab.start(i);
+            lab.add_pod(i);
+        }
+        let want: Vec<String> = (1..3)
+            .map(|j| {
+                let n = &lab.nodes[j];
+                let s = n.subnet().unwrap();
+                match backend {
+                    // IPv4 via an IPv6 next hop (RTA_VIA)
+                    "host-gw" => format!("{s} via inet6 {} dev eth0", n.ip6.as_deref().unwrap()),
+                    _ => format!("{s} via {} dev {VXLAN_DEV}", s.split('/').next().unwrap()),
+                }
+            })
+            .collect();
+        assert!(
+            lab.wait_routes(0, Duration::from_secs(10), |t| want.iter().all(|w| t.contains(w)))
+                .is_some(),
+            "{backend}: {want:?}\n{}\n{}",
+            lab.nodes[0].route_table(),
+            lab.nodes[0].log()
+        );
+        assert_all_reach(&lab);
+        if backend == "vxlan" {
+            let d = lab.nodes[0].node.ns.ok(&["ip", "-d", "link", "show", VXLAN_DEV]);
+            assert!(d.contains("mtu 1430") && d.contains("local fd50:"), "{d}");
+        }
+    }
+}
