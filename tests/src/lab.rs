@@ -257,12 +257,6 @@ impl Lab {
     /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
     /// network) without waiting for it.
     pub fn spawn(&mut self, i: usize) {
-        let (store, cidr, resync, backend) = (
-            self.store.clone(),
-            self.cluster_cidr.clone(),
-            self.resync_interval.clone(),
-            self.backend.clone(),
-        );
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = json!({
@@ -270,6 +264,7 @@ impl Lab {
             "plugins": [{"type": "cbrnet", "ipam": self.pod_conf(i)["ipam"]}],
         });
         std::fs::write(conf_dir.join("10-labnet.conflist"), conflist.to_string()).unwrap();
+        let args = self.daemon_args(i);
         let n = &mut self.nodes[i];
         let log = std::fs::File::options()
             .create(true)
@@ -277,37 +272,74 @@ impl Lab {
             .open(n.node.dir.path().join("routed.log"))
             .unwrap();
         let mut cmd = Command::new(bin("cbrnet-routed"));
-        cmd.args([
-            "--node-name",
-            &n.name,
-            "--node-ip",
-            &n.ip,
-            "--cluster-cidr",
-            &cidr,
-            "--store",
-            &store,
-        ])
-        .arg("--subnet-file")
-        .arg(n.node.subnet_file())
-        .arg("--cni-conf-dir")
-        .arg(&conf_dir)
-        .args(["--resync-interval", &resync])
-        // A node's own --backend (a node of another kind) wins over the lab's.
-        .args(
-            backend
-                .iter()
-                .filter(|_| !n.flags.iter().any(|f| f == "--backend"))
-                .flat_map(|b| ["--backend", b.as_str()]),
-        )
-        .args(&n.flags)
-        .envs(n.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+        cmd.args(&args)
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         n.node.ns.enter(&mut cmd);
         let child = cmd.spawn().expect("starting cbrnet-routed");
         crate::register_daemon(child.id());
         n.daemon = Some(child);
+    }
+
+    /// The flags node `i`'s daemon runs with (and `doctor` is given).
+    pub fn daemon_args(&self, i: usize) -> Vec<String> {
+        let n = &self.nodes[i];
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            n.name.clone(),
+            "--node-ip".into(),
+            n.ip.clone(),
+            "--cluster-cidr".into(),
+            self.cluster_cidr.clone(),
+            "--store".into(),
+            self.store.clone(),
+            "--subnet-file".into(),
+            n.node.subnet_file().display().to_string(),
+            "--cni-conf-dir".into(),
+            n.node.dir.path().join("net.d").display().to_string(),
+            "--resync-interval".into(),
+            self.resync_interval.clone(),
+        ];
+        // A node's own --backend (a node of another kind) wins over the lab's.
+        if let Some(b) = self
+            .backend
+            .iter()
+            .find(|_| !n.flags.iter().any(|f| f == "--backend"))
+        {
+            args.extend(["--backend".into(), b.clone()]);
+        }
+        args.extend(n.flags.iter().cloned());
+        args
+    }
+
+    /// `cbrnet-routed doctor --json` on node `i` with its daemon's flags and environment (and the
+    /// plugins of this build as the runtime's); (exit code, the checks, stderr).
+    pub fn doctor(&self, i: usize, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(bin("cbrnet-routed"));
+        cmd.arg("doctor")
+            .args(self.daemon_args(i))
+            .args(["--json", "--cni-bin-dir"])
+            .arg(crate::bin_dir())
+            .args(extra)
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        n.node.ns.enter(&mut cmd);
+        let out = cmd.output().expect("running cbrnet-routed doctor");
+        let checks = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor's stdout is no JSON list ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            out.status.code().unwrap_or(-1),
+            checks,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// SIGTERM, as an init system stops it; waits for the exit.

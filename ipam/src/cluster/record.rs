@@ -61,7 +61,11 @@ impl Lease {
     }
     /// The gateway of the subnet: its first address (on the node's bridge).
     pub fn gateway(&self) -> IpAddr {
-        match self.subnet {
+        Lease::gateway_of(self.subnet)
+    }
+    /// The gateway of `subnet`: its first address.
+    pub fn gateway_of(subnet: IpNetwork) -> IpAddr {
+        match subnet {
             IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(1))),
             IpNetwork::V6(n) => IpAddr::V6(u128::from(n.network()).wrapping_add(1).into()),
         }
