@@ -317,10 +317,20 @@ impl Lab {
     /// `cbrnet-routed doctor --json` on node `i` with its daemon's flags and environment (and the
     /// plugins of this build as the runtime's); (exit code, the checks, stderr).
     pub fn doctor(&self, i: usize, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+        self.doctor_with(i, self.daemon_args(i), extra)
+    }
+
+    /// [`Lab::doctor`] with `args` instead of the daemon's flags.
+    pub fn doctor_with(
+        &self,
+        i: usize,
+        args: Vec<String>,
+        extra: &[&str],
+    ) -> (i32, Vec<serde_json::Value>, String) {
         let n = &self.nodes[i];
         let mut cmd = Command::new(bin("cbrnet-routed"));
         cmd.arg("doctor")
-            .args(self.daemon_args(i))
+            .args(args)
             .args(["--json", "--cni-bin-dir"])
             .arg(crate::bin_dir())
             .args(extra)
@@ -340,6 +350,25 @@ impl Lab {
             checks,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Stops node `i`'s daemon where it is (SIGSTOP), so that a fault made by hand stays for a
+    /// look; [`Lab::thaw`] lets it go on.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let pid = self.nodes[i]
+            .daemon
+            .as_ref()
+            .expect("the node's daemon runs")
+            .id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
     }
 
     /// SIGTERM, as an init system stops it; waits for the exit.

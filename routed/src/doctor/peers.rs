@@ -102,6 +102,21 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
             .then(|| vxlan::vtep_mac(&cfg.args.node_name)),
     };
     let desired = backend::choose(live.iter().copied(), &me);
+    // Peers that only a usable VXLAN device would reach are this node's problem, not theirs.
+    let vx_needed: HashSet<IpNetwork> = if vxlan_down {
+        let up = backend::Local {
+            vxlan_down: false,
+            ..me
+        };
+        let routed = backend::choose(live.iter().copied(), &up).routes;
+        routed
+            .keys()
+            .filter(|s| !desired.routes.contains_key(*s))
+            .copied()
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let peers: Vec<Lease> = live
         .iter()
         .filter(|l| l.node_name != cfg.args.node_name)
@@ -202,7 +217,11 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
             continue;
         };
         let e = faults.entry(l.subnet).or_default();
-        if here.contains(l.node_name.as_str()) {
+        if vx_needed.contains(&l.subnet) {
+            e.fail.push(problem.to_string());
+            e.fix
+                .push(format!("see vxlan.device: {} must be cbrnet's", vxlan::DEVICE));
+        } else if here.contains(l.node_name.as_str()) {
             e.fail.push(problem.to_string());
             e.fix
                 .push("--backend auto (or vxlan) reaches peers that are not on this node's networks".into());
