@@ -644,6 +644,8 @@ impl Lab {
             nodes.push(json!({
                 "name": n.name, "ip": n.ip, "segment": self.segment_of(i), "netns": n.node.ns.name,
                 "subnetFile": n.node.subnet_file(), "log": n.node.dir.path().join("routed.log"),
+                "args": self.daemon_args(i), "pid": n.daemon.as_ref().map(Child::id),
+                "dataDir": n.node.data_dir(),
                 "pods": n.pods.iter().map(|(p, id, ip)| json!({"id": id, "ip": ip, "netns": p.name})).collect::<Vec<_>>(),
             }));
         }
