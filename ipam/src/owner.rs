@@ -19,6 +19,31 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
+/// Writes `bytes` to `path` atomically (a temp file beside it, renamed into place), mode 0644
+/// whatever the umask, creating its directory if needed: a reader sees the old file or the new
+/// one, never a part.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        create_dir_all(dir)?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    let r = write();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
 /// Why `path` may not be trusted, if it may not: others may write it (its mode), or it belongs
 /// to a user other than root or this process's.
 pub fn untrusted(path: &Path, meta: &Metadata) -> Option<String> {

@@ -10,9 +10,9 @@
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/run/cbrnet/subnet.json";
@@ -184,24 +184,9 @@ impl SubnetFile {
         if SubnetFile::read(path).ok().as_ref() == Some(self) {
             return Ok(false);
         }
-        if let Some(dir) = path.parent() {
-            crate::owner::create_dir_all(dir)?;
-        }
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            // Readable by the plugins, written by the daemon alone, whatever the umask.
-            f.set_permissions(std::fs::Permissions::from_mode(crate::owner::FILE_MODE))?;
-            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r.map(|()| true)
+        // Readable by the plugins, written by the daemon alone, whatever the umask.
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::owner::replace_file(path, &bytes).map(|()| true)
     }
 }
 

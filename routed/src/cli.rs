@@ -39,6 +39,26 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Install the CNI plugins and the network config (for package scripts and init containers).
     InstallCni(InstallCniArgs),
+    /// Check this node against what the daemon should have made of it, and say what to fix.
+    Doctor(Box<DoctorArgs>),
+}
+
+/// `doctor`: the daemon's own flags (and environment), and how to report.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub etcd_auth: EtcdAuthArgs,
+    /// A JSON list of {check, status, found, fix} instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Also send ICMP echoes to every peer's gateway (at most 1 s per peer, 64 peers at a time).
+    #[arg(long)]
+    pub probe: bool,
+    /// Where container runtimes look for CNI plugins (repeat the flag for several).
+    #[arg(long = "cni-bin-dir", default_values = ["/opt/cni/bin", "/usr/lib/cni"])]
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +300,14 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A store as `--store` names it.
+pub fn store_flag(s: &StoreSpec) -> String {
+    match s {
+        StoreSpec::File(dir) => format!("file:{}", dir.display()),
+        StoreSpec::Etcd(eps) => format!("etcd:{}", eps.join(",")),
+    }
+}
+
 fn parse_store(s: &str) -> Result<StoreSpec, String> {
     s.parse()
         .map_err(|e: cbrnet_ipam::cluster::ClusterError| e.to_string())
@@ -299,6 +327,8 @@ pub struct Config {
     pub node_ip: IpAddr,
     /// The node's IPv6 address beside an IPv4 `node_ip` (the lease's `nodeIPv6`).
     pub node_ip_v6: Option<Ipv6Addr>,
+    /// The records' family's cluster CIDR (the first of [`Config::cluster_cidrs`]).
+    pub cluster_cidr: IpNetwork,
     pub leases: LeaseConfig,
     /// The etcd TLS files and user ([`Config::with_etcd_auth`]).
     pub etcd_auth: EtcdAuth,
@@ -446,6 +476,7 @@ impl RunArgs {
             etcd_auth_warnings: Vec::new(),
             node_ip,
             node_ip_v6,
+            cluster_cidr: first_cidr,
             leases,
             args: self,
         })
@@ -480,6 +511,31 @@ impl Config {
         self.etcd_auth = a.validate(&self.args.store)?;
         self.etcd_auth_warnings = a.warnings(&self.args.store);
         Ok(self)
+    }
+
+    /// What this configuration runs with, as the daemon publishes it for `doctor`.
+    pub fn settings(&self) -> crate::instance::Settings {
+        let a = &self.args;
+        crate::instance::Settings {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_name: a.node_name.clone(),
+            node_ip: self.node_ip.to_string(),
+            cluster_cidr: self.cluster_cidr.to_string(),
+            store: store_flag(&a.store),
+            etcd_prefix: a.etcd_prefix.clone(),
+            subnet_len: a.subnet_len,
+            subnet_file: a.subnet_file.clone(),
+            bridge: a.bridge.clone(),
+            mtu: a.mtu,
+            ip_masq: a.ip_masq,
+            metrics_addr: a.metrics_addr.to_string(),
+            backend: clap::ValueEnum::to_possible_value(&a.backend)
+                .map_or_else(|| format!("{:?}", a.backend), |v| v.get_name().to_string()),
+            vxlan_vni: a.vxlan_vni,
+            vxlan_port: a.vxlan_port,
+            cni_conf_dir: a.cni_conf_dir.clone(),
+        }
     }
 
     /// What is allowed but will not work as the operator may expect, said once at start.
@@ -545,6 +601,33 @@ mod tests {
         assert_eq!(c.args.backend, Mode::HostGw);
         assert_eq!((c.args.vxlan_vni, c.args.vxlan_port), (42, 4789));
         assert!(c.args.vxlan_tx_csum_offload);
+        assert_eq!(
+            run(&["--backend", "host-gw"]).unwrap().settings().backend,
+            "host-gw"
+        );
+        let c = Cli::try_parse_from([
+            "cbrnet-routed",
+            "doctor",
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "192.168.1.2",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--store",
+            "file:/tmp/x",
+            "--json",
+            "--probe",
+        ])
+        .unwrap();
+        let Some(Command::Doctor(d)) = c.command else {
+            panic!("doctor is a subcommand")
+        };
+        assert!(d.json && d.probe);
+        assert_eq!(
+            d.cni_bin_dirs,
+            [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
         let c = Cli::try_parse_from(["cbrnet-routed", "leases", "--store", "file:/tmp/x", "--json"]).unwrap();
         assert!(matches!(
             c.command,

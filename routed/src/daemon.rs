@@ -202,6 +202,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    // What this daemon runs with, for `doctor` to compare its own flags with; a node that cannot
+    // have it still runs.
+    let settings = instance::settings_path(&cfg.args.subnet_file);
+    if let Err(e) = cfg.settings().write(&settings) {
+        tracing::warn!("writing {}: {e}", settings.display());
+    }
     let metrics = Arc::new(Metrics::default());
     metrics::serve(cfg.args.metrics_addr, metrics.clone())
         .await

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod cli;
 pub mod daemon;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod install;

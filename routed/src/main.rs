@@ -57,6 +57,22 @@ fn main() {
         }
         _ => None,
     };
+    // doctor judges the daemon's flags as the daemon does: a usage error is exit 2.
+    let doctor = match &cli.command {
+        Some(Command::Doctor(a)) => match a
+            .run
+            .clone()
+            .validate()
+            .and_then(|c| c.with_etcd_auth(&a.etcd_auth))
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                report(&e);
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
     // The same for the commands that read or change the store.
     let store_auth = match &cli.command {
         Some(Command::Leases(cbrnet_routed::cli::LeasesArgs { store, .. }))
@@ -124,6 +140,24 @@ fn main() {
                         a.node_name
                     )),
                 }
+            }
+            (Some(Command::Doctor(a)), _) => {
+                let Some(cfg) = doctor else {
+                    return Err("doctor: no configuration".into());
+                };
+                let opts = cbrnet_routed::doctor::Options {
+                    probe: a.probe,
+                    cni_bin_dirs: a.cni_bin_dirs.clone(),
+                };
+                let checks = cbrnet_routed::doctor::run(&cfg, &opts).await;
+                let text = match a.json {
+                    true => cbrnet_routed::doctor::render_json(&checks),
+                    false => cbrnet_routed::doctor::render_text(&checks),
+                };
+                // stdout is the report; a reader that went away is no reason to panic.
+                let _ = std::io::stdout().write_all(text.as_bytes());
+                let _ = std::io::stdout().flush();
+                std::process::exit(cbrnet_routed::doctor::exit_code(&checks));
             }
             (Some(Command::InstallCni(a)), _) => {
                 for f in cbrnet_routed::install::install_cni(&a)? {

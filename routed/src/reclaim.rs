@@ -20,15 +20,10 @@ pub struct CbrnetNetwork {
     pub ipam: IpamConf,
 }
 
-/// The `cbrnet` networks of the config files in `dir` (`*.conf`, `*.conflist`, `*.json`); one
-/// problem per file that could not be read as a config. A missing directory has none.
-pub fn networks(dir: &Path) -> (Vec<CbrnetNetwork>, Vec<(PathBuf, String)>) {
-    let mut nets = Vec::new();
-    let mut problems = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return (nets, problems);
-    };
-    let mut files: Vec<PathBuf> = rd
+/// The config files of `dir` (`*.conf`, `*.conflist`, `*.json`) in the order runtimes take
+/// them: by name.
+pub fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -37,6 +32,17 @@ pub fn networks(dir: &Path) -> (Vec<CbrnetNetwork>, Vec<(PathBuf, String)>) {
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// The `cbrnet` networks of the config files in `dir` ([`config_files`]); one problem per file
+/// that could not be read as a config. A missing directory has none.
+pub fn networks(dir: &Path) -> (Vec<CbrnetNetwork>, Vec<(PathBuf, String)>) {
+    let mut nets = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(files) = config_files(dir) else {
+        return (nets, problems);
+    };
     for f in files {
         match read(&f) {
             Ok(found) => nets.extend(found),

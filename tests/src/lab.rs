@@ -372,13 +372,6 @@ impl Lab {
     /// Starts node `i`'s daemon (with the node's own CNI config directory, holding the lab's pod
     /// network) without waiting for it.
     pub fn spawn(&mut self, i: usize) {
-        let (store, cidr, resync, backend) = (
-            self.store.clone(),
-            self.cluster_cidr.clone(),
-            self.resync_interval.clone(),
-            self.backend.clone(),
-        );
-        let node_ip = self.node_ip_arg(i);
         let conf_dir = self.nodes[i].node.dir.path().join("net.d");
         std::fs::create_dir_all(&conf_dir).unwrap();
         let conflist = json!({
@@ -386,6 +379,7 @@ impl Lab {
             "plugins": [{"type": "cbrnet", "ipam": self.pod_conf(i)["ipam"]}],
         });
         std::fs::write(conf_dir.join("10-labnet.conflist"), conflist.to_string()).unwrap();
+        let args = self.daemon_args(i);
         let n = &mut self.nodes[i];
         let log = std::fs::File::options()
             .create(true)
@@ -393,28 +387,7 @@ impl Lab {
             .open(n.node.dir.path().join("routed.log"))
             .unwrap();
         let mut cmd = Command::new(bin("cbrnet-routed"));
-        // A node's own --node-ip wins over the lab's.
-        let node_ip = if n.flags.iter().any(|f| f == "--node-ip") {
-            Vec::new()
-        } else {
-            vec!["--node-ip".to_string(), node_ip]
-        };
-        cmd.args(["--node-name", &n.name])
-            .args(&node_ip)
-            .args(["--cluster-cidr", &cidr, "--store", &store])
-            .arg("--subnet-file")
-            .arg(n.node.subnet_file())
-            .arg("--cni-conf-dir")
-            .arg(&conf_dir)
-            .args(["--resync-interval", &resync])
-            // A node's own --backend (a node of another kind) wins over the lab's.
-            .args(
-                backend
-                    .iter()
-                    .filter(|_| !n.flags.iter().any(|f| f == "--backend"))
-                    .flat_map(|b| ["--backend", b.as_str()]),
-            )
-            .args(&n.flags)
+        cmd.args(&args)
             .envs(n.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -423,6 +396,95 @@ impl Lab {
         let child = cmd.spawn().expect("starting cbrnet-routed");
         crate::register_daemon(child.id());
         n.daemon = Some(child);
+    }
+
+    /// The flags node `i`'s daemon runs with (and `doctor` is given).
+    pub fn daemon_args(&self, i: usize) -> Vec<String> {
+        let n = &self.nodes[i];
+        let mut args: Vec<String> = vec!["--node-name".into(), n.name.clone()];
+        // A node's own --node-ip wins over the lab's.
+        if !n.flags.iter().any(|f| f == "--node-ip") {
+            args.extend(["--node-ip".into(), self.node_ip_arg(i)]);
+        }
+        args.extend([
+            "--cluster-cidr".into(),
+            self.cluster_cidr.clone(),
+            "--store".into(),
+            self.store.clone(),
+            "--subnet-file".into(),
+            n.node.subnet_file().display().to_string(),
+            "--cni-conf-dir".into(),
+            n.node.dir.path().join("net.d").display().to_string(),
+            "--resync-interval".into(),
+            self.resync_interval.clone(),
+        ]);
+        // A node's own --backend (a node of another kind) wins over the lab's.
+        if let Some(b) = self
+            .backend
+            .iter()
+            .find(|_| !n.flags.iter().any(|f| f == "--backend"))
+        {
+            args.extend(["--backend".into(), b.clone()]);
+        }
+        args.extend(n.flags.iter().cloned());
+        args
+    }
+
+    /// `cbrnet-routed doctor --json` on node `i` with its daemon's flags and environment (and the
+    /// plugins of this build as the runtime's); (exit code, the checks, stderr).
+    pub fn doctor(&self, i: usize, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+        self.doctor_with(i, self.daemon_args(i), extra)
+    }
+
+    /// [`Lab::doctor`] with `args` instead of the daemon's flags.
+    pub fn doctor_with(
+        &self,
+        i: usize,
+        args: Vec<String>,
+        extra: &[&str],
+    ) -> (i32, Vec<serde_json::Value>, String) {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(bin("cbrnet-routed"));
+        cmd.arg("doctor")
+            .args(args)
+            .args(["--json", "--cni-bin-dir"])
+            .arg(crate::bin_dir())
+            .args(extra)
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        n.node.ns.enter(&mut cmd);
+        let out = cmd.output().expect("running cbrnet-routed doctor");
+        let checks = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor's stdout is no JSON list ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            out.status.code().unwrap_or(-1),
+            checks,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Stops node `i`'s daemon where it is (SIGSTOP), so that a fault made by hand stays for a
+    /// look; [`Lab::thaw`] lets it go on.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let pid = self.nodes[i]
+            .daemon
+            .as_ref()
+            .expect("the node's daemon runs")
+            .id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
     }
 
     /// SIGTERM, as an init system stops it; waits for the exit.
@@ -789,6 +851,8 @@ impl Lab {
             nodes.push(json!({
                 "name": n.name, "ip": n.ip, "ip6": n.ip6, "segment": self.segment_of(i), "netns": n.node.ns.name,
                 "subnetFile": n.node.subnet_file(), "log": n.node.dir.path().join("routed.log"),
+                "args": self.daemon_args(i), "pid": n.daemon.as_ref().map(Child::id),
+                "dataDir": n.node.data_dir(),
                 "pods": n.pods.iter().map(|(p, id, ip)| json!({
                     "id": id, "ip": ip, "ips": n.pod_addrs.get(id), "netns": p.name,
                 })).collect::<Vec<_>>(),

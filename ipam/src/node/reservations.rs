@@ -345,69 +345,12 @@ impl Store {
 
     /// What the entry called `name` is. `Adding` entries are probed with a non-blocking flock.
     pub fn classify(&self, name: &str) -> Entry {
-        let p = self.path(name);
-        // A temp file is only ever there while its writer holds the lock, which scans hold too:
-        // one seen in a scan is a crashed writer's, hence stray.
-        if name == LOCK || name == FORMAT {
-            return Entry::Bookkeeping;
-        }
-        if let Some(set) = name.strip_prefix(CURSOR_PREFIX) {
-            return if set.parse::<usize>().is_ok() {
-                Entry::Bookkeeping
-            } else {
-                Entry::Stray
-            };
-        }
-        if let Some(key) = name.strip_prefix(ADDING_PREFIX) {
-            let Some(owner) = Owner::from_key(key) else {
-                return Entry::Stray;
-            };
-            return Entry::Adding(owner, adding_is_held(&p));
-        }
-        let link = fs::read_link(&p).ok();
-        let target = link.as_deref().and_then(Path::to_str);
-        if let Some(key) = name.strip_prefix(OWNER_PREFIX) {
-            return match (Owner::from_key(key), target) {
-                (Some(owner), Some(t)) => Entry::Index(owner, parse_ips(t)),
-                _ => Entry::Stray,
-            };
-        }
-        // A reservation's name is the address written canonically.
-        match (name.parse::<IpAddr>(), target.and_then(Owner::decode)) {
-            (Ok(ip), Some(owner)) if ip.to_string() == name => Entry::Reservation(ip, owner),
-            _ => Entry::Stray,
-        }
+        classify_in(&self.dir, name)
     }
 
     /// Reads the whole directory (GC, reclaim, tests: never ADD or DEL).
     pub fn scan(&self) -> Result<Scan, IpamError> {
-        let mut scan = Scan::default();
-        let rd = fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?;
-        for entry in rd {
-            let entry = entry.map_err(io(format!("reading {}", self.dir.display())))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                scan.stray.push(entry.file_name().to_string_lossy().into_owned());
-                continue;
-            };
-            match self.classify(&name) {
-                Entry::Reservation(ip, owner) => {
-                    let since = entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    scan.reservations.push(Reserved { ip, owner, since });
-                }
-                Entry::Index(owner, ips) => {
-                    scan.index.insert(owner, ips);
-                }
-                Entry::Adding(owner, true) => scan.adding.push(owner),
-                Entry::Adding(owner, false) => scan.stale_adding.push(owner),
-                Entry::Bookkeeping => {}
-                Entry::Stray => scan.stray.push(name),
-            }
-        }
-        scan.reservations.sort_by_key(|r| r.ip);
-        Ok(scan)
+        scan_dir(&self.dir)
     }
 
     /// Every valid reservation: address → owner.
@@ -448,6 +391,86 @@ impl Store {
             self.write_index(owner, &rest)?;
         }
         Ok(())
+    }
+}
+
+/// What the entry called `name` is. `Adding` entries are probed with a non-blocking flock.
+fn classify_in(dir: &Path, name: &str) -> Entry {
+    let p = dir.join(name);
+    // A temp file is only ever there while its writer holds the lock, which scans hold too:
+    // one seen in a scan is a crashed writer's, hence stray.
+    if name == LOCK || name == FORMAT {
+        return Entry::Bookkeeping;
+    }
+    if let Some(set) = name.strip_prefix(CURSOR_PREFIX) {
+        return if set.parse::<usize>().is_ok() {
+            Entry::Bookkeeping
+        } else {
+            Entry::Stray
+        };
+    }
+    if let Some(key) = name.strip_prefix(ADDING_PREFIX) {
+        let Some(owner) = Owner::from_key(key) else {
+            return Entry::Stray;
+        };
+        return Entry::Adding(owner, adding_is_held(&p));
+    }
+    let link = fs::read_link(&p).ok();
+    let target = link.as_deref().and_then(Path::to_str);
+    if let Some(key) = name.strip_prefix(OWNER_PREFIX) {
+        return match (Owner::from_key(key), target) {
+            (Some(owner), Some(t)) => Entry::Index(owner, parse_ips(t)),
+            _ => Entry::Stray,
+        };
+    }
+    // A reservation's name is the address written canonically.
+    match (name.parse::<IpAddr>(), target.and_then(Owner::decode)) {
+        (Ok(ip), Some(owner)) if ip.to_string() == name => Entry::Reservation(ip, owner),
+        _ => Entry::Stray,
+    }
+}
+
+/// Reads the whole directory (GC, reclaim, tests: never ADD or DEL).
+fn scan_dir(dir: &Path) -> Result<Scan, IpamError> {
+    let mut scan = Scan::default();
+    let rd = fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))?;
+    for entry in rd {
+        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            scan.stray.push(entry.file_name().to_string_lossy().into_owned());
+            continue;
+        };
+        match classify_in(dir, &name) {
+            Entry::Reservation(ip, owner) => {
+                let since = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                scan.reservations.push(Reserved { ip, owner, since });
+            }
+            Entry::Index(owner, ips) => {
+                scan.index.insert(owner, ips);
+            }
+            Entry::Adding(owner, true) => scan.adding.push(owner),
+            Entry::Adding(owner, false) => scan.stale_adding.push(owner),
+            Entry::Bookkeeping => {}
+            Entry::Stray => scan.stray.push(name),
+        }
+    }
+    scan.reservations.sort_by_key(|r| r.ip);
+    Ok(scan)
+}
+
+/// The reservations of `network` under `data_dir` as they are, for a reader that must change
+/// nothing (`cbrnet-routed doctor`): no directory or lock file is created and the network's lock
+/// is not taken, so an ADD or DEL running meanwhile may show half done. `Ok(None)`: the network
+/// has no directory.
+pub fn peek(data_dir: &Path, network: &str) -> Result<Option<Scan>, IpamError> {
+    validate_network_name(network)?;
+    let dir = data_dir.join(network);
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => scan_dir(&dir).map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -252,6 +252,53 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<std::result::Result<(u32, Ve
     Ok(Ok((index, repaired)))
 }
 
+/// How the device `l` differs from `spec`, without changing it (`doctor`): `Err(why)` if it is not
+/// ours; else each difference in words (none: as the daemon makes it). Its address and offload
+/// are not judged here.
+pub fn drift(l: &LinkMessage, spec: &Spec) -> std::result::Result<Vec<String>, String> {
+    if let Some(why) = foreign(l, spec.vni) {
+        return Err(why);
+    }
+    let mut out = Vec::new();
+    if let Some(f) = found(l) {
+        if f.port != Some(spec.port) {
+            out.push(format!(
+                "UDP port {}, not --vxlan-port {}",
+                f.port.map_or("unknown".into(), |p| p.to_string()),
+                spec.port
+            ));
+        }
+        if f.local != Some(spec.local) {
+            out.push(format!(
+                "local address {}, not the node IP {}",
+                f.local.map_or("none".into(), |a| a.to_string()),
+                spec.local
+            ));
+        }
+        if f.learning {
+            out.push("learning on".into());
+        }
+    }
+    if netlink::mac(l) != Some(spec.mac) {
+        out.push(format!(
+            "MAC {}, not {}",
+            netlink::mac(l).map_or("none".into(), |m| mac::format(&m)),
+            mac::format(&spec.mac)
+        ));
+    }
+    if netlink::mtu(l) != Some(spec.mtu) {
+        out.push(format!(
+            "MTU {}, not {}",
+            netlink::mtu(l).map_or("unknown".into(), |m| m.to_string()),
+            spec.mtu
+        ));
+    }
+    if !netlink::is_up(l) {
+        out.push("down".into());
+    }
+    Ok(out)
+}
+
 /// Deletes our device, if there is one of our VNI (a node that now runs host-gw); its FDB and
 /// neighbour entries and the routes through it go with it. Whether there was one.
 pub async fn remove(nl: &Nl, vni: u32) -> Result<bool> {

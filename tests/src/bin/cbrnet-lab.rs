@@ -11,8 +11,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Where `up` records what it made, for `status` and `down`.
+/// Where `up` records what it made, for `status` and `down` (`CBRNET_LAB_STATE` elsewhere).
 const STATE: &str = "/run/cbrnet-lab/state.json";
+
+fn state_path() -> std::path::PathBuf {
+    std::env::var_os("CBRNET_LAB_STATE").map_or_else(|| STATE.into(), Into::into)
+}
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +40,8 @@ enum Cmd {
     Run(RunArgs),
     /// Build the lab and leave it running (see `status`, `down`).
     Up(Shape),
-    /// Show the running lab: nodes, subnets, routes, leases and their expiry.
+    /// Show the running lab: nodes, subnets, routes, `cbrnet-routed doctor` on each node, leases
+    /// and their expiry.
     Status,
     /// Remove the running lab.
     Down,
@@ -228,27 +233,32 @@ fn run(a: &RunArgs) {
 }
 
 fn up(shape: &Shape) {
-    if Path::new(STATE).exists() {
-        fail(&format!("a lab is up already ({STATE}): `cbrnet-lab down` first"));
+    let path = state_path();
+    if path.exists() {
+        fail(&format!(
+            "a lab is up already ({}): `cbrnet-lab down` first",
+            path.display()
+        ));
     }
     let lab = build(shape);
     print_lab(&lab);
     let state = lab.state();
-    let write =
-        std::fs::create_dir_all("/run/cbrnet-lab").and_then(|_| std::fs::write(STATE, state.to_string()));
+    let write = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+        .and_then(|_| std::fs::write(&path, state.to_string()));
     if let Err(e) = write {
         // Without the state, `down` could not find the lab: take it down now.
         drop(lab);
-        fail(&format!("writing {STATE}: {e}"));
+        fail(&format!("writing {}: {e}", path.display()));
     }
     lab.keep();
     println!("\nthe lab is up: `cbrnet-lab status`, `cbrnet-lab down`");
 }
 
 fn read_state() -> Value {
+    let path = state_path();
     let s =
-        std::fs::read_to_string(STATE).unwrap_or_else(|_| fail("no lab is up (`cbrnet-lab up` starts one)"));
-    serde_json::from_str(&s).unwrap_or_else(|e| fail(&format!("{STATE}: {e}")))
+        std::fs::read_to_string(&path).unwrap_or_else(|_| fail("no lab is up (`cbrnet-lab up` starts one)"));
+    serde_json::from_str(&s).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())))
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -295,12 +305,56 @@ fn status() {
         for r in in_ns(ns, &["ip", "route", "show", "proto", "157"]).lines() {
             println!("    {} [{}]", r.trim_end(), route_path(r));
         }
+        doctor(ns, &strings(&n["args"]));
     }
     if let Some(ns) = st["nodes"][0]["netns"].as_str() {
         let routed = cbrnet_tests::bin("cbrnet-routed");
         let store = st["store"].as_str().unwrap_or_default();
         let routed = routed.to_string_lossy();
         println!("\nleases:\n{}", in_ns(ns, &[&routed, "leases", "--store", store]));
+    }
+}
+
+/// `cbrnet-routed doctor` on a node, with its daemon's flags: its summary and exit code, then
+/// each check that is not ok.
+fn doctor(ns: &str, args: &[String]) {
+    let routed = cbrnet_tests::bin("cbrnet-routed");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(&routed)
+        .arg("doctor")
+        .args(args)
+        .arg("--json")
+        .arg("--cni-bin-dir")
+        .arg(cbrnet_tests::bin_dir())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return println!("  doctor: not run ({e})"),
+    };
+    let Ok(checks) = serde_json::from_slice::<Vec<Value>>(&out.stdout) else {
+        return println!(
+            "  doctor: no answer (exit {:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    };
+    let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
+    println!(
+        "  doctor: {} ok, {} warn, {} FAIL (exit {})",
+        count("ok"),
+        count("warn"),
+        count("FAIL"),
+        out.status.code().unwrap_or(-1)
+    );
+    for c in checks.iter().filter(|c| c["status"] != "ok") {
+        println!(
+            "    {} {}: {} => fix: {}",
+            c["status"].as_str().unwrap_or_default(),
+            c["check"].as_str().unwrap_or_default(),
+            c["found"].as_str().unwrap_or_default(),
+            c["fix"].as_str().unwrap_or_default()
+        );
     }
 }
 
@@ -323,6 +377,6 @@ fn down() {
     for d in strings(&st["dirs"]) {
         let _ = std::fs::remove_dir_all(d);
     }
-    let _ = std::fs::remove_file(STATE);
+    let _ = std::fs::remove_file(state_path());
     println!("the lab is down");
 }

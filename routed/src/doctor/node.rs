@@ -1,0 +1,659 @@
+//! The node's own checks: the daemon, the lease, the subnet file, the bridge, forwarding,
+//! masquerading, the VXLAN device, MTUs.
+
+use super::{human, Check, Facts};
+use crate::backend::vxlan;
+use crate::instance;
+use crate::setup::MASQ_TABLE;
+use cbrnet_bridge::{bridge, masq, netlink};
+use cbrnet_ipam::cluster::record::unix_now;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::link::InfoKind;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+const RESTART: &str = "systemctl restart cbrnet-routed (journalctl -u cbrnet-routed says what it did)";
+/// How long /healthz may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The daemon: running (its lock), `/healthz`, and the flags it runs with against ours.
+pub fn daemon(f: &Facts<'_>, lock: &Path) -> Vec<Check> {
+    let runs = match &f.locked {
+        Err(e) => return vec![Check::unknown("daemon", e)],
+        Ok(Some(true)) => {
+            let pid = instance::lock_holder(lock)
+                .or(f.settings.as_ref().map(|s| s.pid))
+                .map_or(String::new(), |p| format!(", pid {p}"));
+            Check::ok("daemon", format!("running (holds {}{pid})", lock.display()))
+        }
+        Ok(held) => {
+            let why = match held {
+                None => "no daemon ever ran with this --subnet-file",
+                Some(_) => "nobody holds its lock",
+            };
+            return vec![Check::fail(
+                "daemon",
+                format!("not running: {why} ({})", lock.display()),
+                "systemctl start cbrnet-routed (if it runs with another --subnet-file, give doctor its flags)",
+            )];
+        }
+    };
+    let mut out = vec![runs];
+    // The settings are trusted if the daemon that wrote them holds the lock now.
+    let holder = instance::lock_holder(lock);
+    let settings = f.settings.as_ref().filter(|s| holder.is_none_or(|h| h == s.pid));
+    let addr = settings
+        .and_then(|s| s.metrics_addr.parse::<SocketAddr>().ok())
+        .unwrap_or(f.cfg.args.metrics_addr);
+    out.push(healthz(addr));
+    out.push(match (settings, &f.settings) {
+        (Some(s), _) => flags(f, s),
+        (None, Some(s)) => Check::warn(
+            "daemon.flags",
+            format!(
+                "not compared: the settings next to the lock are pid {}'s, not the lock holder's",
+                s.pid
+            ),
+            RESTART,
+        ),
+        (None, None) => Check::warn(
+            "daemon.flags",
+            format!(
+                "not compared: the daemon published no settings ({}; a cbrnet-routed older than doctor?)",
+                instance::settings_path(&f.cfg.args.subnet_file).display()
+            ),
+            RESTART,
+        ),
+    });
+    out
+}
+
+/// GET /healthz over HTTP/1.0 on the metrics address (an unspecified address is reached on the
+/// loopback of its family).
+fn healthz(mut addr: SocketAddr) -> Check {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        });
+    }
+    let get = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+        s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut resp = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut resp)?;
+        Ok(String::from_utf8_lossy(&resp).into_owned())
+    };
+    let resp = match get() {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::warn(
+                "daemon.health",
+                format!("not checked: /healthz on {addr} does not answer: {e}"),
+                "is the daemon stuck, or is its --metrics-addr elsewhere? journalctl -u cbrnet-routed",
+            )
+        }
+    };
+    let status = resp.split_whitespace().nth(1).unwrap_or("");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    match status {
+        "200" => Check::ok("daemon.health", format!("/healthz on {addr}: {body}")),
+        "503" => Check::fail(
+            "daemon.health",
+            format!("/healthz on {addr}: {body}"),
+            "the reason above; journalctl -u cbrnet-routed has the details",
+        ),
+        _ => Check::warn(
+            "daemon.health",
+            format!(
+                "/healthz on {addr} answered {:?}: not cbrnet-routed's metrics server?",
+                resp.lines().next().unwrap_or("")
+            ),
+            "give doctor the daemon's --metrics-addr",
+        ),
+    }
+}
+
+/// The daemon's flags against this command's.
+fn flags(f: &Facts<'_>, theirs: &instance::Settings) -> Check {
+    let ours = f.cfg.settings();
+    let diff: Vec<String> = theirs
+        .compared()
+        .into_iter()
+        .zip(ours.compared())
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((flag, a), (_, b))| format!("{flag}: the daemon runs with {a}, this command has {b}"))
+        .collect();
+    if !diff.is_empty() {
+        return Check::fail(
+            "daemon.flags",
+            diff.join("; "),
+            "give doctor the daemon's environment (set -a; . /etc/default/cbrnet-routed), or fix that \
+             file and restart the daemon",
+        );
+    }
+    if theirs.version != ours.version {
+        return Check::warn(
+            "daemon.flags",
+            format!(
+                "same flags; the daemon is cbrnet-routed {}, this command {}",
+                theirs.version, ours.version
+            ),
+            "restart the daemon after an upgrade: systemctl restart cbrnet-routed",
+        );
+    }
+    Check::ok(
+        "daemon.flags",
+        format!(
+            "the same as this command's (--cluster-cidr {}, --backend {}, --store {})",
+            ours.cluster_cidr, ours.backend, ours.store
+        ),
+    )
+}
+
+/// The lease: held in the store by this node, by this daemon instance, time left.
+pub fn lease(f: &Facts<'_>) -> Check {
+    let name = &f.cfg.args.node_name;
+    let listing = match &f.listing {
+        Ok(l) => l,
+        Err(e) => {
+            return Check::warn(
+                "lease",
+                format!("not checked: {e}"),
+                "check --store and the etcd flags (cbrnet-routed leases shows what the store holds)",
+            )
+        }
+    };
+    let now = unix_now();
+    let mine: Vec<_> = listing
+        .leases
+        .iter()
+        .filter(|v| v.lease.node_name == *name)
+        .collect();
+    let Some(l) = f.own_lease() else {
+        return Check::fail(
+            "lease",
+            format!("node {name} holds no lease in the store"),
+            "start the daemon (it acquires one): systemctl start cbrnet-routed",
+        );
+    };
+    if l.expired(now) {
+        return Check::fail(
+            "lease",
+            format!(
+                "{} of node {name} expired {} ago",
+                l.subnet,
+                human(now - l.expires)
+            ),
+            "the daemon renews it: is it running, and does it reach the store (daemon.health)?",
+        );
+    }
+    if let Err(why) = f.cfg.leases.check(l) {
+        return Check::fail(
+            "lease",
+            format!("{} of node {name} does not fit this cluster: {why}", l.subnet),
+            "give doctor the daemon's --cluster-cidr/--subnet-len, or release the lease and restart the daemon",
+        );
+    }
+    let me = instance::holder();
+    if let Some(h) = l.holder.as_deref().filter(|h| *h != me) {
+        return Check::fail(
+            "lease",
+            format!(
+                "{} of node {name} is held by another daemon instance ({h}; this one is {me})",
+                l.subnet
+            ),
+            "two machines or namespaces run under one --node-name: give one of them another name",
+        );
+    }
+    let left = l.expires - now;
+    let ttl = f.cfg.args.lease_ttl.as_secs();
+    let every = f.cfg.leases.renew_every().as_secs();
+    let found = format!(
+        "{} held by node {name} ({}), {} left",
+        l.subnet,
+        f.cfg.node_ip,
+        human(left)
+    );
+    if mine.len() > 1 {
+        return Check::warn(
+            "lease",
+            format!("{found}; and {} more leases under this name", mine.len() - 1),
+            "cbrnet-routed leases; release what this node no longer holds",
+        );
+    }
+    // Renewed every `every`: two renewals missed is news.
+    if left + 2 * every < ttl && f.cfg.args.lease_ttl > Duration::ZERO {
+        return Check::warn(
+            "lease",
+            format!(
+                "{found}: not renewed for {} (renewed every {})",
+                human(ttl - left),
+                human(every)
+            ),
+            "is the daemon running and does it reach the store? journalctl -u cbrnet-routed",
+        );
+    }
+    Check::ok("lease", found)
+}
+
+/// The subnet file: there, valid, and naming the held subnet and this cluster.
+pub fn subnet_file(f: &Facts<'_>) -> Check {
+    let path = f.cfg.args.subnet_file.display();
+    let file = match &f.file {
+        Ok(file) => file,
+        Err(e) => {
+            return Check::fail(
+                "subnet-file",
+                format!("{e}: pods cannot start (ADD fails with code 11, try again later)"),
+                format!("the daemon writes {path} once it holds a lease: {RESTART}"),
+            )
+        }
+    };
+    let mut wrong = Vec::new();
+    if let Some(l) = f.own_lease() {
+        if l.subnet != file.subnet {
+            wrong.push(format!("subnet {}, the lease {}", file.subnet, l.subnet));
+        }
+    }
+    let gw = cbrnet_ipam::cluster::Lease::gateway_of(file.subnet);
+    if file.gateway != gw {
+        wrong.push(format!("gateway {}, not {gw}", file.gateway));
+    }
+    if file.cluster_cidr != Some(f.cfg.cluster_cidr) {
+        wrong.push(format!(
+            "clusterCIDR {}, not --cluster-cidr {}",
+            file.cluster_cidr.map_or("none".into(), |c| c.to_string()),
+            f.cfg.cluster_cidr
+        ));
+    }
+    let mtu = file.mtu.map_or("none".into(), |m| m.to_string());
+    if wrong.is_empty() {
+        Check::ok(
+            "subnet-file",
+            format!("{path}: {} gateway {} mtu {mtu}", file.subnet, file.gateway),
+        )
+    } else {
+        Check::fail(
+            "subnet-file",
+            format!("{path}: {}", wrong.join("; ")),
+            format!("the daemon rewrites it at its next resync; if it does not: {RESTART}"),
+        )
+    }
+}
+
+/// The bridge: a bridge, up, with the held subnet's gateway and no other address of the cluster.
+pub async fn bridge(f: &Facts<'_>) -> Check {
+    let name = &f.cfg.args.bridge;
+    let nl = match &f.nl {
+        Ok(nl) => nl,
+        Err(e) => return Check::unknown("bridge", e),
+    };
+    let l = match nl.link(name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return Check::fail(
+                "bridge",
+                format!("{name} does not exist"),
+                format!("the daemon makes it at once; if it does not: {RESTART}"),
+            )
+        }
+        Err(e) => return Check::unknown("bridge", e),
+    };
+    if netlink::kind(&l) != Some(&InfoKind::Bridge) {
+        let kind = netlink::kind(&l).map_or("unknown".into(), |k| format!("{k:?}").to_lowercase());
+        return Check::fail(
+            "bridge",
+            format!("{name} is a {kind} link, not a bridge"),
+            format!("remove it (ip link del {name}) and let the daemon make the bridge, or give --bridge another name"),
+        );
+    }
+    let Some(subnet) = f.subnet() else {
+        return Check::warn(
+            "bridge",
+            format!("{name} is a bridge; its gateway not checked: the node holds no subnet"),
+            "see lease and subnet-file",
+        );
+    };
+    let gw = cbrnet_ipam::cluster::Lease::gateway_of(subnet);
+    let want = IpNetwork::new(gw, subnet.prefix()).ok();
+    let have = match bridge::ipv4_addresses(nl, l.header.index).await {
+        Ok(a) => a,
+        Err(e) => return Check::unknown("bridge", e),
+    };
+    let mut wrong = Vec::new();
+    let mut fixes = Vec::new();
+    if !netlink::is_up(&l) {
+        wrong.push("down".to_string());
+        fixes.push(format!("ip link set {name} up"));
+    }
+    if let Some(w) = want.filter(|w| !have.contains(w)) {
+        wrong.push(format!("no gateway {w}"));
+        fixes.push(format!("ip addr add {w} dev {name}"));
+    }
+    for a in have
+        .iter()
+        .filter(|a| Some(**a) != want && f.cfg.cluster_cidr.contains(a.ip()))
+    {
+        wrong.push(format!("stale address {a} (a subnet this node does not hold)"));
+        fixes.push(format!("ip addr del {a} dev {name}"));
+    }
+    if wrong.is_empty() {
+        Check::ok(
+            "bridge",
+            format!(
+                "{name}: bridge, up, gateway {}",
+                want.map_or(gw.to_string(), |w| w.to_string())
+            ),
+        )
+    } else {
+        Check::fail(
+            "bridge",
+            format!("{name}: {}", wrong.join("; ")),
+            format!(
+                "the daemon repairs it at once; if it does not, restart it, or by hand: {}",
+                fixes.join("; ")
+            ),
+        )
+    }
+}
+
+/// Forwarding on for each family the node routes pods of.
+pub fn forwarding(f: &Facts<'_>) -> Vec<Check> {
+    let mut knobs = vec![(
+        "forwarding.ipv4",
+        "/proc/sys/net/ipv4/ip_forward",
+        "net.ipv4.ip_forward",
+    )];
+    if f.file.as_ref().is_ok_and(|file| file.ipv6_subnet.is_some()) {
+        knobs.push((
+            "forwarding.ipv6",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ));
+    }
+    knobs
+        .into_iter()
+        .map(|(check, path, sysctl)| match std::fs::read(path) {
+            Ok(v) if v.first() == Some(&b'1') => Check::ok(check, format!("{sysctl} = 1")),
+            Ok(v) => Check::fail(
+                check,
+                format!(
+                    "{sysctl} = {}: pods cannot reach other nodes",
+                    String::from_utf8_lossy(&v).trim()
+                ),
+                format!("sysctl -w {sysctl}=1 (the daemon sets it at its next resync)"),
+            ),
+            Err(e) => Check::unknown(check, format!("reading {path}: {e}")),
+        })
+        .collect()
+}
+
+/// The masquerade table of `--ip-masq`.
+pub fn masquerade(f: &Facts<'_>) -> Check {
+    if !f.cfg.args.ip_masq {
+        return Check::ok("masquerade", "off (no --ip-masq)");
+    }
+    let Some(subnet) = f.subnet() else {
+        return Check::warn(
+            "masquerade",
+            "not checked: the node holds no subnet",
+            "see lease and subnet-file",
+        );
+    };
+    let rules = [masq::Masq {
+        subnet,
+        cluster: f.cfg.cluster_cidr,
+    }];
+    match masq::is_in_place(MASQ_TABLE, &rules) {
+        Ok(true) => Check::ok(
+            "masquerade",
+            format!(
+                "table inet {MASQ_TABLE}: {subnet} masqueraded outside {}",
+                f.cfg.cluster_cidr
+            ),
+        ),
+        Ok(false) => Check::fail(
+            "masquerade",
+            format!("table inet {MASQ_TABLE} is missing or not exactly the rule for {subnet}"),
+            format!("the daemon replaces it at its next resync; to see it: nft list table inet {MASQ_TABLE}"),
+        ),
+        Err(e) => Check::unknown("masquerade", format!("listing nftables: {e}")),
+    }
+}
+
+/// The underlay link (the one with the node IP): index, MTU.
+async fn underlay(f: &Facts<'_>) -> Option<(u32, u32)> {
+    let links = f.links.as_ref().ok()?;
+    let nl = f.nl.as_ref().ok()?;
+    let (_, index) = links.iter().find(|(n, _)| n.ip() == f.cfg.node_ip)?;
+    let mut s = nl.handle.link().get().match_index(*index).execute();
+    let l = futures::TryStreamExt::try_next(&mut s).await.ok()??;
+    Some((*index, netlink::mtu(&l)?))
+}
+
+/// The VXLAN device's MTU the daemon gives it: the underlay's less the encapsulation.
+pub(crate) fn vxlan_mtu(underlay: u32) -> u32 {
+    underlay.saturating_sub(vxlan::OVERHEAD_V4).max(68)
+}
+
+/// The VXLAN device: ours, as the daemon makes it (or none, on host-gw).
+pub async fn vxlan_device(f: &Facts<'_>) -> Check {
+    let args = &f.cfg.args;
+    let nl = match &f.nl {
+        Ok(nl) => nl,
+        Err(e) => return Check::unknown("vxlan.device", e),
+    };
+    let l = match nl.link(vxlan::DEVICE).await {
+        Ok(l) => l,
+        Err(e) => return Check::unknown("vxlan.device", e),
+    };
+    if !args.backend.uses_vxlan() {
+        return match l {
+            None => Check::ok("vxlan.device", "none (--backend host-gw)"),
+            Some(l) => match vxlan::drift(&l, &spec(f, 0)) {
+                Err(_) => Check::ok(
+                    "vxlan.device",
+                    format!("none of ours (--backend host-gw; {} is another's)", vxlan::DEVICE),
+                ),
+                Ok(_) => Check::warn(
+                    "vxlan.device",
+                    format!(
+                        "{} of VNI {} is still there on --backend host-gw",
+                        vxlan::DEVICE,
+                        args.vxlan_vni
+                    ),
+                    format!(
+                        "the daemon deletes it at its next resync; or: ip link del {}",
+                        vxlan::DEVICE
+                    ),
+                ),
+            },
+        };
+    }
+    let Some(l) = l else {
+        return Check::fail(
+            "vxlan.device",
+            format!(
+                "{} does not exist: peers across networks are cut off",
+                vxlan::DEVICE
+            ),
+            format!("the daemon makes it at once; if it does not: {RESTART}"),
+        );
+    };
+    let Some((_, u)) = underlay(f).await else {
+        return Check::warn(
+            "vxlan.device",
+            format!("not checked: --node-ip {} is on no link here", f.cfg.node_ip),
+            "bring the node's address up, or give doctor the daemon's --node-ip",
+        );
+    };
+    match vxlan::drift(&l, &spec(f, vxlan_mtu(u))) {
+        Err(why) => Check::fail(
+            "vxlan.device",
+            why.clone(),
+            why.split(" (")
+                .nth(1)
+                .map_or("remove or rename it, or run --backend host-gw".into(), |s| {
+                    s.trim_end_matches(')').to_string()
+                }),
+        ),
+        Ok(d) if d.is_empty() => Check::ok(
+            "vxlan.device",
+            format!(
+                "{}: VNI {}, port {}, local {}, MTU {}, up",
+                vxlan::DEVICE,
+                args.vxlan_vni,
+                args.vxlan_port,
+                f.cfg.node_ip,
+                vxlan_mtu(u)
+            ),
+        ),
+        Ok(d) => Check::fail(
+            "vxlan.device",
+            format!("{}: {}", vxlan::DEVICE, d.join("; ")),
+            format!("the daemon puts it right at once; if it does not: {RESTART}"),
+        ),
+    }
+}
+
+fn spec(f: &Facts<'_>, mtu: u32) -> vxlan::Spec {
+    let args = &f.cfg.args;
+    vxlan::Spec {
+        vni: args.vxlan_vni,
+        port: args.vxlan_port,
+        local: f.cfg.node_ip,
+        mac: vxlan::vtep_mac(&args.node_name),
+        mtu,
+        addresses: Vec::new(),
+        cluster_cidrs: f.cfg.cluster_cidrs().collect(),
+        tx_csum_offload: args.vxlan_tx_csum_offload,
+    }
+}
+
+/// MTUs: the underlay, the VXLAN device, the subnet file and the pods' host ends agree.
+pub async fn mtu(f: &Facts<'_>) -> Check {
+    let args = &f.cfg.args;
+    let nl = match &f.nl {
+        Ok(nl) => nl,
+        Err(e) => return Check::unknown("mtu", e),
+    };
+    let Some((_, u)) = underlay(f).await else {
+        return Check::warn(
+            "mtu",
+            format!("not checked: --node-ip {} is on no link here", f.cfg.node_ip),
+            "bring the node's address up, or give doctor the daemon's --node-ip",
+        );
+    };
+    let mut found = vec![format!("underlay {u}")];
+    let mut wrong = Vec::new();
+    let vx = if args.backend.uses_vxlan() {
+        let want = vxlan_mtu(u);
+        match nl
+            .link(vxlan::DEVICE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| netlink::mtu(&l))
+        {
+            Some(m) if m == want => found.push(format!("{} {m}", vxlan::DEVICE)),
+            Some(m) => wrong.push(format!("{} {m}, not {want} (underlay less 50)", vxlan::DEVICE)),
+            None => {}
+        }
+        Some(want)
+    } else {
+        None
+    };
+    // The pods' MTU as the daemon publishes it.
+    let pods_want = args.mtu.or(vx);
+    if let Ok(file) = &f.file {
+        if file.mtu == pods_want {
+            found.push(format!(
+                "subnet file {}",
+                file.mtu.map_or("none (the bridge's)".into(), |m| m.to_string())
+            ));
+        } else {
+            wrong.push(format!(
+                "subnet file {}, not {}",
+                file.mtu.map_or("none".into(), |m| m.to_string()),
+                pods_want.map_or("none".into(), |m| m.to_string())
+            ));
+        }
+    }
+    if let (Some(m), Some(v)) = (args.mtu, vx) {
+        if m > v {
+            wrong.push(format!(
+                "--mtu {m} is more than the VXLAN path carries ({v}): full-size packets to peers across networks are dropped"
+            ));
+        }
+    }
+    // The pods' host ends: ports of the bridge.
+    let ports = match host_ends(f).await {
+        Ok(p) => p,
+        Err(e) => return Check::unknown("mtu", e),
+    };
+    let pods = pods_want.unwrap_or(1500);
+    let odd: Vec<String> = ports
+        .iter()
+        .filter(|(_, m)| *m != pods)
+        .map(|(n, m)| format!("{n} {m}"))
+        .collect();
+    if ports.is_empty() {
+        found.push("no pods".into());
+    } else if odd.is_empty() {
+        found.push(format!("{} pod(s) {pods}", ports.len()));
+    }
+    if !wrong.is_empty() {
+        return Check::fail(
+            "mtu",
+            format!("{}; {}", wrong.join("; "), found.join(", ")),
+            format!("the daemon follows the underlay at once; if it does not: {RESTART}; --mtu must fit the underlay less 50 on vxlan/auto"),
+        );
+    }
+    if !odd.is_empty() {
+        return Check::warn(
+            "mtu",
+            format!(
+                "{}; {} of {} pods' host ends not at {pods}: {}",
+                found.join(", "),
+                odd.len(),
+                ports.len(),
+                super::some(&odd, 5)
+            ),
+            "pods started before the MTU changed keep their MTU: recreate them",
+        );
+    }
+    Check::ok("mtu", found.join(", "))
+}
+
+/// The bridge's ports that are veths (the pods' host ends): name, MTU.
+async fn host_ends(f: &Facts<'_>) -> Result<Vec<(String, u32)>, String> {
+    let nl = f.nl.as_ref().map_err(String::clone)?;
+    let Some(br) = nl.link(&f.cfg.args.bridge).await.map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    let mut s = nl.handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(l) = futures::TryStreamExt::try_next(&mut s)
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        if netlink::controller(&l) == Some(br.header.index) && netlink::kind(&l) == Some(&InfoKind::Veth) {
+            let name = l
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push((name, netlink::mtu(&l).unwrap_or(0)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
