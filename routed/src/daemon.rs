@@ -795,6 +795,7 @@ impl Node {
                 self.held = new;
                 self.me.prefer = Some(self.held.lease.subnet);
                 self.own_invalid = false;
+                self.metrics.set_problem(Problem::NameHeld, None);
                 backoff.reset();
                 // Others judge the lease by the time it was written, which this answer cannot
                 // vouch for when it came back late: look at the store again at once.
@@ -819,8 +820,10 @@ impl Node {
                 let due = if !matches!(e, ClusterError::NameHeld { .. }) {
                     store_failed(&self.metrics, &e)
                 } else {
-                    // Another daemon took this node's name while this one was silent.
-                    self.metrics.set_ready(false);
+                    // Another daemon took this node's name while this one was silent: a
+                    // problem until a renewal succeeds, so that the set-up that follows each
+                    // renewal cannot make the node look fine again.
+                    self.metrics.set_problem(Problem::NameHeld, Some(e.to_string()));
                     true
                 };
                 let d = backoff.next();

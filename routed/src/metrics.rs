@@ -86,6 +86,8 @@ pub enum Problem {
     Backend,
     /// Peers this node's backend cannot reach.
     Peers,
+    /// Another daemon holds this node's name (it took the name while this one was silent).
+    NameHeld,
 }
 
 impl Default for Metrics {

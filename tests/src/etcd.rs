@@ -16,6 +16,8 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     tls: Option<ServerTls>,
+    /// A member of a cluster: its name and `--initial-cluster` (None: a cluster of its own).
+    member: Option<(String, String)>,
 }
 
 /// etcd's TLS: its certificate and key, and the CA its clients' certificates must be signed by
@@ -46,9 +48,39 @@ impl Etcd {
             dir: crate::temp_dir(),
             child: None,
             tls,
+            member: None,
         };
         e.resume();
         e
+    }
+
+    /// A cluster of plain members inside `ns`, one on each of `hosts` (addresses of that
+    /// namespace), named `m0`, `m1`..; returns once each listens.
+    pub fn cluster_in(ns: &Netns, hosts: &[&str]) -> Vec<Etcd> {
+        let initial: Vec<String> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("m{i}=http://{h}:{PEER_PORT}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members: Vec<Etcd> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Etcd {
+                host: (*h).into(),
+                ns_path: ns.path(),
+                dir: crate::temp_dir(),
+                child: None,
+                tls: None,
+                member: Some((format!("m{i}"), initial.clone())),
+            })
+            .collect();
+        // Each listens before the cluster has a leader, so starting them in turn does not wait
+        // for a quorum.
+        for m in &mut members {
+            m.resume();
+        }
+        members
     }
 
     /// The CA that client certificates must be signed by from the next [`Etcd::resume`] on.
@@ -90,7 +122,11 @@ impl Etcd {
         let client = self.url();
         let peer = format!("http://{}:{PEER_PORT}", self.host);
         let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "default", "--data-dir"])
+        let (name, initial) = self
+            .member
+            .clone()
+            .unwrap_or_else(|| ("default".into(), format!("default={peer}")));
+        cmd.args(["--name", &name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -104,7 +140,7 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--initial-cluster", &initial])
             // Each authentication costs a bcrypt of the password: the cheapest there is, in tests.
             .args(["--bcrypt-cost", "4"])
             .stdout(Stdio::null());

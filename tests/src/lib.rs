@@ -4,6 +4,7 @@
 //! The harness itself uses `ip` (iproute2) to make namespaces and to look inside them; the
 //! product never does.
 
+pub mod chaos;
 pub mod etcd;
 pub mod lab;
 pub mod pki;

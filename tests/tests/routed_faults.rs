@@ -344,6 +344,55 @@ fn one_node_name_one_daemon_etcd() {
     one_node_name_one_daemon("onenamee", StoreKind::Etcd);
 }
 
+/// A daemon stopped past its TTL whose name another daemon took meanwhile says it is not fine
+/// once it runs again, for as long as the other holds the name (its set-up still succeeds).
+#[test]
+fn a_daemon_whose_name_was_taken_over_is_unhealthy() {
+    let mut lab = Lab::new("takenover", StoreKind::File);
+    for _ in 0..3 {
+        lab.add_node();
+    }
+    for i in 0..2 {
+        lab.nodes[i].flags = vec!["--lease-ttl".into(), "3s".into()];
+        lab.start(i);
+    }
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.http_get(0, "/healthz").0 == 200));
+    let subnet = lab.nodes[0].subnet().unwrap();
+    let pid = nix::unistd::Pid::from_raw(lab.nodes[0].daemon.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // another machine's daemon takes node 0's name once its lease has gone unrenewed
+    lab.nodes[2].name = "node-0".into();
+    lab.nodes[2].flags = vec!["--lease-ttl".into(), "3s".into()];
+    lab.spawn(2);
+    let via_2 = format!("{subnet} via {}", lab.nodes[2].ip);
+    assert!(
+        lab.wait_routes(1, Duration::from_secs(15), |t| t.contains(&via_2))
+            .is_some(),
+        "{}\n{}",
+        lab.nodes[1].route_table(),
+        lab.nodes[2].log()
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let taken = |l: &Lab| {
+        let (status, body) = l.http_get(0, "/healthz");
+        status == 503 && body.contains("held by another")
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(5), taken),
+        "{:?}\n{}",
+        lab.http_get(0, "/healthz"),
+        lab.nodes[0].log()
+    );
+    // it stays so across its renewals and set-ups
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        taken(&lab),
+        "{:?}\n{}",
+        lab.http_get(0, "/healthz"),
+        lab.nodes[0].log()
+    );
+}
+
 #[test]
 fn a_second_daemon_on_the_same_node_waits_for_the_first() {
     let mut lab = lab_of("twice", 1, StoreKind::File);

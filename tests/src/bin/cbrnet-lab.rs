@@ -45,6 +45,59 @@ enum Cmd {
     Status,
     /// Remove the running lab.
     Down,
+    /// Build the lab, inject faults drawn from a seed while checking the cluster's promises
+    /// every 200 ms, print a report, tear it down; exit 1 on a violation (RELIABILITY.md).
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args, Clone)]
+struct ChaosArgs {
+    /// Nodes.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..=50))]
+    nodes: u16,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=50))]
+    pods: u16,
+    /// How long to inject faults (120s, 30m; a number is seconds); the last round then finishes.
+    #[arg(long, default_value = "120s", value_parser = parse_secs)]
+    duration: u64,
+    /// The seed the faults are drawn from (printed; a random one if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where the leases live.
+    #[arg(long, value_enum, default_value_t = Store::File)]
+    store: Store,
+    /// etcd members (with --store etcd): 3 makes quorum loss one of the faults.
+    #[arg(long, default_value_t = 1, value_parser = parse_members)]
+    etcd_members: usize,
+    /// The daemons' lease TTL (short, so that faults past it are quick).
+    #[arg(long, default_value = "4s", value_parser = parse_secs)]
+    lease_ttl: u64,
+}
+
+fn parse_members(s: &str) -> Result<usize, String> {
+    match s {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err("1 or 3".into()),
+    }
+}
+
+/// Seconds from `120`, `120s`, `30m` or `1h`.
+fn parse_secs(s: &str) -> Result<u64, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (120s, 30m)"))?;
+    match unit {
+        "s" => Ok(n),
+        "m" => Ok(n * 60),
+        "h" => Ok(n * 3600),
+        _ => Err(format!("{s:?}: the unit is s, m or h")),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -117,6 +170,7 @@ fn main() {
         Some(Cmd::Up(shape)) => up(&shape),
         Some(Cmd::Status) => status(),
         Some(Cmd::Down) => down(),
+        Some(Cmd::Chaos(a)) => chaos(&a),
     }
 }
 
@@ -379,4 +433,45 @@ fn down() {
     }
     let _ = std::fs::remove_file(state_path());
     println!("the lab is down");
+}
+
+fn chaos(a: &ChaosArgs) {
+    use cbrnet_tests::chaos;
+    if let Err(e) = cbrnet_tests::tear_down_on_signals() {
+        fail(&format!("handling signals: {e}"));
+    }
+    if a.lease_ttl < 2 {
+        fail("--lease-ttl must be at least 2s");
+    }
+    let cfg = chaos::Config {
+        nodes: a.nodes.into(),
+        pods: a.pods.into(),
+        duration: Duration::from_secs(a.duration),
+        seed: a.seed.unwrap_or_else(chaos::rng::fresh_seed),
+        store: match a.store {
+            Store::File => StoreKind::File,
+            Store::Etcd => StoreKind::Etcd,
+        },
+        etcd_members: a.etcd_members,
+        lease_ttl: a.lease_ttl,
+        tag: "chaos".into(),
+    };
+    println!("seed {} (replay: {})", cfg.seed, cfg.replay());
+    // A panic of the runner unwinds through the lab's guards, which remove what they made; it
+    // is a failure of the run all the same.
+    let report = match std::panic::catch_unwind(|| chaos::run(&cfg)) {
+        Ok(r) => r,
+        Err(_) => {
+            cbrnet_tests::tear_down();
+            fail(&format!(
+                "the chaos runner failed (seed {}); replay: {}",
+                cfg.seed,
+                cfg.replay()
+            ));
+        }
+    };
+    report.print(&cfg);
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,332 @@
+//! The lab under chaos: the lab's nodes and pods, the store (a file store, one etcd or a cluster
+//! of three), and what the runner has done to each node, which the checks need to judge it.
+
+use crate::etcd::Etcd;
+use crate::lab::{Lab, StoreKind};
+use crate::{result_ip, Call, KillOnDrop, Netns};
+use std::process::Command;
+use std::time::Duration;
+
+/// Where etcd keeps the lab's records.
+pub const PREFIX: &str = "/cbrnet/subnets/";
+
+/// What the runner has done to a node, as far as the checks are concerned.
+#[derive(Default)]
+pub struct NodeState {
+    /// Its daemon was killed and is not running.
+    pub killed: bool,
+    /// Its daemon is stopped (SIGSTOP).
+    pub stopped: bool,
+    /// Its underlay link is down.
+    pub link_down: bool,
+    /// nftables drops its traffic with the store.
+    pub store_cut: bool,
+    /// A process holds its network's IPAM lock.
+    pub lock: Option<KillOnDrop>,
+}
+
+impl NodeState {
+    /// Does its daemon run and see the store, so that its routes must follow the records?
+    pub fn sees_store(&self) -> bool {
+        !(self.killed || self.stopped || self.link_down || self.store_cut)
+    }
+    /// Does its daemon run (neither killed nor stopped)?
+    pub fn live(&self) -> bool {
+        !(self.killed || self.stopped)
+    }
+}
+
+// Fields drop in order: the lab (daemons, then its store and underlay) before the etcd members,
+// whose namespace is the lab's underlay.
+pub struct World {
+    pub lab: Lab,
+    pub members: Vec<Etcd>,
+    pub state: Vec<NodeState>,
+    /// etcd members down (indexes into `members`, or 0 for the lab's single etcd).
+    pub members_down: Vec<usize>,
+    /// Keys of entries the runner wrote into the store and has not removed yet.
+    pub junk: Vec<String>,
+    pub lease_ttl: u64,
+    pod_seq: usize,
+    rt: tokio::runtime::Runtime,
+    etcd: Option<etcd_client::Client>,
+}
+
+impl World {
+    /// Builds the lab: `nodes` nodes with `pods` pods each, daemons with a lease TTL of
+    /// `lease_ttl` seconds, on the store asked for. Runs on a thread inside the lab's underlay
+    /// namespace (see [`World::run_in_underlay`]): the store is reached from there.
+    pub fn build(
+        tag: &str,
+        nodes: usize,
+        pods: usize,
+        store: StoreKind,
+        members: usize,
+        lease_ttl: u64,
+    ) -> World {
+        let (mut lab, cluster) = if store == StoreKind::Etcd && members > 1 {
+            let mut lab = Lab::new(tag, StoreKind::File);
+            let hosts: Vec<String> = (0..members).map(|i| format!("192.168.50.{}", 2 + i)).collect();
+            for h in &hosts {
+                lab.underlay
+                    .ok(&["ip", "addr", "add", &format!("{h}/24"), "dev", "ul0"]);
+            }
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let cluster = Etcd::cluster_in(&lab.underlay, &hosts);
+            let urls: Vec<String> = cluster.iter().map(Etcd::url).collect();
+            lab.store = format!("etcd:{}", urls.join(","));
+            (lab, cluster)
+        } else {
+            (Lab::new(tag, store), Vec::new())
+        };
+        for _ in 0..nodes {
+            let i = lab.add_node();
+            lab.nodes[i].flags = vec!["--lease-ttl".into(), format!("{lease_ttl}s")];
+            lab.start(i);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("building a tokio runtime");
+        let mut w = World {
+            lab,
+            members: cluster,
+            state: (0..nodes).map(|_| NodeState::default()).collect(),
+            members_down: Vec::new(),
+            junk: Vec::new(),
+            lease_ttl,
+            pod_seq: 0,
+            rt,
+            etcd: None,
+        };
+        for i in 0..nodes {
+            for _ in 0..pods {
+                if let Err(e) = w.add_pod(i) {
+                    panic!("adding the lab's pods: {e}");
+                }
+            }
+        }
+        w
+    }
+
+    /// The etcd endpoints of the store (empty with the file store).
+    pub fn etcd_urls(&self) -> Vec<String> {
+        match self.lab.store.strip_prefix("etcd:") {
+            Some(urls) => urls.split(',').map(str::to_owned).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The etcd members' addresses.
+    pub fn etcd_hosts(&self) -> Vec<String> {
+        self.etcd_urls()
+            .iter()
+            .filter_map(|u| {
+                let rest = u.strip_prefix("http://")?;
+                Some(rest.rsplit_once(':')?.0.to_owned())
+            })
+            .collect()
+    }
+
+    /// How many etcd members there are (0: the file store).
+    pub fn member_count(&self) -> usize {
+        self.etcd_urls().len()
+    }
+
+    /// Is the store answering (every member up, or a quorum of them)?
+    pub fn store_up(&self) -> bool {
+        let n = self.member_count();
+        n == 0 || (n - self.members_down.len()) * 2 > n
+    }
+
+    /// Runs `f` on the runtime, for at most `limit`; `None` if it did not finish in time.
+    pub fn block_on<T>(&self, limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+        self.rt
+            .block_on(async { tokio::time::timeout(limit, f).await.ok() })
+    }
+
+    /// An etcd client (connected once, lazily; it follows the members as they come and go).
+    fn etcd_client(&mut self) -> Option<etcd_client::Client> {
+        if self.etcd.is_none() {
+            let urls = self.etcd_urls();
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(Duration::from_secs(1));
+            self.etcd = self
+                .block_on(
+                    Duration::from_secs(2),
+                    etcd_client::Client::connect(urls, Some(opts)),
+                )
+                .and_then(Result::ok);
+        }
+        self.etcd.clone()
+    }
+
+    /// Writes `bytes` under store key `key` as they are (file store: the bytes are the file).
+    pub fn put_raw(&mut self, key: &str, bytes: &[u8]) -> Result<(), String> {
+        if self.member_count() == 0 {
+            let dir = self.lab.store_dir();
+            let tmp = dir.with_file_name(format!(".chaos-put-{key}"));
+            std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+            return std::fs::rename(&tmp, dir.join(key)).map_err(|e| e.to_string());
+        }
+        let mut c = self.etcd_client().ok_or("no etcd client")?;
+        let key = format!("{PREFIX}{key}");
+        match self.block_on(Duration::from_secs(2), c.put(key, bytes.to_vec(), None)) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("etcd did not answer in 2 s".into()),
+        }
+    }
+
+    /// Removes store key `key`.
+    pub fn delete_raw(&mut self, key: &str) -> Result<(), String> {
+        if self.member_count() == 0 {
+            return match std::fs::remove_file(self.lab.store_dir().join(key)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            };
+        }
+        let mut c = self.etcd_client().ok_or("no etcd client")?;
+        let key = format!("{PREFIX}{key}");
+        match self.block_on(Duration::from_secs(2), c.delete(key, None)) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("etcd did not answer in 2 s".into()),
+        }
+    }
+
+    /// etcd's live lease objects: (id, keys attached).
+    pub fn etcd_leases(&mut self) -> Result<Vec<(i64, Vec<String>)>, String> {
+        let mut c = self.etcd_client().ok_or("no etcd client")?;
+        let ids = match self.block_on(Duration::from_secs(2), c.leases()) {
+            Some(Ok(r)) => r.leases().iter().map(|l| l.id()).collect::<Vec<_>>(),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("etcd did not answer in 2 s".into()),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let opts = etcd_client::LeaseTimeToLiveOptions::new().with_keys();
+            match self.block_on(Duration::from_secs(2), c.lease_time_to_live(id, Some(opts))) {
+                Some(Ok(r)) => out.push((
+                    id,
+                    r.keys()
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect(),
+                )),
+                // Expired between the two calls.
+                Some(Err(_)) => {}
+                None => return Err("etcd did not answer in 2 s".into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store's records and bad entries, as the daemons read them.
+    pub fn listing(&mut self) -> Result<cbrnet_ipam::cluster::record::Listing, String> {
+        use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
+        let spec: cbrnet_ipam::cluster::store::StoreSpec = self
+            .lab
+            .store
+            .parse()
+            .map_err(|e: cbrnet_ipam::cluster::ClusterError| e.to_string())?;
+        let list = async {
+            let s = AnyStore::open(&spec, PREFIX, false).await?;
+            s.list().await
+        };
+        match self.block_on(Duration::from_secs(2), list) {
+            Some(r) => r.map_err(|e| e.to_string()),
+            None => Err("the store did not answer in 2 s".into()),
+        }
+    }
+
+    /// Adds a pod on node `i` through the plugin; its address, or why the ADD failed.
+    pub fn add_pod(&mut self, i: usize) -> Result<String, String> {
+        let conf = self.lab.pod_conf(i);
+        self.pod_seq += 1;
+        let id = format!("{}-c{}", self.lab.nodes[i].name, self.pod_seq);
+        let pod = Netns::new(&format!("{}-p", self.tag()));
+        let out = Call::new("ADD", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+        if !out.ok {
+            // What a runtime does after a failed ADD.
+            let _ = Call::new("DEL", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+            return Err(format!("{} {}", out.json, out.stderr));
+        }
+        let ip = result_ip(&out.json);
+        self.lab.nodes[i].pods.push((pod, id, ip.clone()));
+        Ok(ip)
+    }
+
+    /// Deletes pod `k` of node `i` through the plugin, then its namespace.
+    pub fn del_pod(&mut self, i: usize, k: usize) -> Result<(), String> {
+        let conf = self.lab.pod_conf(i);
+        let (pod, id, _) = self.lab.nodes[i].pods.remove(k);
+        let out = Call::new("DEL", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+        if out.ok {
+            Ok(())
+        } else {
+            Err(format!("DEL {id}: {} {}", out.json, out.stderr))
+        }
+    }
+
+    /// An ADD killed while it runs (at `point`), then the runtime's DEL; the pod is gone.
+    pub fn killed_add(&mut self, i: usize, point: &'static str) -> Result<(), String> {
+        let conf = self.lab.pod_conf(i);
+        self.pod_seq += 1;
+        let id = format!("{}-k{}", self.lab.nodes[i].name, self.pod_seq);
+        let pod = Netns::new(&format!("{}-p", self.tag()));
+        let ns = &self.lab.nodes[i].node.ns;
+        Call::new("ADD", &id, pod.path(), "eth0")
+            .start_stopped_at(ns, &conf, point)
+            .kill();
+        let out = Call::new("DEL", &id, pod.path(), "eth0").run(ns, &conf);
+        if out.ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "DEL after a killed ADD {id}: {} {}",
+                out.json, out.stderr
+            ))
+        }
+    }
+
+    /// Holds node `i`'s IPAM lock from another process (as a plugin stopped mid-ADD would).
+    pub fn hold_lock(&mut self, i: usize) {
+        let lock = self.lab.nodes[i].node.data_dir().join("labnet").join("lock");
+        let child = Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", "3600"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("running flock (util-linux)");
+        crate::register_daemon(child.id());
+        self.state[i].lock = Some(KillOnDrop(child));
+    }
+
+    fn tag(&self) -> String {
+        self.lab
+            .underlay
+            .name
+            .strip_prefix("cbt-")
+            .and_then(|n| n.split('-').next())
+            .unwrap_or("chaos")
+            .to_owned()
+    }
+
+    /// Runs a command in node `i`'s namespace (`ip -n` where it can, which enters the network
+    /// namespace only); its stdout, or its stderr as the error.
+    pub fn node_cmd(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let ns = &self.lab.nodes[i].node.ns.name;
+        let out = if args[0] == "ip" {
+            Command::new("ip").args(["-n", ns]).args(&args[1..]).output()
+        } else {
+            Command::new("ip").args(["netns", "exec", ns]).args(args).output()
+        };
+        match out {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
