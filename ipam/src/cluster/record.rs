@@ -70,11 +70,6 @@ impl Lease {
             .chain(self.ipv6_subnet.map(IpNetwork::V6))
             .collect()
     }
-
-    /// The gateway of `subnet`: its first address.
-    pub fn gateway_of(subnet: IpNetwork) -> IpAddr {
-        gateway_of(subnet)
-    }
 }
 
 /// The gateway of a node subnet: its first address (on the node's bridge).

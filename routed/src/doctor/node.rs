@@ -260,7 +260,7 @@ pub fn subnet_file(f: &Facts<'_>) -> Check {
             wrong.push(format!("subnet {}, the lease {}", file.subnet, l.subnet));
         }
     }
-    let gw = cbrnet_ipam::cluster::Lease::gateway_of(file.subnet);
+    let gw = cbrnet_ipam::cluster::record::gateway_of(file.subnet);
     if file.gateway != gw {
         wrong.push(format!("gateway {}, not {gw}", file.gateway));
     }
@@ -319,7 +319,7 @@ pub async fn bridge(f: &Facts<'_>) -> Check {
             "see lease and subnet-file",
         );
     };
-    let gw = cbrnet_ipam::cluster::Lease::gateway_of(subnet);
+    let gw = cbrnet_ipam::cluster::record::gateway_of(subnet);
     let want = IpNetwork::new(gw, subnet.prefix()).ok();
     let have = match bridge::ipv4_addresses(nl, l.header.index).await {
         Ok(a) => a,

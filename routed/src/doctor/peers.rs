@@ -417,7 +417,7 @@ pub(crate) fn probe(f: &Facts<'_>, wanted: Option<&Wanted>) -> Vec<Check> {
     let targets: Vec<std::net::Ipv4Addr> = w
         .peers
         .iter()
-        .map(|l| match Lease::gateway_of(l.subnet) {
+        .map(|l| match cbrnet_ipam::cluster::record::gateway_of(l.subnet) {
             IpAddr::V4(a) => a,
             IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
         })
