@@ -987,10 +987,18 @@ impl Node {
                 tracing::info!("{put} routes installed, {removed} removed");
             }
             // Nexthops no wanted route goes through any more (deleting one takes its routes along).
-            if let (Some(known), true) = (
-                &mut self.nh_known,
-                self.nexthops && first_error.is_none() && !(plan.put.is_empty() && plan.delete.is_empty()),
-            ) {
+            // Those of an earlier run are known only from a dump.
+            let sweep =
+                self.nexthops && first_error.is_none() && !(plan.put.is_empty() && plan.delete.is_empty());
+            if sweep && self.nh_known.is_none() {
+                match self.raw.dump() {
+                    Ok(k) => self.nh_known = Some(k),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let (Some(known), true) = (&mut self.nh_known, sweep && first_error.is_none()) {
                 let used: HashSet<u32> = want
                     .values()
                     .filter_map(|hop| match hop.gw {
@@ -1277,7 +1285,23 @@ fn ensure_nexthops(
         .filter(|nh| known.get(&raw::id(nh.gateway)) != Some(*nh))
         .copied()
         .collect();
-    let refused = nx.put(&missing, |id| known.contains_key(&id))?;
+    let mut refused = nx.put(&missing, |id| known.contains_key(&id))?;
+    if refused.iter().any(|(_, e)| *e == nix::libc::EEXIST) {
+        // What is known may be behind the kernel: a nexthop of ours (our protocol) made by
+        // another run or process of ours since the last dump. Read them again, and take back
+        // those that turn out ours; only another protocol's stays refused.
+        *known = nx.dump()?;
+        let ours: Vec<Nexthop> = refused
+            .iter()
+            .filter(|(nh, e)| *e == nix::libc::EEXIST && known.contains_key(&raw::id(nh.gateway)))
+            .map(|(nh, _)| *nh)
+            .collect();
+        if !ours.is_empty() {
+            let again = nx.put(&ours, |_| true)?;
+            refused.retain(|(nh, _)| !ours.contains(nh));
+            refused.extend(again);
+        }
+    }
     for (nh, errno) in &refused {
         if *errno == nix::libc::EEXIST {
             tracing::warn!(

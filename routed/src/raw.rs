@@ -83,7 +83,10 @@ fn attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
 /// One message: header, `nhmsg` (with `nh_flags`), attributes.
 fn message(kind: u16, flags: u16, seq: u32, nh_flags: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let mut m = vec![0u8; HEADER];
-    m.extend_from_slice(&[AF_INET, 0, ROUTE_PROTOCOL, 0]);
+    // Only a new nexthop carries our protocol: the kernel answers a dump whose header names one
+    // with nothing, and refuses a delete's with EINVAL.
+    let protocol = if kind == RTM_NEWNEXTHOP { ROUTE_PROTOCOL } else { 0 };
+    m.extend_from_slice(&[AF_INET, 0, protocol, 0]);
     m.extend_from_slice(&nh_flags.to_ne_bytes());
     for (k, v) in attrs {
         attr(&mut m, *k, v);

@@ -93,9 +93,7 @@ impl LabNode {
     /// `ip route show proto 157`, without the `nhid N` of routes through nexthop objects, so that
     /// a route reads `SUBNET via NODE_IP dev ...` either way.
     pub fn route_table(&self) -> String {
-        let mut table = self.node.ns.ok(&["ip", "route", "show", "proto", "157"]);
-        table += &self.node.ns.ok(&["ip", "-6", "route", "show", "proto", "157"]);
-        table
+        self.route_table_raw()
             .lines()
             .map(|l| {
                 let mut words: Vec<&str> = l.split_whitespace().collect();
@@ -106,6 +104,13 @@ impl LabNode {
             })
             .collect()
     }
+    /// `ip route show proto 157` of both families as the kernel writes it (`nhid N` included).
+    pub fn route_table_raw(&self) -> String {
+        let mut table = self.node.ns.ok(&["ip", "route", "show", "proto", "157"]);
+        table += &self.node.ns.ok(&["ip", "-6", "route", "show", "proto", "157"]);
+        table
+    }
+
     pub fn subnet(&self) -> Option<String> {
         self.subnets().into_iter().next()
     }

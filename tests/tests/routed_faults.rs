@@ -603,6 +603,111 @@ fn a_foreign_nexthop_with_our_id_is_left_alone() {
     );
 }
 
+/// A nexthop of ours the daemon did not make itself (another process of ours, here made by hand
+/// with our protocol while the daemon is stopped) is taken back, not judged another program's.
+#[test]
+fn a_nexthop_of_ours_made_meanwhile_is_taken_back() {
+    let mut lab = Lab::new("nhours", StoreKind::File);
+    for _ in 0..3 {
+        lab.add_node();
+    }
+    lab.start(0);
+    lab.start(1);
+    let sub1 = lab.nodes[1].subnet().unwrap();
+    let ip1 = lab.nodes[1].ip.clone();
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(5), |t| t
+            .contains(&format!("{sub1} via {ip1}")))
+            .is_some(),
+        "{}",
+        lab.nodes[0].log()
+    );
+    lab.freeze(0);
+    let ip2: std::net::Ipv4Addr = lab.nodes[2].ip.parse().unwrap();
+    let id = u32::from(ip2).to_string();
+    lab.nodes[0].node.ns.ok(&[
+        "ip",
+        "nexthop",
+        "add",
+        "id",
+        &id,
+        "via",
+        &ip2.to_string(),
+        "dev",
+        "eth0",
+        "proto",
+        "157",
+    ]);
+    lab.start(2);
+    lab.thaw(0);
+    let sub2 = lab.nodes[2].subnet().unwrap();
+    assert!(
+        lab.wait_for(Duration::from_secs(5), |l| l.nodes[0]
+            .route_table_raw()
+            .lines()
+            .any(
+                |l| l.starts_with(&format!("{sub2} ")) && l.contains(&format!("nhid {id}"))
+            )),
+        "{}\n{}",
+        lab.nodes[0].route_table_raw(),
+        lab.nodes[0].log()
+    );
+    assert!(
+        !lab.nodes[0].log().contains("is another program's"),
+        "{}",
+        lab.nodes[0].log()
+    );
+}
+
+/// A restarted daemon recognises the nexthops of its last run as its own, and a nexthop no route
+/// goes through any more (its peer released) is deleted.
+#[test]
+fn our_nexthops_are_kept_across_a_restart_and_go_with_their_peer() {
+    let mut lab = Lab::new("nhstale", StoreKind::File);
+    lab.add_node();
+    lab.add_node();
+    lab.start(0);
+    lab.start(1);
+    let ip1: std::net::Ipv4Addr = lab.nodes[1].ip.parse().unwrap();
+    let id = u32::from(ip1).to_string();
+    let sub1 = lab.nodes[1].subnet().unwrap();
+    let through = |lab: &Lab| {
+        lab.nodes[0]
+            .route_table_raw()
+            .lines()
+            .any(|l| l.starts_with(&format!("{sub1} ")) && l.contains(&format!("nhid {id}")))
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(5), through),
+        "{}",
+        lab.nodes[0].route_table_raw()
+    );
+    lab.stop(0);
+    lab.start(0);
+    assert!(
+        lab.wait_for(Duration::from_secs(5), through),
+        "{}",
+        lab.nodes[0].route_table_raw()
+    );
+    assert!(
+        !lab.nodes[0].log().contains("is another program's"),
+        "{}",
+        lab.nodes[0].log()
+    );
+    // the peer goes: its route and then its nexthop
+    lab.stop(1);
+    lab.routed_cli(&["release", "--node-name", "node-1"]);
+    let ns = &lab.nodes[0].node.ns;
+    assert!(
+        lab.wait_for(Duration::from_secs(5), |_| !ns
+            .ok(&["ip", "nexthop", "show"])
+            .contains(&format!("id {id} "))),
+        "{}\n{}",
+        ns.ok(&["ip", "nexthop", "show"]),
+        lab.nodes[0].log()
+    );
+}
+
 /// A set-up that keeps failing (the bridge's name taken by a link that is no bridge) makes the
 /// node unhealthy with the reason, until the set-up succeeds.
 #[test]
