@@ -154,49 +154,44 @@ impl Safety {
             self.checks += 1;
             let Ok(rs) = routes(w, i) else { continue };
             let name = &w.lab.nodes[i].name;
+            let mut sees_store = None;
             for r in rs {
                 // A route through VXLAN goes via the peer subnet's own address: judged by its
                 // destination alone.
                 let direct = !r.via.starts_with("10.");
-                match valid.get(&r.dst) {
-                    Some(ip) if !direct || *ip == r.via => {}
-                    Some(ip) => {
-                        let key = format!("stale {i} {} {}", r.dst, r.via);
-                        if self.lasting(seen, key) {
-                            return violation(
-                                "route-to-non-holder",
-                                format!(
-                                    "{name} routes {} via {} for more than {:?}; the store's record names {ip}",
-                                    r.dst, r.via, self.grace
-                                ),
-                            );
-                        }
-                    }
-                    None if invalid.contains(&r.dst) => {
-                        let key = format!("invalid {i} {}", r.dst);
-                        if self.lasting(seen, key) {
-                            return violation(
-                                "routed-invalid-record",
-                                format!(
-                                    "{name} routes {} via {} for more than {:?}; its record is invalid",
-                                    r.dst, r.via, self.grace
-                                ),
-                            );
-                        }
-                    }
-                    None => {
-                        let key = format!("unheld {i} {}", r.dst);
-                        if self.lasting(seen, key) {
-                            return violation(
-                                "route-to-non-holder",
-                                format!(
-                                    "{name} routes {} via {} for more than {:?}; no live record holds it",
-                                    r.dst, r.via, self.grace
-                                ),
-                            );
-                        }
-                    }
+                let (key, what, why) = match valid.get(&r.dst) {
+                    Some(ip) if !direct || *ip == r.via => continue,
+                    Some(ip) => (
+                        format!("stale {i} {} {}", r.dst, r.via),
+                        "route-to-non-holder",
+                        format!("the store's record names {ip}"),
+                    ),
+                    None if invalid.contains(&r.dst) => (
+                        format!("invalid {i} {}", r.dst),
+                        "routed-invalid-record",
+                        "its record is invalid".to_string(),
+                    ),
+                    None => (
+                        format!("unheld {i} {}", r.dst),
+                        "route-to-non-holder",
+                        "no live record holds it".to_string(),
+                    ),
+                };
+                if !self.lasting(seen, key.clone()) {
+                    continue;
                 }
+                // Its grace runs from when its daemon reads the store again.
+                if !*sees_store.get_or_insert_with(|| store_up(w, i)) {
+                    seen.remove(&key);
+                    continue;
+                }
+                return violation(
+                    what,
+                    format!(
+                        "{name} routes {} via {} for more than {:?}, reading the store; {why}",
+                        r.dst, r.via, self.grace
+                    ),
+                );
             }
         }
         None
@@ -292,11 +287,26 @@ pub fn converged(w: &mut World) -> Option<String> {
 
 /// `/healthz` of node `i` (0 if it cannot be read).
 pub fn health(w: &World, i: usize) -> (u16, String) {
+    get(w, i, "/healthz")
+}
+
+/// Does node `i`'s daemon say it reads the store (`cbrnet_store_up 1`)? A daemon that cannot
+/// keeps the routes it has, by design: they are judged again once it reads the store.
+pub fn store_up(w: &World, i: usize) -> bool {
+    let (code, body) = get(w, i, "/metrics");
+    code == 200
+        && body
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cbrnet_store_up", "1"])
+}
+
+/// GET `path` from node `i`'s daemon: status (0 if it cannot be read) and body.
+fn get(w: &World, i: usize, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let resp = w.lab.nodes[i].node.ns.in_thread(|| {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9473").ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
         let mut r = String::new();
         s.read_to_string(&mut r).ok()?;
         Some(r)

@@ -45,6 +45,9 @@ pub enum Kind {
     PluginKilled,
     /// A node's IPAM lock held by another process for a while.
     LockHeld,
+    /// A daemon stopped (SIGTERM) and started again with another node IP (its underlay address
+    /// moved to it).
+    NodeIpChanged,
 }
 
 impl Kind {
@@ -67,6 +70,7 @@ impl Kind {
             Kind::PodChurn => "pod-churn",
             Kind::PluginKilled => "plugin-killed-mid-add",
             Kind::LockHeld => "ipam-lock-held",
+            Kind::NodeIpChanged => "restart-with-another-node-ip",
         }
     }
 
@@ -87,6 +91,7 @@ impl Kind {
             Kind::PodChurn,
             Kind::PluginKilled,
             Kind::LockHeld,
+            Kind::NodeIpChanged,
         ];
         if members > 0 {
             v.extend([Kind::StoreCut, Kind::MemberDown]);
@@ -146,7 +151,7 @@ pub fn draw(dice: &mut Dice, kinds: &[Kind], nodes: usize, members: usize, ttl: 
             Kind::KillPastTtl | Kind::StopPastTtl => past,
             Kind::Kill | Kind::Stop => Duration::from_millis(dice.between(200, ttl * 1000 / 2)),
             Kind::RoutesDeleted | Kind::BridgeFlushed | Kind::ForwardingOff => Duration::ZERO,
-            Kind::PodChurn | Kind::PluginKilled => Duration::ZERO,
+            Kind::PodChurn | Kind::PluginKilled | Kind::NodeIpChanged => Duration::ZERO,
             _ => Duration::from_millis(dice.between(500, ttl * 1000 + 2000)),
         };
         out.push(Fault {
@@ -323,8 +328,22 @@ pub fn inject(w: &mut World, dice: &mut Dice, f: &mut Fault) -> Result<String, S
             Ok(format!("{name}: a plugin killed at {point}, then DEL"))
         }
         Kind::LockHeld => {
-            w.hold_lock(i);
+            w.hold_lock(i)?;
             Ok(format!("{name}'s IPAM lock held for {:?}", f.hold))
+        }
+        Kind::NodeIpChanged => {
+            let old = w.lab.nodes[i].ip.clone();
+            let new = w.other_node_ip(i);
+            w.stop_daemon(i)?;
+            // The old one goes first: deleting a subnet's primary address takes its secondaries
+            // along.
+            w.node_cmd(i, &["ip", "addr", "del", &format!("{old}/24"), "dev", "eth0"])?;
+            w.node_cmd(i, &["ip", "addr", "add", &format!("{new}/24"), "dev", "eth0"])?;
+            w.lab.nodes[i].ip = new.clone();
+            w.lab.spawn(i);
+            Ok(format!(
+                "{name}'s daemon restarted with node IP {new} (was {old})"
+            ))
         }
     }
 }
@@ -390,6 +409,7 @@ pub fn heal(w: &mut World, f: &Fault) -> Result<(), String> {
         | Kind::BridgeFlushed
         | Kind::ForwardingOff
         | Kind::PodChurn
-        | Kind::PluginKilled => Ok(()),
+        | Kind::PluginKilled
+        | Kind::NodeIpChanged => Ok(()),
     }
 }

@@ -65,12 +65,16 @@ impl Config {
 #[derive(Debug, Default)]
 pub struct Report {
     pub faults: BTreeMap<&'static str, u64>,
+    /// Faults drawn that could not be made, by kind.
+    pub skipped: BTreeMap<&'static str, u64>,
     pub checks: u64,
     pub rounds: u64,
     /// Per fault kind: time from the last heal of its round to convergence.
     pub convergence: BTreeMap<&'static str, Vec<Duration>>,
     pub violations: Vec<checks::Violation>,
     pub elapsed: Duration,
+    /// Where the daemons' logs were kept, after a violation.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -90,6 +94,9 @@ impl Report {
         println!("faults injected: {}", self.faults.values().sum::<u64>());
         for (k, n) in &self.faults {
             println!("  {k:<28} {n}");
+        }
+        if !self.skipped.is_empty() {
+            println!("faults drawn but not injected: {:?}", self.skipped);
         }
         println!("checks made: {}", self.checks);
         println!(
@@ -112,6 +119,9 @@ impl Report {
             println!("  at {:.1?}: {}: {}", v.at, v.what, v.evidence);
         }
         if !self.violations.is_empty() {
+            if let Some(d) = &self.logs {
+                println!("the daemons' logs and routes: {}", d.display());
+            }
             println!("seed {}; replay: {}", cfg.seed, cfg.replay());
         }
     }
@@ -122,6 +132,8 @@ struct Live {
     fault: Fault,
     injected: Option<Instant>,
     healed: Option<Instant>,
+    /// It could not be made.
+    skipped: bool,
 }
 
 /// Builds the lab, runs the chaos for `cfg.duration`, checks for leaks, tears everything down;
@@ -186,6 +198,7 @@ fn chaos(w: &mut World, cfg: &Config) -> Report {
                 fault,
                 injected: None,
                 healed: None,
+                skipped: false,
             })
             .collect();
         let round = Instant::now();
@@ -194,27 +207,43 @@ fn chaos(w: &mut World, cfg: &Config) -> Report {
             for l in live.iter_mut() {
                 let since = round.elapsed();
                 if l.injected.is_none() && since >= l.fault.start {
+                    // A fault that cannot be made (a store write while another fault of the
+                    // round holds the store down) is skipped, and counted as such.
                     match faults::inject(w, &mut dice, &mut l.fault) {
-                        Ok(what) => println!("[{:>7.1?}] {}: {what}", started.elapsed(), l.fault.kind.name()),
-                        Err(e) => report.violations.push(checks::Violation {
-                            at: started.elapsed(),
-                            what: "fault-failed",
-                            evidence: format!("{}: {e}", l.fault.kind.name()),
-                        }),
+                        Ok(what) => {
+                            println!("[{:>7.1?}] {}: {what}", started.elapsed(), l.fault.kind.name());
+                            *report.faults.entry(l.fault.kind.name()).or_default() += 1;
+                            l.injected = Some(Instant::now());
+                        }
+                        Err(e) => {
+                            println!(
+                                "[{:>7.1?}] {}: not injected: {e}",
+                                started.elapsed(),
+                                l.fault.kind.name()
+                            );
+                            *report.skipped.entry(l.fault.kind.name()).or_default() += 1;
+                            l.injected = Some(Instant::now());
+                            l.healed = Some(Instant::now());
+                            l.skipped = true;
+                        }
                     }
-                    *report.faults.entry(l.fault.kind.name()).or_default() += 1;
-                    l.injected = Some(Instant::now());
                 }
                 if let (Some(t), None) = (l.injected, l.healed) {
                     if t.elapsed() >= l.fault.hold {
-                        if let Err(e) = faults::heal(w, &l.fault) {
-                            report.violations.push(checks::Violation {
-                                at: started.elapsed(),
-                                what: "heal-failed",
-                                evidence: format!("{}: {e}", l.fault.kind.name()),
-                            });
+                        // Undoing may need the store, which another fault of the round may hold
+                        // down: tried again each tick, for at most the convergence bound.
+                        match faults::heal(w, &l.fault) {
+                            Ok(()) => l.healed = Some(Instant::now()),
+                            Err(e) if t.elapsed() > l.fault.hold + cfg.bound() => {
+                                report.violations.push(checks::Violation {
+                                    at: started.elapsed(),
+                                    what: "heal-failed",
+                                    evidence: format!("{}: {e}", l.fault.kind.name()),
+                                });
+                                l.healed = Some(Instant::now());
+                            }
+                            Err(_) => {}
                         }
-                        l.healed = Some(Instant::now());
                     }
                 }
             }
@@ -225,11 +254,15 @@ fn chaos(w: &mut World, cfg: &Config) -> Report {
         }
         let healed: Vec<(&'static str, Instant)> = live
             .iter()
+            .filter(|l| !l.skipped)
             .filter_map(|l| Some((l.fault.kind.name(), l.healed?)))
             .collect();
         if let Some(v) = settle(w, cfg, &mut safety, started, &mut report, &healed) {
             report.violations.push(v);
         }
+    }
+    if !report.violations.is_empty() {
+        report.logs = keep_logs(w, cfg);
     }
     if report.violations.is_empty() {
         // Leftovers the daemons clear by themselves (a vanished pod's address) get a reclaim
@@ -250,9 +283,30 @@ fn chaos(w: &mut World, cfg: &Config) -> Report {
             });
         }
     }
+    if !report.violations.is_empty() && report.logs.is_none() {
+        report.logs = keep_logs(w, cfg);
+    }
     report.checks += safety.checks;
     report.elapsed = started.elapsed();
     report
+}
+
+/// Copies the daemons' logs (and the store's listing) out of the lab, which is removed when the
+/// run ends, so that a violation can be read; the directory, if they could be written.
+fn keep_logs(w: &mut World, cfg: &Config) -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cbrnet-chaos-{}", cfg.seed));
+    std::fs::create_dir_all(&dir).ok()?;
+    for n in &w.lab.nodes {
+        std::fs::write(dir.join(format!("{}.log", n.name)), n.log()).ok()?;
+        let routes = n.node.ns.run(&["ip", "route", "show"]);
+        std::fs::write(dir.join(format!("{}.routes", n.name)), routes.stdout).ok()?;
+    }
+    let listing = match w.listing() {
+        Ok(l) => format!("{l:#?}"),
+        Err(e) => e,
+    };
+    std::fs::write(dir.join("store.txt"), listing).ok()?;
+    Some(dir)
 }
 
 /// One tick: the safety checks and the daemons' exits, then the rest of the 200 ms.

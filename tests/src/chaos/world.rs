@@ -3,7 +3,9 @@
 
 use crate::etcd::Etcd;
 use crate::lab::{Lab, StoreKind};
-use crate::{result_ip, Call, KillOnDrop, Netns};
+use crate::{result_ip, Call, Netns};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ pub struct NodeState {
     /// nftables drops its traffic with the store.
     pub store_cut: bool,
     /// A process holds its network's IPAM lock.
-    pub lock: Option<KillOnDrop>,
+    pub lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl NodeState {
@@ -291,17 +293,48 @@ impl World {
         }
     }
 
-    /// Holds node `i`'s IPAM lock from another process (as a plugin stopped mid-ADD would).
-    pub fn hold_lock(&mut self, i: usize) {
-        let lock = self.lab.nodes[i].node.data_dir().join("labnet").join("lock");
-        let child = Command::new("flock")
-            .arg(&lock)
-            .args(["sleep", "3600"])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("running flock (util-linux)");
-        crate::register_daemon(child.id());
-        self.state[i].lock = Some(KillOnDrop(child));
+    /// Holds node `i`'s IPAM lock (as a plugin stopped while holding it would), until the state's
+    /// `lock` is dropped. Held by this process itself: a helper process would pass the lock on
+    /// to its children, which outlive it.
+    pub fn hold_lock(&mut self, i: usize) -> Result<(), String> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.lab.nodes[i].node.data_dir().join("labnet").join("lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let held = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e.to_string())?;
+        self.state[i].lock = Some(held);
+        Ok(())
+    }
+
+    /// The node IP node `i` moves to when it restarts with another one: it goes back and forth
+    /// between the lab's address (192.168.50.(10+i)) and 100 above it.
+    pub fn other_node_ip(&self, i: usize) -> String {
+        let base = format!("192.168.50.{}", 10 + i);
+        if self.lab.nodes[i].ip == base {
+            format!("192.168.50.{}", 110 + i)
+        } else {
+            base
+        }
+    }
+
+    /// Stops node `i`'s daemon as its service manager would (SIGTERM); an error if it does not
+    /// exit cleanly.
+    pub fn stop_daemon(&mut self, i: usize) -> Result<(), String> {
+        let Some(mut c) = self.lab.nodes[i].daemon.take() else {
+            return Ok(());
+        };
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).map_err(|e| e.to_string())?;
+        let st = c.wait().map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("the daemon exited with {st} on SIGTERM"))
+        }
     }
 
     fn tag(&self) -> String {
