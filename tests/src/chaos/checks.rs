@@ -402,6 +402,39 @@ pub fn leaks(w: &mut World) -> Option<String> {
             ));
         }
     }
+    // No nexthop object of ours but one per peer's gateway (none at all where routes go without
+    // them).
+    for (i, n) in w.lab.nodes.iter().enumerate() {
+        let peers: BTreeSet<String> = w
+            .lab
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| p.ip.clone())
+            .collect();
+        let have = match w.node_cmd(i, &["ip", "nexthop", "show", "proto", "157"]) {
+            Ok(t) => t,
+            Err(e) => return Some(format!("{}'s nexthops: {e}", n.name)),
+        };
+        let stale: Vec<&str> = have
+            .lines()
+            .filter(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let via = words
+                    .iter()
+                    .position(|w| *w == "via")
+                    .and_then(|p| words.get(p + 1));
+                !via.is_some_and(|v| peers.contains(*v))
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Some(format!(
+                "{} keeps nexthops of ours no peer needs: {stale:?}",
+                n.name
+            ));
+        }
+    }
     for n in &w.lab.nodes {
         if n.log().contains("panicked") {
             return Some(format!("{} panicked:\n{}", n.name, tail(&n.log(), 20)));
