@@ -391,6 +391,51 @@ impl<'a> Call<'a> {
         stopped
     }
 
+    /// As [`Call::run`], but a plugin that has not ended within `limit` is killed, and that is
+    /// the error.
+    pub fn run_within(
+        &self,
+        node: &Netns,
+        conf: &Value,
+        limit: std::time::Duration,
+    ) -> Result<CniOut, String> {
+        use std::io::Write;
+        let mut child = self.command(node).spawn().map_err(|e| e.to_string())?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(conf.to_string().as_bytes());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(limit) {
+            Ok(out) => out,
+            Err(_) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waiter.join();
+                return Err(format!("{} did not end within {limit:?}; killed", self.command));
+            }
+        };
+        let _ = waiter.join();
+        let out = out.map_err(|e| e.to_string())?;
+        let json = if out.stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).map_err(|e| {
+                format!(
+                    "stdout is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })?
+        };
+        Ok(CniOut {
+            ok: out.status.success(),
+            json,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     /// Runs the plugin in `node`'s namespace with `conf` on stdin.
     pub fn run(&self, node: &Netns, conf: &Value) -> CniOut {
         use std::io::Write;

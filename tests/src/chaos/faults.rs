@@ -197,8 +197,35 @@ fn uncut(w: &World, i: usize, what: &str) -> Result<(), String> {
         .map(|_| ())
 }
 
+/// Why a fault was not injected.
+#[derive(Debug)]
+pub enum Failure {
+    /// The runner could not make it (a store write while another fault holds the store down, a
+    /// route gone before it was deleted): skipped.
+    NotMade(String),
+    /// The product failed while it was made (a plugin call failed or hung, a daemon did not stop
+    /// cleanly): a violation, by its name.
+    Broke(&'static str, String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::NotMade(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Failure {
+        Failure::NotMade(e.into())
+    }
+}
+
+fn plugin(e: String) -> Failure {
+    Failure::Broke("plugin-failed", e)
+}
+
 /// Injects `f`; what was done, for the run's log.
-pub fn inject(w: &mut World, dice: &mut Dice, f: &mut Fault) -> Result<String, String> {
+pub fn inject(w: &mut World, dice: &mut Dice, f: &mut Fault) -> Result<String, Failure> {
     let i = f.node;
     let name = w.lab.nodes[i].name.clone();
     match f.kind {
@@ -315,16 +342,16 @@ pub fn inject(w: &mut World, dice: &mut Dice, f: &mut Fault) -> Result<String, S
             let pods = w.lab.nodes[i].pods.len() as u64;
             if pods > 0 {
                 let k = dice.below(pods) as usize;
-                w.del_pod(i, k)?;
+                w.del_pod(i, k).map_err(plugin)?;
                 what.push(format!("DEL pod {k}"));
             }
-            let ip = w.add_pod(i).map_err(|e| format!("ADD on {name}: {e}"))?;
+            let ip = w.add_pod(i).map_err(|e| plugin(format!("ADD on {name}: {e}")))?;
             what.push(format!("ADD {ip}"));
             Ok(format!("{name}: {}", what.join(", ")))
         }
         Kind::PluginKilled => {
             let point = dice.pick(&["reserved", "veth", "pod"]);
-            w.killed_add(i, point)?;
+            w.killed_add(i, point).map_err(plugin)?;
             Ok(format!("{name}: a plugin killed at {point}, then DEL"))
         }
         Kind::LockHeld => {
@@ -334,7 +361,8 @@ pub fn inject(w: &mut World, dice: &mut Dice, f: &mut Fault) -> Result<String, S
         Kind::NodeIpChanged => {
             let old = w.lab.nodes[i].ip.clone();
             let new = w.other_node_ip(i);
-            w.stop_daemon(i)?;
+            w.stop_daemon(i)
+                .map_err(|e| Failure::Broke("unexpected-exit", format!("{name}: {e}")))?;
             // The old one goes first: deleting a subnet's primary address takes its secondaries
             // along.
             w.node_cmd(i, &["ip", "addr", "del", &format!("{old}/24"), "dev", "eth0"])?;

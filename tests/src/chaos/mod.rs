@@ -215,13 +215,23 @@ fn chaos(w: &mut World, cfg: &Config) -> Report {
                             *report.faults.entry(l.fault.kind.name()).or_default() += 1;
                             l.injected = Some(Instant::now());
                         }
-                        Err(e) => {
+                        Err(faults::Failure::NotMade(e)) => {
                             println!(
                                 "[{:>7.1?}] {}: not injected: {e}",
                                 started.elapsed(),
                                 l.fault.kind.name()
                             );
                             *report.skipped.entry(l.fault.kind.name()).or_default() += 1;
+                            l.injected = Some(Instant::now());
+                            l.healed = Some(Instant::now());
+                            l.skipped = true;
+                        }
+                        Err(faults::Failure::Broke(what, e)) => {
+                            report.violations.push(checks::Violation {
+                                at: started.elapsed(),
+                                what,
+                                evidence: format!("{}: {e}", l.fault.kind.name()),
+                            });
                             l.injected = Some(Instant::now());
                             l.healed = Some(Instant::now());
                             l.skipped = true;

@@ -9,6 +9,10 @@ use nix::unistd::Pid;
 use std::process::Command;
 use std::time::Duration;
 
+/// How long a plugin call may take before the run says it hung (a runtime's own limit is
+/// minutes; an ADD here takes milliseconds).
+const PLUGIN_LIMIT: Duration = Duration::from_secs(30);
+
 /// Where etcd keeps the lab's records.
 pub const PREFIX: &str = "/cbrnet/subnets/";
 
@@ -249,10 +253,11 @@ impl World {
         self.pod_seq += 1;
         let id = format!("{}-c{}", self.lab.nodes[i].name, self.pod_seq);
         let pod = Netns::new(&format!("{}-p", self.tag()));
-        let out = Call::new("ADD", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+        let ns = &self.lab.nodes[i].node.ns;
+        let out = Call::new("ADD", &id, pod.path(), "eth0").run_within(ns, &conf, PLUGIN_LIMIT)?;
         if !out.ok {
             // What a runtime does after a failed ADD.
-            let _ = Call::new("DEL", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+            let _ = Call::new("DEL", &id, pod.path(), "eth0").run_within(ns, &conf, PLUGIN_LIMIT);
             return Err(format!("{} {}", out.json, out.stderr));
         }
         let ip = result_ip(&out.json);
@@ -264,7 +269,9 @@ impl World {
     pub fn del_pod(&mut self, i: usize, k: usize) -> Result<(), String> {
         let conf = self.lab.pod_conf(i);
         let (pod, id, _) = self.lab.nodes[i].pods.remove(k);
-        let out = Call::new("DEL", &id, pod.path(), "eth0").run(&self.lab.nodes[i].node.ns, &conf);
+        let out = Call::new("DEL", &id, pod.path(), "eth0")
+            .run_within(&self.lab.nodes[i].node.ns, &conf, PLUGIN_LIMIT)
+            .map_err(|e| format!("DEL {id}: {e}"))?;
         if out.ok {
             Ok(())
         } else {
@@ -282,7 +289,9 @@ impl World {
         Call::new("ADD", &id, pod.path(), "eth0")
             .start_stopped_at(ns, &conf, point)
             .kill();
-        let out = Call::new("DEL", &id, pod.path(), "eth0").run(ns, &conf);
+        let out = Call::new("DEL", &id, pod.path(), "eth0")
+            .run_within(ns, &conf, PLUGIN_LIMIT)
+            .map_err(|e| format!("DEL after a killed ADD {id}: {e}"))?;
         if out.ok {
             Ok(())
         } else {
