@@ -418,7 +418,23 @@ impl<'a> Call<'a> {
             }
         };
         let _ = waiter.join();
-        let out = out.map_err(|e| e.to_string())?;
+        CniOut::from_output(out.map_err(|e| e.to_string())?)
+    }
+
+    /// Runs the plugin in `node`'s namespace with `conf` on stdin.
+    pub fn run(&self, node: &Netns, conf: &Value) -> CniOut {
+        use std::io::Write;
+        let mut child = self.command(node).spawn().expect("spawning plugin");
+        // A plugin that refuses its environment may exit before reading stdin: a broken pipe here
+        // is its answer, not ours to judge.
+        let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
+        CniOut::from_output(child.wait_with_output().unwrap()).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl CniOut {
+    /// A plugin's exit status, stdout (JSON, or an error saying it is not) and stderr.
+    fn from_output(out: Output) -> Result<CniOut, String> {
         let json = if out.stdout.is_empty() {
             Value::Null
         } else {
@@ -434,31 +450,6 @@ impl<'a> Call<'a> {
             json,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
-    }
-
-    /// Runs the plugin in `node`'s namespace with `conf` on stdin.
-    pub fn run(&self, node: &Netns, conf: &Value) -> CniOut {
-        use std::io::Write;
-        let mut child = self.command(node).spawn().expect("spawning plugin");
-        // A plugin that refuses its environment may exit before reading stdin: a broken pipe here
-        // is its answer, not ours to judge.
-        let _ = child.stdin.take().unwrap().write_all(conf.to_string().as_bytes());
-        let out = child.wait_with_output().unwrap();
-        let json = if out.stdout.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-                panic!(
-                    "stdout is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&out.stdout)
-                )
-            })
-        };
-        CniOut {
-            ok: out.status.success(),
-            json,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
     }
 }
 
