@@ -73,6 +73,10 @@ struct ChaosArgs {
     /// The daemons' lease TTL (short, so that faults past it are quick).
     #[arg(long, default_value = "4s", value_parser = parse_secs)]
     lease_ttl: u64,
+    /// The daemons' --backend (one underlay segment: auto and host-gw route every peer directly,
+    /// vxlan through the VXLAN device). Not given: the daemon's default.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
 }
 
 fn parse_members(s: &str) -> Result<usize, String> {
@@ -154,6 +158,14 @@ enum Backend {
     Auto,
 }
 
+/// The flag's value as the daemon takes it.
+fn backend_name(b: Backend) -> String {
+    b.to_possible_value()
+        .expect("no variant is skipped")
+        .get_name()
+        .to_owned()
+}
+
 fn fail(msg: &str) -> ! {
     eprintln!("cbrnet-lab: {msg}");
     std::process::exit(1);
@@ -191,12 +203,7 @@ fn build(shape: &Shape) -> Lab {
         Family::Dual => IpFamily::Dual,
     });
     lab.segments = shape.segments.into();
-    lab.backend = shape.backend.map(|b| {
-        b.to_possible_value()
-            .expect("no variant is skipped")
-            .get_name()
-            .to_owned()
-    });
+    lab.backend = shape.backend.map(backend_name);
     println!("store: {}", lab.store);
     for _ in 0..shape.nodes {
         let i = lab.add_node();
@@ -454,6 +461,7 @@ fn chaos(a: &ChaosArgs) {
         },
         etcd_members: a.etcd_members,
         lease_ttl: a.lease_ttl,
+        backend: a.backend.map(backend_name),
         tag: "chaos".into(),
     };
     println!("seed {} (replay: {})", cfg.seed, cfg.replay());

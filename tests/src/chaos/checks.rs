@@ -232,11 +232,16 @@ pub fn converged(w: &mut World) -> Option<String> {
         }
     }
     for i in 0..w.lab.nodes.len() {
+        // Directly via the peer's node IP, or through the VXLAN device via its subnet's address.
         let want: BTreeSet<Route> = (0..w.lab.nodes.len())
             .filter(|j| *j != i)
-            .map(|j| Route {
-                dst: subnets[j].clone().unwrap_or_default(),
-                via: w.lab.nodes[j].ip.clone(),
+            .map(|j| {
+                let dst = subnets[j].clone().unwrap_or_default();
+                let via = match w.lab.expected_path(i, j) {
+                    "vxlan" => dst.split('/').next().unwrap_or_default().to_owned(),
+                    _ => w.lab.nodes[j].ip.clone(),
+                };
+                Route { dst, via }
             })
             .collect();
         let have: BTreeSet<Route> = match routes(w, i) {
@@ -403,7 +408,7 @@ pub fn leaks(w: &mut World) -> Option<String> {
         }
     }
     // No nexthop object of ours but one per peer's gateway (none at all where routes go without
-    // them).
+    // them), and no VXLAN FDB entry but towards a peer's node IP.
     for (i, n) in w.lab.nodes.iter().enumerate() {
         let peers: BTreeSet<String> = w
             .lab
@@ -411,8 +416,31 @@ pub fn leaks(w: &mut World) -> Option<String> {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, p)| p.ip.clone())
+            .map(|(j, p)| match (w.lab.expected_path(i, j), p.subnet()) {
+                ("vxlan", Some(s)) => s.split('/').next().unwrap_or_default().to_owned(),
+                _ => p.ip.clone(),
+            })
             .collect();
+        let node_ips: BTreeSet<&str> = w.lab.nodes.iter().map(|p| p.ip.as_str()).collect();
+        if let Ok(fdb) = w.node_cmd(i, &["bridge", "fdb", "show", "dev", crate::lab::VXLAN_DEV]) {
+            let stale: Vec<&str> = fdb
+                .lines()
+                .filter(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    let dst = words
+                        .iter()
+                        .position(|w| *w == "dst")
+                        .and_then(|p| words.get(p + 1));
+                    dst.is_some_and(|d| !node_ips.contains(d) || *d == n.ip)
+                })
+                .collect();
+            if !stale.is_empty() {
+                return Some(format!(
+                    "{} keeps VXLAN FDB entries no peer needs: {stale:?}",
+                    n.name
+                ));
+            }
+        }
         let have = match w.node_cmd(i, &["ip", "nexthop", "show", "proto", "157"]) {
             Ok(t) => t,
             Err(e) => return Some(format!("{}'s nexthops: {e}", n.name)),

@@ -27,6 +27,8 @@ pub struct Config {
     pub etcd_members: usize,
     /// The daemons' lease TTL in seconds (short, so that faults past the TTL are quick).
     pub lease_ttl: u64,
+    /// The daemons' `--backend` (None: their default).
+    pub backend: Option<String>,
     /// Namespace tag (unique per run).
     pub tag: String,
 }
@@ -38,8 +40,12 @@ impl Config {
             StoreKind::File => "file".to_string(),
             StoreKind::Etcd => format!("etcd --etcd-members {}", self.etcd_members),
         };
+        let backend = match &self.backend {
+            Some(b) => format!(" --backend {b}"),
+            None => String::new(),
+        };
         format!(
-            "cbrnet-lab chaos --nodes {} --pods {} --duration {}s --seed {} --lease-ttl {}s --store {store}",
+            "cbrnet-lab chaos --nodes {} --pods {} --duration {}s --seed {} --lease-ttl {}s --store {store}{backend}",
             self.nodes,
             self.pods,
             self.duration.as_secs(),
@@ -141,7 +147,7 @@ struct Live {
 /// reached.
 pub fn run(cfg: &Config) -> Report {
     println!(
-        "chaos: {} nodes, {} pods each, {:?}, store {:?} ({} etcd members), lease TTL {}s, seed {}",
+        "chaos: {} nodes, {} pods each, {:?}, store {:?} ({} etcd members), lease TTL {}s, backend {}, seed {}",
         cfg.nodes,
         cfg.pods,
         cfg.duration,
@@ -152,16 +158,10 @@ pub fn run(cfg: &Config) -> Report {
             0
         },
         cfg.lease_ttl,
+        cfg.backend.as_deref().unwrap_or("the daemon's default"),
         cfg.seed
     );
-    let world = World::build(
-        &cfg.tag,
-        cfg.nodes,
-        cfg.pods,
-        cfg.store,
-        cfg.etcd_members,
-        cfg.lease_ttl,
-    );
+    let world = World::build(cfg);
     let underlay = world.lab.underlay.path();
     crate::in_netns(&underlay, move || {
         let mut world = world;

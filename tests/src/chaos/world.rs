@@ -62,14 +62,15 @@ impl World {
     /// Builds the lab: `nodes` nodes with `pods` pods each, daemons with a lease TTL of
     /// `lease_ttl` seconds, on the store asked for. Runs on a thread inside the lab's underlay
     /// namespace (see [`World::run_in_underlay`]): the store is reached from there.
-    pub fn build(
-        tag: &str,
-        nodes: usize,
-        pods: usize,
-        store: StoreKind,
-        members: usize,
-        lease_ttl: u64,
-    ) -> World {
+    pub fn build(cfg: &super::Config) -> World {
+        let (tag, nodes, pods, store, members, lease_ttl) = (
+            cfg.tag.as_str(),
+            cfg.nodes,
+            cfg.pods,
+            cfg.store,
+            cfg.etcd_members,
+            cfg.lease_ttl,
+        );
         let (mut lab, cluster) = if store == StoreKind::Etcd && members > 1 {
             let mut lab = Lab::new(tag, StoreKind::File);
             let hosts: Vec<String> = (0..members).map(|i| format!("192.168.50.{}", 2 + i)).collect();
@@ -85,6 +86,7 @@ impl World {
         } else {
             (Lab::new(tag, store), Vec::new())
         };
+        lab.backend = cfg.backend.clone();
         for _ in 0..nodes {
             let i = lab.add_node();
             lab.nodes[i].flags = vec!["--lease-ttl".into(), format!("{lease_ttl}s")];
