@@ -20,17 +20,19 @@ pub fn routes(w: &World, i: usize) -> Result<Vec<Route>, String> {
     Ok(table
         .lines()
         .filter_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let via = words
-                .iter()
-                .position(|w| *w == "via")
-                .and_then(|p| words.get(p + 1))?;
             Some(Route {
-                dst: words.first()?.to_string(),
-                via: via.to_string(),
+                dst: l.split_whitespace().next()?.to_string(),
+                via: word_after(l, "via")?.to_string(),
             })
         })
         .collect())
+}
+
+/// The word after `key` in a line of `ip` or `bridge` output.
+fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next()
 }
 
 /// A broken promise: which, and what shows it.
@@ -425,14 +427,7 @@ pub fn leaks(w: &mut World) -> Option<String> {
         if let Ok(fdb) = w.node_cmd(i, &["bridge", "fdb", "show", "dev", crate::lab::VXLAN_DEV]) {
             let stale: Vec<&str> = fdb
                 .lines()
-                .filter(|l| {
-                    let words: Vec<&str> = l.split_whitespace().collect();
-                    let dst = words
-                        .iter()
-                        .position(|w| *w == "dst")
-                        .and_then(|p| words.get(p + 1));
-                    dst.is_some_and(|d| !node_ips.contains(d) || *d == n.ip)
-                })
+                .filter(|l| word_after(l, "dst").is_some_and(|d| !node_ips.contains(d) || d == n.ip))
                 .collect();
             if !stale.is_empty() {
                 return Some(format!(
@@ -447,14 +442,7 @@ pub fn leaks(w: &mut World) -> Option<String> {
         };
         let stale: Vec<&str> = have
             .lines()
-            .filter(|l| {
-                let words: Vec<&str> = l.split_whitespace().collect();
-                let via = words
-                    .iter()
-                    .position(|w| *w == "via")
-                    .and_then(|p| words.get(p + 1));
-                !via.is_some_and(|v| peers.contains(*v))
-            })
+            .filter(|l| !word_after(l, "via").is_some_and(|v| peers.contains(v)))
             .collect();
         if !stale.is_empty() {
             return Some(format!(
