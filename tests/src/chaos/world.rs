@@ -153,21 +153,23 @@ impl World {
             .block_on(async { tokio::time::timeout(limit, f).await.ok() })
     }
 
-    /// An etcd client (connected once, lazily; it follows the members as they come and go).
+    /// An etcd client (connected once, lazily, to every member).
     fn etcd_client(&mut self) -> Option<etcd_client::Client> {
         if self.etcd.is_none() {
-            let urls = self.etcd_urls();
-            let opts = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_secs(1));
-            self.etcd = self
-                .block_on(
-                    Duration::from_secs(2),
-                    etcd_client::Client::connect(urls, Some(opts)),
-                )
-                .and_then(Result::ok);
+            self.etcd = self.connect(self.etcd_urls());
         }
         self.etcd.clone()
+    }
+
+    fn connect(&self, urls: Vec<String>) -> Option<etcd_client::Client> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(1));
+        self.block_on(
+            Duration::from_secs(2),
+            etcd_client::Client::connect(urls, Some(opts)),
+        )
+        .and_then(Result::ok)
     }
 
     /// Writes `bytes` under store key `key` as they are (file store: the bytes are the file).
@@ -178,13 +180,11 @@ impl World {
             std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
             return std::fs::rename(&tmp, dir.join(key)).map_err(|e| e.to_string());
         }
-        let mut c = self.etcd_client().ok_or("no etcd client")?;
         let key = format!("{PREFIX}{key}");
-        match self.block_on(Duration::from_secs(2), c.put(key, bytes.to_vec(), None)) {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("etcd did not answer in 2 s".into()),
-        }
+        self.each_member(|mut c| {
+            let (key, bytes) = (key.clone(), bytes.to_vec());
+            async move { c.put(key, bytes, None).await.map(|_| ()) }
+        })
     }
 
     /// Removes store key `key`.
@@ -195,13 +195,33 @@ impl World {
                 _ => Ok(()),
             };
         }
-        let mut c = self.etcd_client().ok_or("no etcd client")?;
         let key = format!("{PREFIX}{key}");
-        match self.block_on(Duration::from_secs(2), c.delete(key, None)) {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("etcd did not answer in 2 s".into()),
+        self.each_member(|mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await.map(|_| ()) }
+        })
+    }
+
+    /// Runs a write through each member in turn until one takes it: with one member down, a
+    /// client of all members may still pick the dead one for a while.
+    fn each_member<F, Fut>(&mut self, op: F) -> Result<(), String>
+    where
+        F: Fn(etcd_client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<(), etcd_client::Error>>,
+    {
+        let mut last = "no etcd member answered".to_string();
+        for url in self.etcd_urls() {
+            let Some(c) = self.connect(vec![url.clone()]) else {
+                last = format!("{url}: no connection");
+                continue;
+            };
+            match self.block_on(Duration::from_secs(2), op(c)) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => last = format!("{url}: {e}"),
+                None => last = format!("{url}: no answer in 2 s"),
+            }
         }
+        Err(last)
     }
 
     /// etcd's live lease objects: (id, keys attached).
