@@ -327,13 +327,20 @@ pub struct Config {
     pub node_ip: IpAddr,
     /// The node's IPv6 address beside an IPv4 `node_ip` (the lease's `nodeIPv6`).
     pub node_ip_v6: Option<Ipv6Addr>,
-    /// The records' family's cluster CIDR (the first of [`Config::cluster_cidrs`]).
-    pub cluster_cidr: IpNetwork,
     pub leases: LeaseConfig,
     /// The etcd TLS files and user ([`Config::with_etcd_auth`]).
     pub etcd_auth: EtcdAuth,
     /// What is unsafe or unused in them, said at start.
     pub etcd_auth_warnings: Vec<String>,
+}
+
+/// A list flag's values as it takes them: comma-separated.
+fn list<T: std::fmt::Display>(values: impl IntoIterator<Item = T>) -> String {
+    values
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// At most one value of each family in `values` (a list flag); the IPv4 one first.
@@ -476,7 +483,6 @@ impl RunArgs {
             etcd_auth_warnings: Vec::new(),
             node_ip,
             node_ip_v6,
-            cluster_cidr: first_cidr,
             leases,
             args: self,
         })
@@ -520,11 +526,12 @@ impl Config {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             node_name: a.node_name.clone(),
-            node_ip: self.node_ip.to_string(),
-            cluster_cidr: self.cluster_cidr.to_string(),
+            node_ip: list(self.node_ips()),
+            cluster_cidr: list(self.cluster_cidrs()),
             store: store_flag(&a.store),
             etcd_prefix: a.etcd_prefix.clone(),
             subnet_len: a.subnet_len,
+            subnet_len_v6: a.subnet_len_v6,
             subnet_file: a.subnet_file.clone(),
             bridge: a.bridge.clone(),
             mtu: a.mtu,

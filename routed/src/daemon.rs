@@ -663,26 +663,8 @@ impl Node {
         if self.cfg.cluster_cidr_of(false).is_none() {
             return Ok(Vec::new());
         }
-        let ips = self.cfg.node_ips();
-        let mut indexes: Vec<u32> = routes::connected_links(&self.nl.handle)
-            .await?
-            .into_iter()
-            .filter(|(n, _)| ips.contains(&n.ip()))
-            .map(|(_, i)| i)
-            .collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        let mut names = Vec::new();
-        for i in indexes {
-            let mut s = self.nl.handle.link().get().match_index(i).execute();
-            if let Ok(Some(l)) = futures::TryStreamExt::try_next(&mut s).await {
-                names.extend(l.attributes.iter().find_map(|a| match a {
-                    netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                }));
-            }
-        }
-        Ok(names)
+        let links = routes::connected_links(&self.nl.handle).await?;
+        Ok(routes::link_names(&self.nl.handle, &links, &self.cfg.node_ips()).await)
     }
 
     /// The VXLAN device's MTU (`None` without one): the underlay link's less the encapsulation.
@@ -702,18 +684,8 @@ impl Node {
             }
         }
         let underlay = self.underlay.map_or(1500, |(_, mtu)| mtu);
-        let overhead = if node_ip.is_ipv4() {
-            vxlan::OVERHEAD_V4
-        } else {
-            vxlan::OVERHEAD_V6
-        };
-        // The smallest MTU a link may have: IPv4's 68, IPv6's 1280 when it carries IPv6 pods.
-        let floor = if self.cfg.cluster_cidr_of(false).is_some() {
-            1280
-        } else {
-            68
-        };
-        Ok(Some(underlay.saturating_sub(overhead).max(floor)))
+        let ipv6_pods = self.cfg.cluster_cidr_of(false).is_some();
+        Ok(Some(vxlan::device_mtu(underlay, node_ip, ipv6_pods)))
     }
 
     /// The VXLAN device as the backend wants it (or gone, on host-gw); returns what was repaired.

@@ -65,6 +65,9 @@ pub struct Settings {
     pub store: String,
     pub etcd_prefix: String,
     pub subnet_len: u8,
+    /// Absent from the settings of a daemon that predates it, which ran with the default.
+    #[serde(default = "default_subnet_len_v6")]
+    pub subnet_len_v6: u8,
     pub subnet_file: PathBuf,
     pub bridge: String,
     pub mtu: Option<u32>,
@@ -75,6 +78,10 @@ pub struct Settings {
     pub vxlan_vni: u32,
     pub vxlan_port: u16,
     pub cni_conf_dir: PathBuf,
+}
+
+fn default_subnet_len_v6() -> u8 {
+    64
 }
 
 impl Settings {
@@ -88,6 +95,7 @@ impl Settings {
             ("--store", self.store.clone()),
             ("--etcd-prefix", self.etcd_prefix.clone()),
             ("--subnet-len", self.subnet_len.to_string()),
+            ("--subnet-len-v6", self.subnet_len_v6.to_string()),
             ("--subnet-file", self.subnet_file.display().to_string()),
             ("--bridge", self.bridge.clone()),
             ("--mtu", self.mtu.map_or("none".into(), |m| m.to_string())),
@@ -253,11 +261,12 @@ mod tests {
             pid: 7,
             version: "0.1.0".into(),
             node_name: "n1".into(),
-            node_ip: "192.168.1.2".into(),
-            cluster_cidr: "10.244.0.0/16".into(),
+            node_ip: "192.168.1.2,fd00::2".into(),
+            cluster_cidr: "10.244.0.0/16,fd00:10:244::/56".into(),
             store: "file:/x".into(),
             etcd_prefix: "/cbrnet/subnets/".into(),
             subnet_len: 24,
+            subnet_len_v6: 64,
             subnet_file: d.path().join("subnet.json"),
             bridge: "cbr0".into(),
             mtu: None,
@@ -269,7 +278,12 @@ mod tests {
             cni_conf_dir: "/etc/cni/net.d".into(),
         };
         s.write(&p).unwrap();
-        assert_eq!(Settings::read(&p), Some(s));
+        assert_eq!(Settings::read(&p), Some(s.clone()));
+        // A daemon that predates --subnet-len-v6 ran with its default.
+        let mut old: serde_json::Value = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("subnetLenV6");
+        std::fs::write(&p, old.to_string()).unwrap();
+        assert_eq!(Settings::read(&p).map(|r| r.subnet_len_v6), Some(64));
         std::fs::write(&p, "{not json").unwrap();
         assert_eq!(Settings::read(&p), None);
         assert_eq!(Settings::read(&d.path().join("missing")), None);

@@ -25,6 +25,46 @@ pub fn served(cfg: &Config, lease: &Lease) -> Vec<IpNetwork> {
         .collect()
 }
 
+/// The bridge's gateway of each subnet: its first address, with the subnet's prefix.
+pub fn gateways(subnets: &[IpNetwork]) -> Vec<IpNetwork> {
+    subnets
+        .iter()
+        .filter_map(|s| IpNetwork::new(gateway_of(*s), s.prefix()).ok())
+        .collect()
+}
+
+/// Is `a`, on the bridge, the gateway of a subnet of the cluster that is not `want`'s (a
+/// subnet held before, or one put there by hand)?
+pub fn is_stale(cfg: &Config, want: &[IpNetwork], a: &IpNetwork) -> bool {
+    !want.contains(a) && cfg.cluster_cidrs().any(|c| c.contains(a.ip()))
+}
+
+/// `--ip-masq`'s rules: each served subnet masqueraded outside its family's cluster CIDR.
+pub fn masq_rules(cfg: &Config, subnets: &[IpNetwork]) -> Vec<masq::Masq> {
+    subnets
+        .iter()
+        .filter_map(|s| {
+            cfg.cluster_cidr_of(s.is_ipv4())
+                .map(|cluster| masq::Masq { subnet: *s, cluster })
+        })
+        .collect()
+}
+
+/// The subnet file of a node holding `lease`: its first family's subnet in `subnet` (what a
+/// plugin of an earlier version reads), the IPv6 one it serves beside it.
+pub fn subnet_file(cfg: &Config, lease: &Lease, mtu: Option<u32>) -> SubnetFile {
+    let v6_subnet = served(cfg, lease).get(1).copied();
+    SubnetFile {
+        subnet: lease.subnet,
+        gateway: lease.gateway(),
+        cluster_cidr: cfg.cluster_cidr_of(lease.subnet.is_ipv4()),
+        mtu,
+        ipv6_subnet: v6_subnet,
+        ipv6_gateway: v6_subnet.map(gateway_of),
+        ipv6_cluster_cidr: v6_subnet.and_then(|_| cfg.cluster_cidr_of(false)),
+    }
+}
+
 /// Makes the node match `lease`, with pods of MTU `mtu` (`None`: the plugin's default); returns
 /// what had drifted and was put back. `underlay` names the links of the node IPs. The subnet
 /// file comes last: the plugin may add pods as soon as it exists, so it only ever names a
@@ -50,18 +90,16 @@ pub async fn reconcile(
     if br.created {
         repaired.push(format!("bridge {} was missing", args.bridge));
     }
-    let mut want = Vec::new();
     for s in &subnets {
         let g = gateway_of(*s);
         if bridge::ensure_address(nl, &br, g, *s).await? {
             repaired.push(format!("gateway {g}/{} was not on {}", s.prefix(), args.bridge));
         }
-        want.push(IpNetwork::new(g, s.prefix()).map_err(|e| RoutedError::Config(e.to_string()))?);
     }
-    // Addresses of the cluster CIDRs other than our gateways: the gateway of a subnet we held
-    // before, or one put there by hand. Pods of that subnet can no longer be served here.
+    // Pods of a subnet whose gateway is stale can no longer be served here.
+    let want = gateways(&subnets);
     for a in bridge::addresses(nl, br.index).await? {
-        if !want.contains(&a) && cfg.cluster_cidrs().any(|c| c.contains(a.ip())) {
+        if is_stale(cfg, &want, &a) {
             bridge::remove_address(nl, br.index, a).await?;
             repaired.push(format!("stale address {a} removed from {}", args.bridge));
         }
@@ -82,27 +120,12 @@ pub async fn reconcile(
     if forwarding::enable_families(v4, v6)? {
         repaired.push("forwarding was off".into());
     }
-    let rules: Vec<masq::Masq> = subnets
-        .iter()
-        .filter_map(|s| {
-            cfg.cluster_cidr_of(s.is_ipv4())
-                .map(|cluster| masq::Masq { subnet: *s, cluster })
-        })
-        .collect();
+    let rules = masq_rules(cfg, &subnets);
     if args.ip_masq && !masq::is_in_place(MASQ_TABLE, &rules)? {
         masq::ensure(MASQ_TABLE, &rules)?;
         repaired.push(format!("masquerade table {MASQ_TABLE} was missing or changed"));
     }
-    let v6_subnet = subnets.get(1).copied();
-    let file = SubnetFile {
-        subnet: lease.subnet,
-        gateway: gw,
-        cluster_cidr: cfg.cluster_cidr_of(lease.subnet.is_ipv4()),
-        mtu,
-        ipv6_subnet: v6_subnet,
-        ipv6_gateway: v6_subnet.map(gateway_of),
-        ipv6_cluster_cidr: v6_subnet.and_then(|_| cfg.cluster_cidr_of(false)),
-    };
+    let file = subnet_file(cfg, lease, mtu);
     let written = file
         .write(&args.subnet_file)
         .map_err(|e| RoutedError::Io(format!("writing {}", args.subnet_file.display()), e))?;

@@ -512,6 +512,21 @@ impl Node {
     }
 }
 
+/// Writes at `path` the subnet file `cbrnet-routed` writes for a node holding `families`: each
+/// a (subnet, cluster CIDR), IPv4 first, its gateway the subnet's first address.
+pub fn write_subnet_file(path: &std::path::Path, families: &[(&str, &str)]) {
+    let gw = |s: &str| cbrnet_ipam::cluster::record::gateway_of(s.parse().expect("a subnet")).to_string();
+    let (s4, c4) = families[0];
+    let mut f = serde_json::json!({"subnet": s4, "gateway": gw(s4), "clusterCIDR": c4});
+    if let Some((s6, c6)) = families.get(1) {
+        f["ipv6Subnet"] = (*s6).into();
+        f["ipv6Gateway"] = gw(s6).into();
+        f["ipv6ClusterCIDR"] = (*c6).into();
+    }
+    let file: cbrnet_ipam::SubnetFile = serde_json::from_value(f).expect("a valid subnet file");
+    file.write(path).expect("writing the subnet file");
+}
+
 /// The pod address (without prefix) of a result's first IP.
 pub fn result_ip(r: &Value) -> String {
     r["ips"][0]["address"]

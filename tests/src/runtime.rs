@@ -300,11 +300,18 @@ impl Sandbox {
     /// A `cbrnet` network (in-process IPAM on `subnet`, reservations in the node's data
     /// directory, info-level log in `cbrnet.log`), in the version both runtimes speak.
     pub fn network(&self, subnet: &str) -> Value {
+        self.network_with(json!({"subnet": subnet}))
+    }
+
+    /// [`Sandbox::network`] with the IPAM keys `ipam` (`ranges`, `subnetFile`, ...) instead.
+    pub fn network_with(&self, mut ipam: Value) -> Value {
+        ipam["type"] = json!("cbrnet-ipam");
+        ipam["dataDir"] = json!(self.node.data_dir());
         json!({
             "cniVersion": "1.0.0", "name": NETWORK,
             "plugins": [{
                 "type": "cbrnet", "bridge": "cbr0", "logFile": self.dir().join("cbrnet.log"),
-                "ipam": {"type": "cbrnet-ipam", "subnet": subnet, "dataDir": self.node.data_dir()},
+                "ipam": ipam,
             }],
         })
     }
@@ -326,11 +333,17 @@ impl Sandbox {
 
     /// The address `owner` (`"<containerID> <ifname>"`) holds in the network, if any.
     pub fn reserved_for(&self, owner: &str) -> Option<String> {
+        self.reserved_all(owner).into_iter().next()
+    }
+
+    /// Every address `owner` holds in the network (one per family on a dual-stack network).
+    pub fn reserved_all(&self, owner: &str) -> Vec<String> {
         self.node
             .reservations(NETWORK)
             .into_iter()
-            .find(|(_, o)| o == owner)
+            .filter(|(_, o)| o == owner)
             .map(|(ip, _)| ip)
+            .collect()
     }
 
     /// Ends every process, and removes what they leave outside; returns what could not be
@@ -833,7 +846,16 @@ default_network = "{NETWORK}"
 
     /// The address podman has for container `name` on our network.
     pub fn ip(&self, name: &str) -> String {
-        let format = format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").IPAddress}}}}");
+        self.network_setting(name, "IPAddress")
+    }
+
+    /// The IPv6 address podman has for container `name` on our network.
+    pub fn ip6(&self, name: &str) -> String {
+        self.network_setting(name, "GlobalIPv6Address")
+    }
+
+    fn network_setting(&self, name: &str, key: &str) -> String {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{NETWORK}\").{key}}}}}");
         self.ok(&["inspect", "--format", &format, name])
             .trim()
             .to_string()

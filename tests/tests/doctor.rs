@@ -3,7 +3,7 @@
 //! that it does not repair it first), read from doctor's JSON; then the daemon let go and the
 //! node all ok again; the exit codes.
 
-use cbrnet_tests::lab::{Lab, StoreKind};
+use cbrnet_tests::lab::{IpFamily, Lab, StoreKind};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,13 @@ fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
 /// A lab of `n` nodes on `segments` underlay segments, each node's daemon started and every
 /// node's routes complete.
 fn lab(tag: &str, n: usize, segments: usize, flags: &[&str]) -> Lab {
+    lab_of(tag, IpFamily::V4, n, segments, flags)
+}
+
+/// [`lab`] with pods of `family`.
+fn lab_of(tag: &str, family: IpFamily, n: usize, segments: usize, flags: &[&str]) -> Lab {
     let mut lab = Lab::new(tag, StoreKind::File);
+    lab.set_family(family);
     lab.segments = segments;
     for i in 0..n {
         lab.add_node();
@@ -226,12 +232,11 @@ fn lease_and_subnet_file_faults_are_named() {
     let record = lab.store_dir().join(&key);
     lab.freeze(0);
     // The subnet file names another subnet than the lease.
-    let file = lab.nodes[0].node.subnet_file();
-    let good = std::fs::read_to_string(&file).unwrap();
-    let other = good
-        .replace(&subnet, "10.244.200.0/24")
-        .replace(&format!("\"{}\"", gateway(&subnet)), "\"10.244.200.1\"");
-    std::fs::write(&file, &other).unwrap();
+    let good = replace_in_subnet_file(
+        &lab,
+        (&subnet, &gateway(&subnet)),
+        ("10.244.200.0/24", "10.244.200.1"),
+    );
     let (code, checks, _) = lab.doctor(0, &[]);
     assert_eq!(code, 1);
     expect(
@@ -240,7 +245,7 @@ fn lease_and_subnet_file_faults_are_named() {
         "FAIL",
         &["subnet 10.244.200.0/24", &format!("the lease {subnet}")],
     );
-    std::fs::write(&file, &good).unwrap();
+    std::fs::write(lab.nodes[0].node.subnet_file(), &good).unwrap();
     // The lease held by another daemon instance under this node's name.
     let mut lease: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     let saved = lease.clone();
@@ -265,6 +270,17 @@ fn lease_and_subnet_file_faults_are_named() {
     lab.thaw(0);
     wait_all_ok(&lab, 0, &[]);
     wait_all_ok(&lab, 1, &[]);
+}
+
+/// Node 0's subnet file with a (subnet, gateway) replaced by another; what it was before.
+fn replace_in_subnet_file(lab: &Lab, from: (&str, &str), to: (&str, &str)) -> String {
+    let file = lab.nodes[0].node.subnet_file();
+    let good = std::fs::read_to_string(&file).unwrap();
+    let other = good
+        .replace(from.0, to.0)
+        .replace(&format!("\"{}\"", from.1), &format!("\"{}\"", to.1));
+    std::fs::write(&file, other).unwrap();
+    good
 }
 
 /// Address `n` of an IPv4 subnet `a.b.c.0/24`.
@@ -640,4 +656,288 @@ fn a_peer_that_does_not_answer_fails_its_probe() {
     expect(&checks, "bridge", "FAIL", &["no gateway"]);
     lab.thaw(1);
     wait_all_ok(&lab, 0, &["--probe"]);
+}
+
+/// The network address of a subnet (`fd00:10:244:2::/64` -> `fd00:10:244:2::`).
+fn network(subnet: &str) -> &str {
+    subnet.split('/').next().unwrap()
+}
+
+/// The gateway of an IPv6 subnet: its network address + 1.
+fn gateway6(subnet: &str) -> String {
+    let net: std::net::Ipv6Addr = network(subnet).parse().unwrap();
+    std::net::Ipv6Addr::from(u128::from(net) + 1).to_string()
+}
+
+#[test]
+fn dual_stack_checks_judge_both_families() {
+    // node-1 across segments (VXLAN for both families), node-2 on node-0's segment (direct)
+    let mut lab = lab_of("dr-ds", IpFamily::Dual, 3, 2, &["--ip-masq"]);
+    lab.add_pod(0);
+    lab.add_pod(1);
+    let (s4, s6) = {
+        let s = lab.nodes[0].subnets();
+        (s[0].clone(), s[1].clone())
+    };
+    let gw6 = format!("{}/64", gateway6(&s6));
+    // A fresh IPv6 underlay resolves its first neighbours slowly: the first echoes may wait.
+    wait_all_ok(&lab, 0, &["--probe"]);
+    let (code, checks, stderr) = lab.doctor(0, &["--probe"]);
+    assert_eq!(code, 0, "{checks:#?}\n{stderr}");
+    assert_eq!(not_ok(&checks), Vec::<(String, String)>::new(), "{checks:#?}");
+    expect(
+        &checks,
+        "lease",
+        "ok",
+        &[&format!("{s4}, {s6} held by node node-0")],
+    );
+    expect(
+        &checks,
+        "subnet-file",
+        "ok",
+        &[&format!("{s6} gateway {}", gateway6(&s6))],
+    );
+    expect(&checks, "bridge", "ok", &[&format!("{}/24, {gw6}", gateway(&s4))]);
+    expect(&checks, "forwarding.ipv4", "ok", &["= 1"]);
+    expect(
+        &checks,
+        "forwarding.ipv6",
+        "ok",
+        &["net.ipv6.conf.all.forwarding = 1", "accept_ra of eth0 = 2"],
+    );
+    expect(
+        &checks,
+        "masquerade",
+        "ok",
+        &[&format!("{s6} masqueraded outside fd00:10:244::/56")],
+    );
+    expect(
+        &checks,
+        "routes",
+        "ok",
+        &["node-1 vxlan", "node-2 direct", "exact"],
+    );
+    let (n1s6, n2s6) = (
+        lab.nodes[1].subnets()[1].clone(),
+        lab.nodes[2].subnets()[1].clone(),
+    );
+    expect(
+        &checks,
+        "probe.node-1",
+        "ok",
+        &[&format!("{} (vxlan): 3/3 answered", gateway6(&n1s6))],
+    );
+    expect(
+        &checks,
+        "probe.node-2",
+        "ok",
+        &[&format!("{} (direct): 3/3 answered", gateway6(&n2s6))],
+    );
+    // doctor told of one family where the daemon runs with two
+    let args = with_flag(lab.daemon_args(0), "--cluster-cidr", "10.244.0.0/16");
+    let (_, checks, _) = lab.doctor_with(0, args, &[]);
+    expect(
+        &checks,
+        "daemon.flags",
+        "FAIL",
+        &["--cluster-cidr: the daemon runs with 10.244.0.0/16,fd00:10:244::/56, this command has 10.244.0.0/16"],
+    );
+
+    // A peer's IPv6 gateway that does not answer: its IPv4 one still does.
+    lab.freeze(2);
+    lab.nodes[2]
+        .node
+        .ns
+        .ok(&["ip", "-6", "addr", "flush", "dev", "cbr0", "scope", "global"]);
+    let (code, checks, _) = lab.doctor(0, &["--probe"]);
+    assert_eq!(code, 1);
+    expect(
+        &checks,
+        "probe.node-2",
+        "FAIL",
+        &[
+            "(direct): 3/3 answered",
+            &format!("{} (direct): no answer", gateway6(&n2s6)),
+        ],
+    );
+    lab.thaw(2);
+    wait_all_ok(&lab, 2, &[]);
+
+    // The IPv6 half of node-0 broken while its daemon is frozen.
+    let ns = &lab.nodes[0].node.ns;
+    let hop1 = network(&n1s6).to_string();
+    let neigh = ns.ok(&["ip", "-6", "neigh", "show", "dev", "cbrnet.vxlan"]);
+    let mac1 = after(&neigh, &format!("{hop1} "), "lladdr");
+    lab.freeze(0);
+    ns.ok(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_ra=1"]);
+    let (code, checks, _) = lab.doctor(0, &[]);
+    assert_eq!(code, 0, "a warning alone: {checks:#?}");
+    expect(
+        &checks,
+        "forwarding.ipv6",
+        "warn",
+        &[
+            "accept_ra of eth0 = 1",
+            "router advertisements on eth0 are ignored",
+        ],
+    );
+    ns.ok(&["ip", "-6", "addr", "flush", "dev", "cbr0", "scope", "global"]);
+    ns.ok(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:10:244:ff::1/64",
+        "dev",
+        "cbr0",
+        "nodad",
+    ]);
+    ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+    ns.ok(&["nft", "flush", "chain", "inet", "cbrnet_routed", "postrouting"]);
+    ns.ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "cbrnet_routed",
+        "postrouting",
+        "ip",
+        "saddr",
+        &s4,
+        "ip",
+        "daddr",
+        "!=",
+        "10.244.0.0/16",
+        "masquerade",
+    ]);
+    ns.ok(&["ip", "-6", "route", "del", &n2s6]);
+    ns.ok(&["ip", "-6", "neigh", "del", &hop1, "dev", "cbrnet.vxlan"]);
+    let ip2 = lab.nodes[2].ip6.clone().unwrap();
+    ns.ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:10:244:fa::/64",
+        "via",
+        &ip2,
+        "proto",
+        "157",
+    ]);
+    let good = replace_in_subnet_file(
+        &lab,
+        (&s6, &gateway6(&s6)),
+        ("fd00:10:244:c8::/64", "fd00:10:244:c8::1"),
+    );
+    let (code, checks, _) = lab.doctor(0, &[]);
+    assert_eq!(code, 1);
+    expect(
+        &checks,
+        "bridge",
+        "FAIL",
+        &[&format!("no gateway {gw6}"), "stale address fd00:10:244:ff::1/64"],
+    );
+    assert!(check(&checks, "bridge")["fix"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("ip addr add {gw6} dev cbr0 nodad")));
+    expect(&checks, "forwarding.ipv4", "ok", &["= 1"]);
+    expect(
+        &checks,
+        "forwarding.ipv6",
+        "FAIL",
+        &["net.ipv6.conf.all.forwarding = 0"],
+    );
+    expect(
+        &checks,
+        "masquerade",
+        "FAIL",
+        &["not exactly the rule of each of", &s6],
+    );
+    expect(
+        &checks,
+        "peer.node-2",
+        "FAIL",
+        &[&n2s6, "(direct)", &format!("no route (want {n2s6} via {ip2})")],
+    );
+    expect(
+        &checks,
+        "peer.node-1",
+        "FAIL",
+        &[&n1s6, "(vxlan)", &format!("no neighbour entry {hop1} -> {mac1}")],
+    );
+    expect(&checks, "stale", "FAIL", &["route fd00:10:244:fa::/64 via"]);
+    expect(
+        &checks,
+        "subnet-file",
+        "FAIL",
+        &[&format!("ipv6Subnet fd00:10:244:c8::/64, the lease {s6}")],
+    );
+    std::fs::write(lab.nodes[0].node.subnet_file(), &good).unwrap();
+    // A record of one family in the dual-stack cluster (a hand edit): the lease lacks IPv6.
+    let key = s4.replace('/', "-");
+    let saved: Value = serde_json::from_slice(&std::fs::read(lab.store_dir().join(&key)).unwrap()).unwrap();
+    let mut one = saved["lease"].clone();
+    one.as_object_mut().unwrap().remove("ipv6Subnet");
+    lab.put_raw(&key, one.to_string().as_bytes());
+    let (_, checks, _) = lab.doctor(0, &[]);
+    expect(
+        &checks,
+        "lease",
+        "FAIL",
+        &["has no IPv6 subnet, though --cluster-cidr has fd00:10:244::/56"],
+    );
+    lab.put_raw(&key, saved["lease"].to_string().as_bytes());
+    lab.thaw(0);
+    // As in the IPv4 test: the stale route may wait for the daemon's full check.
+    let _ = ns.run(&["ip", "-6", "route", "del", "fd00:10:244:fa::/64", "proto", "157"]);
+    wait_all_ok(&lab, 0, &["--probe"]);
+}
+
+#[test]
+fn an_ipv6_only_node_is_judged_on_ipv6_alone() {
+    // node-1 across segments: VXLAN with IPv6 outer addresses (70 bytes)
+    let mut lab = lab_of("dr-v6", IpFamily::V6, 2, 2, &[]);
+    lab.add_pod(0);
+    let s6 = lab.nodes[0].subnet().unwrap();
+    // A fresh IPv6 underlay resolves its first neighbours slowly: the first echoes may wait.
+    wait_all_ok(&lab, 0, &["--probe"]);
+    let (code, checks, stderr) = lab.doctor(0, &["--probe"]);
+    assert_eq!(code, 0, "{checks:#?}\n{stderr}");
+    assert_eq!(not_ok(&checks), Vec::<(String, String)>::new(), "{checks:#?}");
+    // IPv4 forwarding is not the node's business: the daemon leaves it as it was
+    assert!(
+        checks.iter().all(|c| c["check"] != "forwarding.ipv4"),
+        "{checks:#?}"
+    );
+    expect(&checks, "forwarding.ipv6", "ok", &["= 1"]);
+    expect(&checks, "lease", "ok", &[&s6]);
+    expect(&checks, "bridge", "ok", &[&format!("{}/64", gateway6(&s6))]);
+    expect(&checks, "vxlan.device", "ok", &["local fd50:", "MTU 1430"]);
+    expect(
+        &checks,
+        "mtu",
+        "ok",
+        &["underlay 1500", "cbrnet.vxlan 1430", "1 pod(s) 1430"],
+    );
+    let n1s6 = lab.nodes[1].subnet().unwrap();
+    expect(
+        &checks,
+        "probe.node-1",
+        "ok",
+        &[&format!("{} (vxlan): 3/3 answered", gateway6(&n1s6))],
+    );
+    // the device's MTU as an IPv4-outer device would have it
+    lab.freeze(0);
+    let ns = &lab.nodes[0].node.ns;
+    ns.ok(&["ip", "link", "set", "cbrnet.vxlan", "mtu", "1450"]);
+    let (code, checks, _) = lab.doctor(0, &[]);
+    assert_eq!(code, 1);
+    expect(
+        &checks,
+        "mtu",
+        "FAIL",
+        &["cbrnet.vxlan 1450, not 1430 (underlay less 70)"],
+    );
+    lab.thaw(0);
+    wait_all_ok(&lab, 0, &[]);
 }

@@ -236,6 +236,37 @@ fn an_older_single_family_lease_is_routed_for_the_family_it_has() {
     assert_eq!(lab.http_get(0, "/healthz").0, 200);
     assert!(!lab.nodes[0].route_table().contains("fd00:10:244:9"));
     assert_all_reach(&lab);
+    // a live node's record edited by hand down to one family: its daemon writes both back, the
+    // same subnets, and its peer routes both again
+    let (s4, s6) = {
+        let s = lab.nodes[1].subnets();
+        (s[0].clone(), s[1].clone())
+    };
+    let key = s4.replace('/', "-");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.store_dir().join(&key)).unwrap()).unwrap();
+    let mut one = rec["lease"].clone();
+    one.as_object_mut().unwrap().remove("ipv6Subnet");
+    lab.put_raw(&key, one.to_string().as_bytes());
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| {
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(l.store_dir().join(&key)).unwrap_or_default())
+                    .unwrap_or_default();
+            r["lease"]["ipv6Subnet"] == s6.as_str()
+        }),
+        "{}",
+        lab.nodes[1].log()
+    );
+    assert_eq!(lab.nodes[1].subnets(), [s4, s6]);
+    assert!(
+        lab.wait_routes(0, Duration::from_secs(5), |_| lab.routes_complete(0))
+            .is_some(),
+        "{}",
+        lab.nodes[0].route_table()
+    );
+    assert_eq!(lab.http_get(1, "/healthz").0, 200);
+    assert_all_reach(&lab);
 }
 
 #[test]

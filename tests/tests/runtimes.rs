@@ -1,7 +1,8 @@
 //! cbrnet under real runtimes from Debian's packages, each in namespaces of the test's own (see
 //! `cbrnet_tests::runtime`): containerd 1.6 through `ctr run --cni`, and podman 4.3 through its
 //! CNI backend. Containers get addresses, reach each other, and give the addresses back when they
-//! go; and nothing is left behind.
+//! go; and nothing is left behind. On a dual-stack network, one address of each family, each
+//! reaching the other containers.
 
 use cbrnet_tests::runtime::{poll_until, BusyboxImage, Containerd, Podman, Sandbox, NETWORK};
 use serde_json::json;
@@ -22,6 +23,19 @@ fn nothing_held(sb: &Sandbox) {
     assert_eq!(sb.node.veths(), Vec::<String>::new(), "host veths left");
     let log = sb.cbrnet_log();
     assert!(!log.contains(" ERROR "), "the plugin logged errors: {log}");
+}
+
+/// Kills the task of a `ctr run --rm` (its `sleep` ignores SIGTERM) and waits for ctr, which
+/// returns after its DEL and the container's removal.
+fn kill_run_rm(ctrd: &Containerd, id: &str) {
+    ctrd.kill(id);
+    let st = ctrd.sb.wait_exit(&format!("ctr-{id}"), Duration::from_secs(30));
+    assert_eq!(
+        st.code(),
+        Some(137),
+        "{id}: {}",
+        ctrd.sb.log(&format!("ctr-{id}"))
+    );
 }
 
 /// Nothing but its ADDs and DELs, once each per container: no warnings, no retries.
@@ -62,15 +76,7 @@ fn containerd_containers_get_addresses_reach_each_other_and_give_them_back() {
     assert!(c.status.success(), "{c:?}");
     assert_eq!(ctrd.sb.node.reservations(NETWORK).len(), 2);
     for id in ["a", "b"] {
-        ctrd.kill(id);
-        // `ctr run --rm` returns after its DEL and the container's removal
-        let st = ctrd.sb.wait_exit(&format!("ctr-{id}"), Duration::from_secs(30));
-        assert_eq!(
-            st.code(),
-            Some(137),
-            "{id}: {}",
-            ctrd.sb.log(&format!("ctr-{id}"))
-        );
+        kill_run_rm(&ctrd, id);
     }
     assert_eq!(ctrd.ctr_ok(&["container", "list", "--quiet"]).trim(), "");
     nothing_held(&ctrd.sb);
@@ -83,6 +89,114 @@ fn containerd_containers_get_addresses_reach_each_other_and_give_them_back() {
     only_adds_and_dels(&ctrd.sb, 3);
     assert_eq!(ctrd.close(), Vec::<String>::new(), "left behind");
     eprintln!("containerd test: {:?}", t.elapsed());
+}
+
+/// A dual-stack container's two addresses (IPv4, IPv6) as reserved for `owner`, after checking
+/// that `eth0` (`ip -o addr show dev eth0` in the container: `addrs`) carries both.
+fn both_families(sb: &Sandbox, owner: &str, addrs: &str) -> (String, String) {
+    let ips = sb.reserved_all(owner);
+    let reservations = sb.node.reservations(NETWORK);
+    let [v4, v6] = ips.as_slice() else {
+        panic!("{owner}: not one address of each family: {reservations:?}");
+    };
+    assert!(!v4.contains(':') && v6.contains(':'), "{owner}: {ips:?}");
+    assert!(addrs.contains(&format!("inet {v4}/24")), "{owner}: {addrs}");
+    assert!(
+        addrs.contains(&format!("inet6 {v6}/64 scope global")),
+        "{owner}: {addrs}"
+    );
+    // usable at once: no duplicate address detection on an address unique by allocation
+    assert!(
+        !addrs
+            .lines()
+            .any(|l| l.contains("scope global") && l.contains("tentative")),
+        "{owner}: {addrs}"
+    );
+    (v4.clone(), v6.clone())
+}
+
+/// Containers "a" and "b" (addresses `ips`: IPv4, IPv6) ping each other on both families;
+/// `exec_ok` runs a command in a container.
+fn ping_both_families(ips: &[(String, String)], exec_ok: impl Fn(&str, &[&str]) -> String) {
+    for (from, to) in [("a", &ips[1]), ("b", &ips[0])] {
+        exec_ok(from, &ping(&to.0));
+        exec_ok(from, &ping(&to.1));
+    }
+}
+
+/// Once the two dual-stack containers are gone: their DELs gave back the addresses of both
+/// families, and nothing else was called.
+fn gave_both_back(sb: &Sandbox) {
+    nothing_held(sb);
+    only_adds_and_dels(sb, 2);
+}
+
+#[test]
+fn containerd_containers_of_a_dual_stack_network_reach_each_other_on_both_families() {
+    let t = Instant::now();
+    let ctrd = Containerd::start("ctrd-ds");
+    // no subnet in the config: both families from the node's subnet file, as on a node of a
+    // dual-stack cluster
+    let file = ctrd.sb.node.subnet_file();
+    cbrnet_tests::write_subnet_file(
+        &file,
+        &[
+            ("10.244.83.0/24", "10.244.0.0/16"),
+            ("fd00:10:244:53::/64", "fd00:10:244::/56"),
+        ],
+    );
+    ctrd.sb
+        .install_network(&ctrd.sb.network_with(json!({"subnetFile": file})));
+    ctrd.import(&BusyboxImage::build(&ctrd.sb.dir().join("image")));
+    for id in ["a", "b"] {
+        ctrd.run_rm(id, &["sleep", "600"]);
+    }
+    let mut ips = Vec::new();
+    for id in ["a", "b"] {
+        ctrd.wait_running(id);
+        let addrs = ctrd.exec_ok(id, &["ip", "-o", "addr", "show", "dev", "eth0"]);
+        let owner = format!("{} eth0", Containerd::cni_id(id));
+        ips.push(both_families(&ctrd.sb, &owner, &addrs));
+        // a default route of each family, via the bridge's gateways
+        let routes = ctrd.exec_ok(id, &["ip", "-6", "route", "show", "default"]);
+        assert!(routes.contains("via fd00:10:244:53::1"), "{id}: {routes}");
+    }
+    ping_both_families(&ips, |id, argv| ctrd.exec_ok(id, argv));
+    assert_eq!(ctrd.sb.node.reservations(NETWORK).len(), 4);
+    for id in ["a", "b"] {
+        kill_run_rm(&ctrd, id);
+    }
+    gave_both_back(&ctrd.sb);
+    assert_eq!(ctrd.close(), Vec::<String>::new(), "left behind");
+    eprintln!("containerd dual-stack test: {:?}", t.elapsed());
+}
+
+#[test]
+fn podman_containers_of_a_dual_stack_network_reach_each_other_on_both_families() {
+    let t = Instant::now();
+    let podman = Podman::new("podman-ds");
+    // both families in the conflist: one range set each
+    let ranges = json!([[{"subnet": "10.244.84.0/24"}], [{"subnet": "fd00:10:244:54::/64"}]]);
+    podman
+        .sb
+        .install_network(&podman.sb.network_with(json!({"ranges": ranges})));
+    podman.import(&BusyboxImage::build(&podman.sb.dir().join("image")));
+    let mut ips = Vec::new();
+    for name in ["a", "b"] {
+        let id = podman.run_detached(name, &["sleep", "600"]);
+        let addrs = podman.exec_ok(name, &["ip", "-o", "addr", "show", "dev", "eth0"]);
+        let (v4, v6) = both_families(&podman.sb, &format!("{id} eth0"), &addrs);
+        // podman took both from the plugin's result
+        assert_eq!((podman.ip(name), podman.ip6(name)), (v4.clone(), v6.clone()));
+        ips.push((v4, v6));
+    }
+    ping_both_families(&ips, |name, argv| podman.exec_ok(name, argv));
+    assert_eq!(podman.sb.node.reservations(NETWORK).len(), 4);
+    podman.ok(&["rm", "--force", "--time", "0", "a", "b"]);
+    assert_eq!(podman.ok(&["ps", "--all", "--quiet"]).trim(), "");
+    gave_both_back(&podman.sb);
+    assert_eq!(podman.close(), Vec::<String>::new(), "left behind");
+    eprintln!("podman dual-stack test: {:?}", t.elapsed());
 }
 
 #[test]

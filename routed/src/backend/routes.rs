@@ -91,6 +91,29 @@ pub async fn connected_links(h: &Handle) -> Result<Vec<(IpNetwork, u32)>> {
     Ok(out)
 }
 
+/// The names of the links among `links` (as [`connected_links`] gives them) that carry one of
+/// `ips`, each once; a link that goes meanwhile is left out.
+pub async fn link_names(h: &Handle, links: &[(IpNetwork, u32)], ips: &[IpAddr]) -> Vec<String> {
+    let mut indexes: Vec<u32> = links
+        .iter()
+        .filter(|(n, _)| ips.contains(&n.ip()))
+        .map(|(_, i)| *i)
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let mut names = Vec::new();
+    for i in indexes {
+        let mut s = h.link().get().match_index(i).execute();
+        if let Ok(Some(l)) = s.try_next().await {
+            names.extend(l.attributes.iter().find_map(|a| match a {
+                netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }));
+        }
+    }
+    names
+}
+
 /// Adds or replaces `dst via gw` (`replaces`: a route of ours to `dst` is there), through the
 /// nexthop object `nh` when there is one; without one, a VXLAN hop goes out of `vxlan_dev`
 /// on-link. An IPv4 destination may have an IPv6 gateway (RTA_VIA); the kernel takes no IPv4

@@ -34,6 +34,23 @@ pub const DEVICE: &str = "cbrnet.vxlan";
 pub const OVERHEAD_V4: u32 = 50;
 /// The same with an outer IPv6 header (40).
 pub const OVERHEAD_V6: u32 = 70;
+/// The encapsulation's cost with outer addresses of `local`'s family.
+pub fn overhead(local: IpAddr) -> u32 {
+    if local.is_ipv4() {
+        OVERHEAD_V4
+    } else {
+        OVERHEAD_V6
+    }
+}
+
+/// The device's MTU over an underlay link of MTU `underlay` with outer address `local`: less
+/// the encapsulation, and never below the smallest MTU a link may have (IPv4's 68, IPv6's 1280
+/// when it carries IPv6 pods).
+pub fn device_mtu(underlay: u32, local: IpAddr, ipv6_pods: bool) -> u32 {
+    let floor = if ipv6_pods { 1280 } else { 68 };
+    underlay.saturating_sub(overhead(local)).max(floor)
+}
+
 /// Requests in flight at once (see the daemon's route requests).
 const IN_FLIGHT: usize = 64;
 const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;

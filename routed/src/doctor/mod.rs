@@ -113,7 +113,7 @@ pub(crate) struct Facts<'a> {
     pub locked: Result<Option<bool>, String>,
     /// What the daemon published of its flags, if it runs and did.
     pub settings: Option<instance::Settings>,
-    /// This node's IPv4 addresses with their links.
+    /// This node's addresses (of both families, not link-local) with their links.
     pub links: Result<Vec<(IpNetwork, u32)>, String>,
 }
 
@@ -126,11 +126,14 @@ impl Facts<'_> {
             .max_by_key(|l| (!l.expired(now), l.expires))
     }
 
-    /// The subnet the node holds: its lease's, else its subnet file's.
-    pub fn subnet(&self) -> Option<IpNetwork> {
-        self.own_lease()
-            .map(|l| l.subnet)
-            .or_else(|| self.file.as_ref().ok().map(|f| f.subnet))
+    /// The subnets the node serves, its first family's first: its lease's, else its subnet
+    /// file's; none if it has neither.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        match (self.own_lease(), &self.file) {
+            (Some(l), _) => crate::setup::served(self.cfg, l),
+            (None, Ok(f)) => std::iter::once(f.subnet).chain(f.ipv6_subnet).collect(),
+            (None, Err(_)) => Vec::new(),
+        }
     }
 }
 
@@ -181,7 +184,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Vec<Check> {
     out.push(node::lease(&facts));
     out.push(node::subnet_file(&facts));
     out.push(node::bridge(&facts).await);
-    out.extend(node::forwarding(&facts));
+    out.extend(node::forwarding(&facts).await);
     out.push(node::masquerade(&facts));
     out.push(node::vxlan_device(&facts).await);
     let desired = peers::checks(&facts, &mut out).await;

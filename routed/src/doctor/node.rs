@@ -2,7 +2,7 @@
 //! masquerading, the VXLAN device, MTUs.
 
 use super::{human, Check, Facts};
-use crate::backend::vxlan;
+use crate::backend::{routes, vxlan};
 use crate::instance;
 use crate::setup::MASQ_TABLE;
 use cbrnet_bridge::{bridge, masq, netlink};
@@ -17,6 +17,11 @@ use std::time::Duration;
 const RESTART: &str = "systemctl restart cbrnet-routed (journalctl -u cbrnet-routed says what it did)";
 /// How long /healthz may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Values as the flags and `ip` list them: `a, b`.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
 
 /// The daemon: running (its lock), `/healthz`, and the flags it runs with against ours.
 pub fn daemon(f: &Facts<'_>, lock: &Path) -> Vec<Check> {
@@ -210,13 +215,45 @@ pub fn lease(f: &Facts<'_>) -> Check {
             "two machines or namespaces run under one --node-name: give one of them another name",
         );
     }
+    let subnets = list(&l.subnets());
     let left = l.expires - now;
     let ttl = f.cfg.args.lease_ttl.as_secs();
     let every = f.cfg.leases.renew_every().as_secs();
+    // The daemon's renewal gives a record of one family the other.
+    if let Some(v6) = f
+        .cfg
+        .cluster_cidr_of(false)
+        .filter(|_| l.subnet.is_ipv4() && l.ipv6_subnet.is_none())
+    {
+        return Check::fail(
+            "lease",
+            format!(
+                "{subnets} of node {name} has no IPv6 subnet, though --cluster-cidr has {v6}: its pods get no IPv6 address"
+            ),
+            format!(
+                "the daemon adds one at its next renewal (every {}); if it does not, journalctl -u cbrnet-routed says why (an IPv6 CIDR with no room left?)",
+                human(every)
+            ),
+        );
+    }
+    // Peers route to the node IPs the lease publishes.
+    let published: Vec<IpAddr> = std::iter::once(l.node_ip)
+        .chain(l.node_ip_v6.map(IpAddr::V6))
+        .collect();
+    if published != f.cfg.node_ips() {
+        return Check::fail(
+            "lease",
+            format!(
+                "{subnets} of node {name} publishes node IP {}, not --node-ip {}",
+                list(&published),
+                list(&f.cfg.node_ips())
+            ),
+            format!("the daemon writes its node IPs at start: {RESTART}"),
+        );
+    }
     let found = format!(
-        "{} held by node {name} ({}), {} left",
-        l.subnet,
-        f.cfg.node_ip,
+        "{subnets} held by node {name} ({}), {} left",
+        list(&f.cfg.node_ips()),
         human(left)
     );
     if mine.len() > 1 {
@@ -254,28 +291,74 @@ pub fn subnet_file(f: &Facts<'_>) -> Check {
             )
         }
     };
+    let show = |s: Option<IpNetwork>| s.map_or("none".into(), |s| s.to_string());
     let mut wrong = Vec::new();
-    if let Some(l) = f.own_lease() {
-        if l.subnet != file.subnet {
-            wrong.push(format!("subnet {}, the lease {}", file.subnet, l.subnet));
+    match f.own_lease() {
+        Some(l) => {
+            let want = crate::setup::subnet_file(f.cfg, l, file.mtu);
+            if want.subnet != file.subnet {
+                wrong.push(format!("subnet {}, the lease {}", file.subnet, want.subnet));
+            }
+            if want.ipv6_subnet != file.ipv6_subnet {
+                wrong.push(format!(
+                    "ipv6Subnet {}, the lease {}",
+                    show(file.ipv6_subnet),
+                    show(want.ipv6_subnet)
+                ));
+            }
+        }
+        None => {
+            if let Some(v6) = f
+                .cfg
+                .cluster_cidr_of(false)
+                .filter(|_| file.subnet.is_ipv4() && file.ipv6_subnet.is_none())
+            {
+                wrong.push(format!("no ipv6Subnet, though --cluster-cidr has {v6}"));
+            }
         }
     }
-    let gw = cbrnet_ipam::cluster::record::gateway_of(file.subnet);
-    if file.gateway != gw {
-        wrong.push(format!("gateway {}, not {gw}", file.gateway));
-    }
-    if file.cluster_cidr != Some(f.cfg.cluster_cidr) {
-        wrong.push(format!(
-            "clusterCIDR {}, not --cluster-cidr {}",
-            file.cluster_cidr.map_or("none".into(), |c| c.to_string()),
-            f.cfg.cluster_cidr
-        ));
+    // Each family's gateway and cluster CIDR, as the daemon writes them.
+    let families = [
+        (
+            "gateway",
+            "clusterCIDR",
+            Some(file.subnet),
+            Some(file.gateway),
+            file.cluster_cidr,
+        ),
+        (
+            "ipv6Gateway",
+            "ipv6ClusterCIDR",
+            file.ipv6_subnet,
+            file.ipv6_gateway,
+            file.ipv6_cluster_cidr,
+        ),
+    ];
+    for (gw_key, cidr_key, subnet, gw, cidr) in families {
+        let Some(subnet) = subnet else { continue };
+        let want_gw = cbrnet_ipam::cluster::record::gateway_of(subnet);
+        if gw != Some(want_gw) {
+            let gw = gw.map_or("none".into(), |g| g.to_string());
+            wrong.push(format!("{gw_key} {gw}, not {want_gw}"));
+        }
+        let want_cidr = f.cfg.cluster_cidr_of(subnet.is_ipv4());
+        if cidr != want_cidr {
+            wrong.push(format!(
+                "{cidr_key} {}, not --cluster-cidr {}",
+                show(cidr),
+                show(want_cidr)
+            ));
+        }
     }
     let mtu = file.mtu.map_or("none".into(), |m| m.to_string());
+    let v6 = match (file.ipv6_subnet, file.ipv6_gateway) {
+        (Some(s), Some(g)) => format!(", {s} gateway {g}"),
+        _ => String::new(),
+    };
     if wrong.is_empty() {
         Check::ok(
             "subnet-file",
-            format!("{path}: {} gateway {} mtu {mtu}", file.subnet, file.gateway),
+            format!("{path}: {} gateway {}{v6} mtu {mtu}", file.subnet, file.gateway),
         )
     } else {
         Check::fail(
@@ -312,16 +395,16 @@ pub async fn bridge(f: &Facts<'_>) -> Check {
             format!("remove it (ip link del {name}) and let the daemon make the bridge, or give --bridge another name"),
         );
     }
-    let Some(subnet) = f.subnet() else {
+    let subnets = f.subnets();
+    if subnets.is_empty() {
         return Check::warn(
             "bridge",
             format!("{name} is a bridge; its gateway not checked: the node holds no subnet"),
             "see lease and subnet-file",
         );
-    };
-    let gw = cbrnet_ipam::cluster::record::gateway_of(subnet);
-    let want = IpNetwork::new(gw, subnet.prefix()).ok();
-    let have = match bridge::ipv4_addresses(nl, l.header.index).await {
+    }
+    let want = crate::setup::gateways(&subnets);
+    let have = match bridge::addresses(nl, l.header.index).await {
         Ok(a) => a,
         Err(e) => return Check::unknown("bridge", e),
     };
@@ -331,25 +414,18 @@ pub async fn bridge(f: &Facts<'_>) -> Check {
         wrong.push("down".to_string());
         fixes.push(format!("ip link set {name} up"));
     }
-    if let Some(w) = want.filter(|w| !have.contains(w)) {
+    for w in want.iter().filter(|w| !have.contains(w)) {
         wrong.push(format!("no gateway {w}"));
-        fixes.push(format!("ip addr add {w} dev {name}"));
+        // As the daemon adds it: the subnet is the node's alone, DAD only delays the pods.
+        let nodad = if w.is_ipv6() { " nodad" } else { "" };
+        fixes.push(format!("ip addr add {w} dev {name}{nodad}"));
     }
-    for a in have
-        .iter()
-        .filter(|a| Some(**a) != want && f.cfg.cluster_cidr.contains(a.ip()))
-    {
+    for a in have.iter().filter(|a| crate::setup::is_stale(f.cfg, &want, a)) {
         wrong.push(format!("stale address {a} (a subnet this node does not hold)"));
         fixes.push(format!("ip addr del {a} dev {name}"));
     }
     if wrong.is_empty() {
-        Check::ok(
-            "bridge",
-            format!(
-                "{name}: bridge, up, gateway {}",
-                want.map_or(gw.to_string(), |w| w.to_string())
-            ),
-        )
+        Check::ok("bridge", format!("{name}: bridge, up, gateway {}", list(&want)))
     } else {
         Check::fail(
             "bridge",
@@ -362,35 +438,72 @@ pub async fn bridge(f: &Facts<'_>) -> Check {
     }
 }
 
-/// Forwarding on for each family the node routes pods of.
-pub fn forwarding(f: &Facts<'_>) -> Vec<Check> {
-    let mut knobs = vec![(
-        "forwarding.ipv4",
-        "/proc/sys/net/ipv4/ip_forward",
-        "net.ipv4.ip_forward",
-    )];
-    if f.file.as_ref().is_ok_and(|file| file.ipv6_subnet.is_some()) {
-        knobs.push((
+/// Forwarding on for each family of the cluster, as the daemon turns it on; with IPv6, the
+/// underlay links still taking router advertisements.
+pub async fn forwarding(f: &Facts<'_>) -> Vec<Check> {
+    let mut out = Vec::new();
+    if f.cfg.cluster_cidr_of(true).is_some() {
+        out.push(sysctl_is_on(
+            "forwarding.ipv4",
+            "/proc/sys/net/ipv4/ip_forward",
+            "net.ipv4.ip_forward",
+        ));
+    }
+    if f.cfg.cluster_cidr_of(false).is_some() {
+        let c = sysctl_is_on(
             "forwarding.ipv6",
             "/proc/sys/net/ipv6/conf/all/forwarding",
             "net.ipv6.conf.all.forwarding",
-        ));
+        );
+        out.push(match (&f.nl, &f.links) {
+            (Ok(nl), Ok(links)) if c.status == super::Status::Ok => {
+                let names = routes::link_names(&nl.handle, links, &f.cfg.node_ips()).await;
+                router_advertisements(c, &names)
+            }
+            _ => c,
+        });
     }
-    knobs
-        .into_iter()
-        .map(|(check, path, sysctl)| match std::fs::read(path) {
-            Ok(v) if v.first() == Some(&b'1') => Check::ok(check, format!("{sysctl} = 1")),
-            Ok(v) => Check::fail(
-                check,
-                format!(
-                    "{sysctl} = {}: pods cannot reach other nodes",
-                    String::from_utf8_lossy(&v).trim()
-                ),
-                format!("sysctl -w {sysctl}=1 (the daemon sets it at its next resync)"),
+    out
+}
+
+fn sysctl_is_on(check: &str, path: &str, sysctl: &str) -> Check {
+    match std::fs::read(path) {
+        Ok(v) if v.first() == Some(&b'1') => Check::ok(check, format!("{sysctl} = 1")),
+        Ok(v) => Check::fail(
+            check,
+            format!(
+                "{sysctl} = {}: pods cannot reach other nodes",
+                String::from_utf8_lossy(&v).trim()
             ),
-            Err(e) => Check::unknown(check, format!("reading {path}: {e}")),
-        })
-        .collect()
+            format!("sysctl -w {sysctl}=1 (the daemon sets it at its next resync)"),
+        ),
+        Err(e) => Check::unknown(check, format!("reading {path}: {e}")),
+    }
+}
+
+/// `ok` (IPv6 forwarding on) with each underlay link's `accept_ra`: a forwarding link ignores
+/// router advertisements at 1, which the daemon turns into 2.
+fn router_advertisements(ok: Check, links: &[String]) -> Check {
+    let mut found = ok.found;
+    let mut ignored = Vec::new();
+    for name in links {
+        let Ok(v) = std::fs::read(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra")) else {
+            continue;
+        };
+        let v = String::from_utf8_lossy(&v).trim().to_string();
+        found += &format!("; accept_ra of {name} = {v}");
+        if v == "1" {
+            ignored.push(name);
+        }
+    }
+    match ignored.first() {
+        None => Check::ok(ok.check, found),
+        Some(name) => Check::warn(
+            ok.check,
+            format!("{found}: with forwarding on, router advertisements on {name} are ignored"),
+            format!("sysctl -w net.ipv6.conf.{name}.accept_ra=2 (the daemon sets it at its next resync)"),
+        ),
+    }
 }
 
 /// The masquerade table of `--ip-masq`.
@@ -398,28 +511,33 @@ pub fn masquerade(f: &Facts<'_>) -> Check {
     if !f.cfg.args.ip_masq {
         return Check::ok("masquerade", "off (no --ip-masq)");
     }
-    let Some(subnet) = f.subnet() else {
+    let subnets = f.subnets();
+    if subnets.is_empty() {
         return Check::warn(
             "masquerade",
             "not checked: the node holds no subnet",
             "see lease and subnet-file",
         );
-    };
-    let rules = [masq::Masq {
-        subnet,
-        cluster: f.cfg.cluster_cidr,
-    }];
+    }
+    let rules = crate::setup::masq_rules(f.cfg, &subnets);
     match masq::is_in_place(MASQ_TABLE, &rules) {
         Ok(true) => Check::ok(
             "masquerade",
             format!(
-                "table inet {MASQ_TABLE}: {subnet} masqueraded outside {}",
-                f.cfg.cluster_cidr
+                "table inet {MASQ_TABLE}: {}",
+                rules
+                    .iter()
+                    .map(|r| format!("{} masqueraded outside {}", r.subnet, r.cluster))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ),
         Ok(false) => Check::fail(
             "masquerade",
-            format!("table inet {MASQ_TABLE} is missing or not exactly the rule for {subnet}"),
+            format!(
+                "table inet {MASQ_TABLE} is missing or not exactly the rule of each of {}",
+                list(&subnets)
+            ),
             format!("the daemon replaces it at its next resync; to see it: nft list table inet {MASQ_TABLE}"),
         ),
         Err(e) => Check::unknown("masquerade", format!("listing nftables: {e}")),
@@ -437,8 +555,8 @@ async fn underlay(f: &Facts<'_>) -> Option<(u32, u32)> {
 }
 
 /// The VXLAN device's MTU the daemon gives it: the underlay's less the encapsulation.
-pub(crate) fn vxlan_mtu(underlay: u32) -> u32 {
-    underlay.saturating_sub(vxlan::OVERHEAD_V4).max(68)
+fn vxlan_mtu(f: &Facts<'_>, underlay: u32) -> u32 {
+    vxlan::device_mtu(underlay, f.cfg.node_ip, f.cfg.cluster_cidr_of(false).is_some())
 }
 
 /// The VXLAN device: ours, as the daemon makes it (or none, on host-gw).
@@ -492,7 +610,7 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
             "bring the node's address up, or give doctor the daemon's --node-ip",
         );
     };
-    match vxlan::drift(&l, &spec(f, vxlan_mtu(u))) {
+    match vxlan::drift(&l, &spec(f, vxlan_mtu(f, u))) {
         Err(why) => Check::fail(
             "vxlan.device",
             why.clone(),
@@ -510,7 +628,7 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
                 args.vxlan_vni,
                 args.vxlan_port,
                 f.cfg.node_ip,
-                vxlan_mtu(u)
+                vxlan_mtu(f, u)
             ),
         ),
         Ok(d) => Check::fail(
@@ -552,7 +670,7 @@ pub async fn mtu(f: &Facts<'_>) -> Check {
     let mut found = vec![format!("underlay {u}")];
     let mut wrong = Vec::new();
     let vx = if args.backend.uses_vxlan() {
-        let want = vxlan_mtu(u);
+        let want = vxlan_mtu(f, u);
         match nl
             .link(vxlan::DEVICE)
             .await
@@ -561,7 +679,11 @@ pub async fn mtu(f: &Facts<'_>) -> Check {
             .and_then(|l| netlink::mtu(&l))
         {
             Some(m) if m == want => found.push(format!("{} {m}", vxlan::DEVICE)),
-            Some(m) => wrong.push(format!("{} {m}, not {want} (underlay less 50)", vxlan::DEVICE)),
+            Some(m) => wrong.push(format!(
+                "{} {m}, not {want} (underlay less {})",
+                vxlan::DEVICE,
+                vxlan::overhead(f.cfg.node_ip)
+            )),
             None => {}
         }
         Some(want)
@@ -611,7 +733,10 @@ pub async fn mtu(f: &Facts<'_>) -> Check {
         return Check::fail(
             "mtu",
             format!("{}; {}", wrong.join("; "), found.join(", ")),
-            format!("the daemon follows the underlay at once; if it does not: {RESTART}; --mtu must fit the underlay less 50 on vxlan/auto"),
+            format!(
+                "the daemon follows the underlay at once; if it does not: {RESTART}; --mtu must fit the underlay less {} on vxlan/auto",
+                vxlan::overhead(f.cfg.node_ip)
+            ),
         );
     }
     if !odd.is_empty() {

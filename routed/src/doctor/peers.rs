@@ -214,34 +214,33 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
     }
     let here: HashSet<&str> = desired.unroutable_here.iter().map(String::as_str).collect();
     for l in &peers {
-        let prefix = format!("lease {} of node {}: ", l.subnet, l.node_name);
-        let Some(problem) = desired.problems.iter().find_map(|p| p.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let e = faults.entry(l.subnet).or_default();
-        if vx_needed.contains(&l.subnet) {
-            e.fail.push(problem.to_string());
-            e.fix
-                .push(format!("see vxlan.device: {} must be cbrnet's", vxlan::DEVICE));
-        } else if here.contains(l.node_name.as_str()) {
-            e.fail.push(problem.to_string());
-            e.fix
-                .push("--backend auto (or vxlan) reaches peers that are not on this node's networks".into());
-        } else {
-            e.warn.push(problem.to_string());
-            e.fix.push(format!(
-                "node {}'s lease is the problem: restart its daemon (it rewrites its lease), or fix its --node-ip",
-                l.node_name
-            ));
+        for subnet in crate::setup::served(cfg, l) {
+            let prefix = format!("lease {subnet} of node {}: ", l.node_name);
+            let Some(problem) = desired.problems.iter().find_map(|p| p.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let e = faults.entry(subnet).or_default();
+            if vx_needed.contains(&subnet) {
+                e.fail.push(problem.to_string());
+                e.fix
+                    .push(format!("see vxlan.device: {} must be cbrnet's", vxlan::DEVICE));
+            } else if here.contains(l.node_name.as_str()) {
+                e.fail.push(problem.to_string());
+                e.fix.push(
+                    "--backend auto (or vxlan) reaches peers that are not on this node's networks".into(),
+                );
+            } else {
+                e.warn.push(problem.to_string());
+                e.fix.push(format!(
+                    "node {}'s lease is the problem: restart its daemon (it rewrites its lease), or fix its --node-ip",
+                    l.node_name
+                ));
+            }
         }
     }
 
     // The summary, then one line per peer that is not right.
-    let path_of = |l: &Lease| match desired.routes.get(&l.subnet) {
-        Some(h) if h.vxlan => Path::Vxlan,
-        Some(_) => Path::Direct,
-        None => Path::Unroutable,
-    };
+    let path_of = |subnet: &IpNetwork| path(&desired, subnet);
     let counts = Path::ALL
         .iter()
         .map(|p| {
@@ -253,9 +252,15 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
         })
         .collect::<Vec<_>>()
         .join(", ");
+    // A peer's subnets the daemon routes: of the cluster's families.
+    let subnets_of = |l: &Lease| crate::setup::served(cfg, l);
     let failing: Vec<&Lease> = peers
         .iter()
-        .filter(|l| faults.get(&l.subnet).is_some_and(|e| !e.fail.is_empty()))
+        .filter(|l| {
+            subnets_of(l)
+                .iter()
+                .any(|s| faults.get(s).is_some_and(|e| !e.fail.is_empty()))
+        })
         .collect();
     let what = if vx_index.is_some() {
         "route, FDB and neighbour entry"
@@ -265,7 +270,7 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
     let listed = if peers.len() <= LIST_PEERS {
         let each: Vec<String> = peers
             .iter()
-            .map(|l| format!("{} {}", l.node_name, path_of(l).as_str()))
+            .map(|l| format!("{} {}", l.node_name, paths(&desired, &subnets_of(l))))
             .collect();
         format!(" ({})", each.join(", "))
     } else {
@@ -292,26 +297,36 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
         )
     });
     for l in &peers {
-        let Some(e) = faults.get(&l.subnet) else { continue };
-        let found = format!(
-            "{} {} ({}): {}",
-            l.node_name,
-            l.subnet,
-            path_of(l).as_str(),
-            e.fail
-                .iter()
-                .chain(&e.warn)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        let mut fix = e.fix.clone();
-        fix.dedup();
+        // Each subnet of the peer that is not right, with its path and what it lacks.
+        let mut found = Vec::new();
+        let mut fix = Vec::new();
+        let mut fails = false;
+        for subnet in subnets_of(l) {
+            let Some(e) = faults.get(&subnet) else { continue };
+            fails |= !e.fail.is_empty();
+            let all: Vec<String> = e.fail.iter().chain(&e.warn).cloned().collect();
+            found.push(format!(
+                "{subnet} ({}): {}",
+                path_of(&subnet).as_str(),
+                all.join("; ")
+            ));
+            fix.extend(
+                e.fix
+                    .iter()
+                    .filter(|f| !fix.contains(*f))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if found.is_empty() {
+            continue;
+        }
         let check = format!("peer.{}", l.node_name);
-        out.push(if e.fail.is_empty() {
-            Check::warn(check, found, fix.join("; "))
-        } else {
+        let found = format!("{} {}", l.node_name, found.join("; "));
+        out.push(if fails {
             Check::fail(check, found, fix.join("; "))
+        } else {
+            Check::warn(check, found, fix.join("; "))
         });
     }
 
@@ -393,10 +408,29 @@ pub(crate) async fn checks(f: &Facts<'_>, out: &mut Vec<Check>) -> Option<Wanted
     Some(Wanted { desired, peers })
 }
 
+/// The path the daemon takes to one subnet of a peer.
+fn path(desired: &Desired, subnet: &IpNetwork) -> Path {
+    match desired.routes.get(subnet) {
+        Some(h) if h.vxlan => Path::Vxlan,
+        Some(_) => Path::Direct,
+        None => Path::Unroutable,
+    }
+}
+
+/// The paths to a peer's subnets, as `leases` shows them: `direct`, or `direct,vxlan` when its
+/// families go different ways.
+fn paths(desired: &Desired, subnets: &[IpNetwork]) -> String {
+    let mut each: Vec<&str> = subnets.iter().map(|s| path(desired, s).as_str()).collect();
+    each.dedup();
+    each.join(",")
+}
+
 /// A route as `ip route` shows ours.
 fn show_route(dst: IpNetwork, hop: &routes::Hop) -> String {
     if hop.vxlan {
         format!("{dst} via {} dev {} onlink", hop.gw, vxlan::DEVICE)
+    } else if dst.is_ipv4() && hop.gw.is_ipv6() {
+        format!("{dst} via inet6 {}", hop.gw)
     } else {
         format!("{dst} via {}", hop.gw)
     }
@@ -414,55 +448,83 @@ pub(crate) fn probe(f: &Facts<'_>, wanted: Option<&Wanted>) -> Vec<Check> {
     if w.peers.is_empty() {
         return vec![Check::ok("probe", "no peers to probe")];
     }
-    let targets: Vec<std::net::Ipv4Addr> = w
+    // The gateway of each subnet of each peer that the daemon serves.
+    let targets: Vec<(usize, IpNetwork, IpAddr)> = w
         .peers
         .iter()
-        .map(|l| match cbrnet_ipam::cluster::record::gateway_of(l.subnet) {
-            IpAddr::V4(a) => a,
-            IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        .enumerate()
+        .flat_map(|(i, l)| {
+            crate::setup::served(f.cfg, l)
+                .into_iter()
+                .map(move |s| (i, s, cbrnet_ipam::cluster::record::gateway_of(s)))
         })
         .collect();
-    let results = probe::echo_all(&targets);
+    let results = probe::echo_all(&targets.iter().map(|t| t.2).collect::<Vec<_>>());
+    // What each echo found, by peer.
+    let mut per_peer: Vec<Vec<Check>> = w.peers.iter().map(|_| Vec::new()).collect();
+    for ((i, subnet, gw), r) in targets.into_iter().zip(results) {
+        let (l, path) = (&w.peers[i], path(&w.desired, &subnet));
+        per_peer[i].push(echo_check(f, l, gw, path, r));
+    }
     w.peers
         .iter()
-        .zip(targets)
-        .zip(results)
-        .map(|((l, gw), r)| {
+        .zip(per_peer)
+        .map(|(l, each)| {
+            // One line per peer, the worst of its families decides.
             let check = format!("probe.{}", l.node_name);
-            let path = match w.desired.routes.get(&l.subnet) {
-                Some(h) if h.vxlan => "vxlan",
-                Some(_) => "direct",
-                None => "unroutable",
-            };
-            match r {
-                Err(e) => Check::unknown(check, format!("echo to {gw}: {e}")),
-                Ok(o) if o.received == 0 => Check::fail(
-                    check,
-                    format!(
-                        "{gw} ({path}): no answer to {} echoes in {} ms (100% loss)",
-                        o.sent,
-                        probe::BUDGET.as_millis()
-                    ),
-                    format!(
-                        "see routes and peer.{}; run doctor on {} too; between nodes: ICMP, and UDP {} for VXLAN",
-                        l.node_name, l.node_name, f.cfg.args.vxlan_port
-                    ),
-                ),
-                Ok(o) => {
-                    let found = format!(
-                        "{gw} ({path}): {}/{} answered, {}% loss, rtt {}",
-                        o.received,
-                        o.sent,
-                        o.loss_percent(),
-                        o.rtt_text()
-                    );
-                    if o.received < o.sent {
-                        Check::warn(check, found, "loss on the path: the underlay, or a busy node")
-                    } else {
-                        Check::ok(check, found)
-                    }
-                }
+            let status = each.iter().map(|c| c.status).max().unwrap_or(super::Status::Ok);
+            let found = each
+                .iter()
+                .map(|c| c.found.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut fixes: Vec<&str> = each
+                .iter()
+                .filter(|c| c.status != super::Status::Ok)
+                .map(|c| c.fix.as_str())
+                .collect();
+            fixes.dedup();
+            Check {
+                check,
+                status,
+                found,
+                fix: fixes.join("; "),
             }
         })
         .collect()
+}
+
+/// What one echo to a peer's gateway found.
+fn echo_check(f: &Facts<'_>, l: &Lease, gw: IpAddr, path: Path, r: Result<probe::Outcome, String>) -> Check {
+    let path = path.as_str();
+    let check = format!("probe.{}", l.node_name);
+    match r {
+        Err(e) => Check::unknown(check, format!("echo to {gw}: {e}")),
+        Ok(o) if o.received == 0 => Check::fail(
+            check,
+            format!(
+                "{gw} ({path}): no answer to {} echoes in {} ms (100% loss)",
+                o.sent,
+                probe::BUDGET.as_millis()
+            ),
+            format!(
+                "see routes and peer.{}; run doctor on {} too; between nodes: ICMP, and UDP {} for VXLAN",
+                l.node_name, l.node_name, f.cfg.args.vxlan_port
+            ),
+        ),
+        Ok(o) => {
+            let found = format!(
+                "{gw} ({path}): {}/{} answered, {}% loss, rtt {}",
+                o.received,
+                o.sent,
+                o.loss_percent(),
+                o.rtt_text()
+            );
+            if o.received < o.sent {
+                Check::warn(check, found, "loss on the path: the underlay, or a busy node")
+            } else {
+                Check::ok(check, found)
+            }
+        }
+    }
 }

@@ -1,11 +1,12 @@
-//! ICMP echoes to the peers' gateways: a few echoes per peer within [`BUDGET`], [`PARALLEL`]
-//! peers at a time, each on a socket of its own connected to its peer (so that the kernel hands
-//! it only that peer's answers). An unprivileged ICMP socket where the node allows one
-//! (`net.ipv4.ping_group_range`), else a raw one (root).
+//! ICMP echoes to the peers' gateways, of either family: a few echoes per gateway within
+//! [`BUDGET`], [`PARALLEL`] gateways at a time, each on a socket of its own connected to its
+//! gateway (so that the kernel hands it only that gateway's answers). An unprivileged ICMP socket
+//! where the node allows one (`net.ipv4.ping_group_range`, for both families), else a raw one
+//! (root).
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ const GAP: Duration = Duration::from_millis(250);
 pub const PARALLEL: usize = 64;
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
+const ECHO_REQUEST_V6: u8 = 128;
+const ECHO_REPLY_V6: u8 = 129;
 
 /// What one peer answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +49,7 @@ impl Outcome {
 
 /// Probes every target; one result per target, in order. Takes about [`BUDGET`] per
 /// [`PARALLEL`] targets.
-pub fn echo_all(targets: &[Ipv4Addr]) -> Vec<Result<Outcome, String>> {
+pub fn echo_all(targets: &[IpAddr]) -> Vec<Result<Outcome, String>> {
     let results: Vec<Mutex<Option<Result<Outcome, String>>>> =
         targets.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
@@ -85,12 +88,16 @@ pub fn echo_all(targets: &[Ipv4Addr]) -> Vec<Result<Outcome, String>> {
         .collect()
 }
 
-/// An ICMP socket: unprivileged where allowed, else raw. Whether it is raw (answers come with
-/// their IP header).
-fn open() -> Result<(Socket, bool), String> {
-    match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
+/// An ICMP socket of `v6`'s family: unprivileged where allowed, else raw. Whether it is raw.
+fn open(v6: bool) -> Result<(Socket, bool), String> {
+    let (domain, protocol) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4)
+    };
+    match Socket::new(domain, Type::DGRAM, Some(protocol)) {
         Ok(s) => Ok((s, false)),
-        Err(_) => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        Err(_) => Socket::new(domain, Type::RAW, Some(protocol))
             .map(|s| (s, true))
             .map_err(|e| {
                 format!("an ICMP socket: {e} (ping_group_range forbids an unprivileged one; run as root)")
@@ -110,26 +117,29 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An echo request.
-fn request(ident: u16, seq: u16) -> Vec<u8> {
-    let mut p = vec![ECHO_REQUEST, 0, 0, 0];
+/// An echo request. ICMPv6's checksum covers the IPv6 addresses: the kernel puts it in.
+fn request(ident: u16, seq: u16, v6: bool) -> Vec<u8> {
+    let mut p = vec![if v6 { ECHO_REQUEST_V6 } else { ECHO_REQUEST }, 0, 0, 0];
     p.extend_from_slice(&ident.to_be_bytes());
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(b"cbrnet-doctor...");
-    let c = checksum(&p);
-    p[2..4].copy_from_slice(&c.to_be_bytes());
+    if !v6 {
+        let c = checksum(&p);
+        p[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     p
 }
 
-/// The sequence number of an echo reply of ours in `b` (with its IP header if `raw`).
-fn reply_seq(b: &[u8], raw: bool, ident: u16) -> Option<u16> {
-    let icmp = if raw {
+/// The sequence number of an echo reply of ours in `b`. A raw IPv4 socket's answers come with
+/// their IP header; an IPv6 one's never do.
+fn reply_seq(b: &[u8], raw: bool, ident: u16, v6: bool) -> Option<u16> {
+    let icmp = if raw && !v6 {
         let ihl = usize::from(b.first()? & 0x0f) * 4;
         b.get(ihl..)?
     } else {
         b
     };
-    if *icmp.first()? != ECHO_REPLY {
+    if *icmp.first()? != if v6 { ECHO_REPLY_V6 } else { ECHO_REPLY } {
         return None;
     }
     let id = u16::from_be_bytes([*icmp.get(4)?, *icmp.get(5)?]);
@@ -141,9 +151,10 @@ fn reply_seq(b: &[u8], raw: bool, ident: u16) -> Option<u16> {
 }
 
 /// Echoes to one target within [`BUDGET`].
-pub fn echo(target: Ipv4Addr, ident: u16) -> Result<Outcome, String> {
-    let (mut sock, raw) = open()?;
-    sock.connect(&SockAddr::from(SocketAddrV4::new(target, 0)))
+pub fn echo(target: IpAddr, ident: u16) -> Result<Outcome, String> {
+    let v6 = target.is_ipv6();
+    let (mut sock, raw) = open(v6)?;
+    sock.connect(&SockAddr::from(SocketAddr::new(target, 0)))
         .map_err(|e| format!("no way to {target}: {e}"))?;
     let start = Instant::now();
     let deadline = start + BUDGET;
@@ -158,7 +169,7 @@ pub fn echo(target: Ipv4Addr, ident: u16) -> Result<Outcome, String> {
         let due = start + GAP * sent.len() as u32;
         if sent.len() < ECHOES && now >= due {
             let seq = sent.len() as u16;
-            if let Err(e) = sock.send(&request(ident, seq)) {
+            if let Err(e) = sock.send(&request(ident, seq, v6)) {
                 // An unreachable next hop is an answer of sorts: the echo is lost.
                 if sent.is_empty() && e.raw_os_error() != Some(nix::libc::EHOSTUNREACH) {
                     return Err(format!("sending to {target}: {e}"));
@@ -181,7 +192,7 @@ pub fn echo(target: Ipv4Addr, ident: u16) -> Result<Outcome, String> {
         // Timeouts, and errors an ICMP error brings back (unreachable): the echo is lost.
         if let Ok(n) = sock.read(&mut buf) {
             let got = Instant::now();
-            if let Some(seq) = reply_seq(&buf[..n], raw, ident) {
+            if let Some(seq) = reply_seq(&buf[..n], raw, ident, v6) {
                 let i = usize::from(seq);
                 if let (Some(at), Some(slot)) = (sent.get(i), rtts.get_mut(i)) {
                     slot.get_or_insert(got.saturating_duration_since(*at));
@@ -203,18 +214,28 @@ mod tests {
 
     #[test]
     fn requests_carry_a_valid_checksum_and_replies_are_matched() {
-        let p = request(0x1234, 2);
+        let p = request(0x1234, 2, false);
         assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
         assert_eq!(&p[4..8], &[0x12, 0x34, 0, 2]);
         // a raw socket's reply: a 20-byte IP header, then the ICMP echo reply
         let mut r = vec![0x45u8];
         r.resize(20, 0);
         r.extend_from_slice(&[ECHO_REPLY, 0, 0, 0, 0x12, 0x34, 0, 2]);
-        assert_eq!(reply_seq(&r, true, 0x1234), Some(2));
-        assert_eq!(reply_seq(&r, true, 0x9999), None, "another prober's");
-        assert_eq!(reply_seq(&r[20..], false, 0), Some(2));
-        assert_eq!(reply_seq(&p, false, 0), None, "a request is no reply");
-        assert_eq!(reply_seq(&[0x4f], true, 0), None, "garbage");
+        assert_eq!(reply_seq(&r, true, 0x1234, false), Some(2));
+        assert_eq!(reply_seq(&r, true, 0x9999, false), None, "another prober's");
+        assert_eq!(reply_seq(&r[20..], false, 0, false), Some(2));
+        assert_eq!(reply_seq(&p, false, 0, false), None, "a request is no reply");
+        assert_eq!(reply_seq(&[0x4f], true, 0, false), None, "garbage");
+        // ICMPv6: other types; a raw socket's answers without their IP header
+        let p6 = request(0x1234, 1, true);
+        assert_eq!(p6[0], ECHO_REQUEST_V6);
+        assert_eq!(&p6[2..4], &[0, 0], "the kernel's to fill");
+        assert_eq!(reply_seq(&p6, true, 0x1234, true), None, "a request is no reply");
+        let r6 = [ECHO_REPLY_V6, 0, 0, 0, 0x12, 0x34, 0, 1];
+        assert_eq!(reply_seq(&r6, true, 0x1234, true), Some(1));
+        assert_eq!(reply_seq(&r6, true, 0x4321, true), None, "another prober's");
+        assert_eq!(reply_seq(&r6, false, 0, true), Some(1));
+        assert_eq!(reply_seq(&r, true, 0x1234, true), None, "an IPv4 reply");
         let o = Outcome {
             sent: 3,
             received: 2,

@@ -17,10 +17,15 @@
 //!
 //! `--gap-ms N` pauses N ms after each call of rounds 1 and 2 (calls otherwise come back to back,
 //! with the kernel's structures of the last call still warm in the CPU caches).
+//!
+//! `--dual` runs instead one round on quiet nodes of IPv4 pods against dual-stack pods: cbrnet
+//! with a subnet file of one family and one of two (as `cbrnet-routed` writes them), and the
+//! floor with one address and with one of each family (and once more without the dual-stack
+//! pod's link-local address, to tell what that costs the kernel), interleaved as in round 1.
 
 use cbrnet_tests::{Call, CniOut, Netns, Node, REFERENCE_CNI_DIR};
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,17 +41,24 @@ struct Plugin {
     cni_path: String,
     /// The floor takes its address from CNI_ARGS: the i-th pod's, in this /22.
     floor_net: Option<Ipv4Addr>,
+    /// A dual-stack floor's IPv6 addresses: the i-th pod's, in this /64.
+    floor_net6: Option<Ipv6Addr>,
+    /// More of the floor's CNI_ARGS (`;LL6=0`: no link-local address in a dual-stack pod).
+    floor_extra: &'static str,
 }
 
 impl Plugin {
     fn args(&self, i: usize) -> String {
-        match self.floor_net {
-            Some(net) => {
-                let ip = Ipv4Addr::from(u32::from(net) + 2 + i as u32);
-                format!("IP={ip}/22;GW={}", Ipv4Addr::from(u32::from(net) + 1))
-            }
-            None => String::new(),
+        let Some(net) = self.floor_net else {
+            return String::new();
+        };
+        let ip = Ipv4Addr::from(u32::from(net) + 2 + i as u32);
+        let mut args = format!("IP={ip}/22;GW={}", Ipv4Addr::from(u32::from(net) + 1));
+        if let Some(net6) = self.floor_net6 {
+            let ip6 = Ipv6Addr::from(u128::from(net6) + 2 + i as u128);
+            args += &format!(";IP6={ip6}/64;GW6={}", Ipv6Addr::from(u128::from(net6) + 1));
         }
+        args + self.floor_extra
     }
 
     fn call(&self, command: &str, id: &str, i: usize, pod: &Netns) -> CniOut {
@@ -86,6 +98,8 @@ struct Args {
     /// A pause after each timed call of rounds 1 and 2, as between pod starts on a real node: the
     /// kernel's structures of the last call are no longer warm in the CPU caches.
     gap: Duration,
+    /// IPv4 pods against dual-stack pods, instead of the three rounds.
+    dual: bool,
 }
 
 fn parse_args() -> Args {
@@ -95,12 +109,17 @@ fn parse_args() -> Args {
         concurrent: 200,
         disk: false,
         gap: Duration::ZERO,
+        dual: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "--disk" {
             a.disk = true;
+            continue;
+        }
+        if flag == "--dual" {
+            a.dual = true;
             continue;
         }
         let v: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage());
@@ -120,7 +139,7 @@ fn parse_args() -> Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cni-bench [--pods N] [--prefill N] [--concurrent N] [--gap-ms N] [--disk]");
+    eprintln!("usage: cni-bench [--pods N] [--prefill N] [--concurrent N] [--gap-ms N] [--disk] [--dual]");
     std::process::exit(2)
 }
 
@@ -174,6 +193,8 @@ fn main() {
             bin: plugin_dir.join("cbrnet"),
             cni_path: plugin_dir.display().to_string(),
             floor_net: None,
+            floor_net6: None,
+            floor_extra: "",
         }
     };
     let floor = |tag: &str| {
@@ -200,25 +221,10 @@ fn main() {
             bin: our_dir.join("cni-floor"),
             cni_path: our_dir.display().to_string(),
             floor_net: Some(Ipv4Addr::new(10, 244, 48, 0)),
+            floor_net6: None,
+            floor_extra: "",
         }
     };
-    let reference = {
-        let node = Node::new("bench-ref");
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cbr0",
-            "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
-            "ipam": { "type": "host-local", "subnet": "10.244.52.0/22", "dataDir": data_dir(&node, "hl") },
-        });
-        Plugin {
-            name: "reference",
-            node,
-            conf,
-            bin: PathBuf::from(REFERENCE_CNI_DIR).join("bridge"),
-            cni_path: REFERENCE_CNI_DIR.to_string(),
-            floor_net: None,
-        }
-    };
-    let plugins = [cbrnet("bench-cbr"), floor("bench-floor"), reference];
     println!(
         "kernel {}, nproc {}, IPAM state on {}, cbrnet {} ({})",
         command_out("uname", &["-r"]),
@@ -246,6 +252,28 @@ fn main() {
             p.timed("DEL", "warmup", 999, &pod);
         }
     };
+    if a.dual {
+        return dual(&a, cbrnet, floor, warm_up);
+    }
+    let reference = {
+        let node = Node::new("bench-ref");
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cbr0",
+            "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
+            "ipam": { "type": "host-local", "subnet": "10.244.52.0/22", "dataDir": data_dir(&node, "hl") },
+        });
+        Plugin {
+            name: "reference",
+            node,
+            conf,
+            bin: PathBuf::from(REFERENCE_CNI_DIR).join("bridge"),
+            cni_path: REFERENCE_CNI_DIR.to_string(),
+            floor_net: None,
+            floor_net6: None,
+            floor_extra: "",
+        }
+    };
+    let plugins = [cbrnet("bench-cbr"), floor("bench-floor"), reference];
     plugins.iter().for_each(warm_up);
 
     println!(
@@ -353,6 +381,97 @@ fn main() {
         a.prefill,
         "cbrnet: reservations"
     );
+}
+
+/// `--dual`: IPv4 pods against dual-stack pods on quiet nodes, cbrnet and the floor, in one
+/// interleaved round; then every address of both families must be free again.
+fn dual(
+    a: &Args,
+    cbrnet: impl Fn(&str) -> Plugin,
+    floor: impl Fn(&str) -> Plugin,
+    warm_up: impl Fn(&Plugin),
+) {
+    // cbrnet takes its subnets from a subnet file of one family or of two, as cbrnet-routed
+    // writes it for an IPv4 or a dual-stack cluster.
+    let with_file = |tag: &str, name: &'static str, dual6: bool| {
+        let mut p = cbrnet(tag);
+        p.name = name;
+        let v4 = ("10.244.44.0/22", "10.244.0.0/16");
+        let v6 = ("fd00:10:244:2c::/64", "fd00:10:244::/56");
+        let path = p.node.subnet_file();
+        let families = [v4, v6];
+        cbrnet_tests::write_subnet_file(&path, &families[..if dual6 { 2 } else { 1 }]);
+        let data = p.conf["ipam"]["dataDir"].clone();
+        p.conf["ipam"] = json!({"type": "cbrnet-ipam", "subnetFile": path, "dataDir": data});
+        p
+    };
+    let floor_of = |tag: &str, name: &'static str, v6: bool, extra: &'static str| {
+        let mut p = floor(tag);
+        p.name = name;
+        if v6 {
+            // The gateway as cbrnet-routed puts it on the bridge: without duplicate address
+            // detection.
+            p.node.ns.ok(&[
+                "ip",
+                "addr",
+                "add",
+                "fd00:10:244:30::1/64",
+                "dev",
+                "cbr0",
+                "nodad",
+            ]);
+            p.floor_net6 = Some("fd00:10:244:30::".parse().expect("a literal address"));
+        }
+        p.floor_extra = extra;
+        p
+    };
+    // Five plugins: 120 pods take each of their orders once.
+    let plugins = [
+        with_file("bench-cbr4", "cbrnet, IPv4", false),
+        with_file("bench-cbr46", "cbrnet, dual", true),
+        floor_of("bench-floor4", "floor, IPv4", false, ""),
+        floor_of("bench-floor46", "floor, dual", true, ""),
+        // what the pod's link-local address costs the kernel
+        floor_of("bench-floor46n", "floor, dual, no pod link-local", true, ";LL6=0"),
+    ];
+    plugins.iter().for_each(warm_up);
+    println!(
+        "\nquiet nodes: {} IPv4 pods and {} dual-stack pods each, ADDs then DELs, interleaved\n",
+        a.pods, a.pods
+    );
+    let rows = round(&plugins.iter().collect::<Vec<_>>(), a.pods, 0, "d", a.gap);
+    table(&rows);
+    let med = |name: &str, op: &str| {
+        rows.iter()
+            .find(|x| x.plugin == name && x.op == op)
+            .map_or(f64::NAN, |x| x.median)
+    };
+    println!("\nratios (medians):");
+    for op in ["ADD", "DEL"] {
+        println!(
+            "  {op} dual/IPv4: cbrnet {:.2}{}, floor {:.2}; cbrnet/floor: IPv4 {:.2}, dual {:.2}",
+            med("cbrnet, dual", op) / med("cbrnet, IPv4", op),
+            if op == "ADD" { " (target <= 1.2)" } else { "" },
+            med("floor, dual", op) / med("floor, IPv4", op),
+            med("cbrnet, IPv4", op) / med("floor, IPv4", op),
+            med("cbrnet, dual", op) / med("floor, dual", op),
+        );
+    }
+    println!(
+        "  ADD floor, dual without the pod's link-local / IPv4: {:.2}",
+        med("floor, dual, no pod link-local", "ADD") / med("floor, IPv4", "ADD")
+    );
+    // DEL gave back every address, of both families.
+    for p in &plugins[..2] {
+        let dir = std::path::PathBuf::from(p.conf["ipam"]["dataDir"].as_str().unwrap_or_default());
+        let left = cbrnet_tests::reservations_in(&dir.join("testnet"));
+        assert_eq!(
+            left,
+            Vec::<(String, String)>::new(),
+            "{}: reservations left",
+            p.name
+        );
+    }
 }
 
 struct Row {

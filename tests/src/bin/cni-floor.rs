@@ -5,10 +5,15 @@
 //! no runtime, no IPAM (the address comes as `CNI_ARGS=IP=a.b.c.d/len;GW=a.b.c.d`), hand-encoded
 //! netlink in three writes as cbrnet makes them (the node's, the pod's, the host end up). A
 //! benchmark tool, not a plugin.
+//!
+//! A dual-stack pod (`IP6=x::y/len;GW6=x::1` besides): also the IPv6 address (without duplicate
+//! address detection) and an IPv6 default route, in the same pod write, and the pod end keeps its
+//! IPv6 link-local address, as cbrnet gives a pod with an IPv6 address (`LL6=0` takes it away
+//! too, to tell what it costs).
 
 use std::fs::File;
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 
 const RTM_NEWLINK: u16 = 16;
@@ -21,6 +26,9 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const IFF_UP: u32 = 1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IFA_F_NODAD: u8 = 2;
 
 fn fail(msg: &str) -> ! {
     println!("{{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"{msg}\"}}");
@@ -163,6 +171,17 @@ fn main() {
     let ip: Ipv4Addr = ip.parse().unwrap_or_else(|_| fail("IP"));
     let len: u8 = len.parse().unwrap_or_else(|_| fail("len"));
     let gw: Ipv4Addr = get("GW").parse().unwrap_or_else(|_| fail("GW"));
+    let ip6_arg = get("IP6");
+    let v6: Option<(Ipv6Addr, u8, Ipv6Addr)> = (!ip6_arg.is_empty()).then(|| {
+        let (ip, len) = ip6_arg.split_once('/').unwrap_or_else(|| fail("IP6=x::y/len"));
+        (
+            ip.parse().unwrap_or_else(|_| fail("IP6")),
+            len.parse().unwrap_or_else(|_| fail("IP6 len")),
+            get("GW6").parse().unwrap_or_else(|_| fail("GW6")),
+        )
+    });
+    // cbrnet keeps the pod's IPv6 link-local address when the pod has an IPv6 address.
+    let pod_link_local = v6.is_some() && get("LL6") != "0";
     let netns = File::open(var("CNI_NETNS")).unwrap_or_else(|_| fail("netns"));
     let bridge = nix::net::if_::if_nametoindex("cbr0").unwrap_or_else(|_| fail("bridge")) as i32;
 
@@ -199,37 +218,60 @@ fn main() {
         fail(&format!("host side: errno {e}"));
     }
 
-    // Pod: no IPv6 link-local, up, address, default route, in one write.
+    // Pod: no IPv6 link-local (unless kept), up, addresses, default routes, in one write.
     nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|_| fail("setns"));
     let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap_or_else(|_| fail("pod link")) as i32;
-    let up = Msg::new(RTM_SETLINK, 0, &ifinfomsg(index, IFF_UP, IFF_UP));
-    // ifaddrmsg: family, prefixlen, flags, scope, index (u32).
-    let mut ifaddr = vec![2, len, 0, 0];
-    ifaddr.extend_from_slice(&(index as u32).to_ne_bytes());
-    let mut addr = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &ifaddr);
-    addr.attr(2, &ip.octets());
-    addr.attr(1, &ip.octets());
-    // rtmsg: family, dst_len, src_len, tos, table (main), protocol (boot), scope (universe), type
-    // (unicast), flags.
-    let mut route = Msg::new(
-        RTM_NEWROUTE,
-        NLM_F_CREATE | NLM_F_EXCL,
-        &[2, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0],
-    );
-    route.attr(5, &gw.octets());
-    route.attr(4, &(index as u32).to_ne_bytes());
-    let quiet = no_link_local(index, &ifname).done(4);
-    if let Err(e) = exchange(
-        netlink_socket(),
-        vec![quiet, up.done(5), addr.done(6), route.done(7)],
-    ) {
+    let mut pod = Vec::new();
+    if !pod_link_local {
+        pod.push(no_link_local(index, &ifname).done(4));
+    }
+    pod.push(Msg::new(RTM_SETLINK, 0, &ifinfomsg(index, IFF_UP, IFF_UP)).done(5));
+    pod.push(address(index, AF_INET, &ip.octets(), len, 0).done(6));
+    if let Some((ip6, len6, _)) = v6 {
+        pod.push(address(index, AF_INET6, &ip6.octets(), len6, IFA_F_NODAD).done(7));
+    }
+    pod.push(default_route(index, AF_INET, &gw.octets()).done(8));
+    if let Some((_, _, gw6)) = v6 {
+        pod.push(default_route(index, AF_INET6, &gw6.octets()).done(9));
+    }
+    if let Err(e) = exchange(netlink_socket(), pod) {
         fail(&format!("pod side: errno {e}"));
     }
     // The host end up last, on the socket opened in the node, with the pod end already up.
     if let Err(e) = exchange(host_sock, vec![hairpin]) {
         fail(&format!("host side: errno {e}"));
     }
-    println!("{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}/{len}\",\"gateway\":\"{gw}\"}}]}}");
+    let ip6 = v6.map_or(String::new(), |(a, l, g)| {
+        format!(",{{\"address\":\"{a}/{l}\",\"gateway\":\"{g}\"}}")
+    });
+    println!(
+        "{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{ip}/{len}\",\"gateway\":\"{gw}\"}}{ip6}]}}"
+    );
+}
+
+/// NEWADDR of `addr/len` (IFA_LOCAL and IFA_ADDRESS) on link `index`.
+fn address(index: i32, family: u8, addr: &[u8], len: u8, flags: u8) -> Msg {
+    // ifaddrmsg: family, prefixlen, flags, scope, index (u32).
+    let mut ifaddr = vec![family, len, flags, 0];
+    ifaddr.extend_from_slice(&(index as u32).to_ne_bytes());
+    let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &ifaddr);
+    m.attr(2, addr);
+    m.attr(1, addr);
+    m
+}
+
+/// NEWROUTE of the default route via `gw` out of link `index`.
+fn default_route(index: i32, family: u8, gw: &[u8]) -> Msg {
+    // rtmsg: family, dst_len, src_len, tos, table (main), protocol (boot), scope (universe), type
+    // (unicast), flags.
+    let mut m = Msg::new(
+        RTM_NEWROUTE,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &[family, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0],
+    );
+    m.attr(5, gw);
+    m.attr(4, &(index as u32).to_ne_bytes());
+    m
 }
 
 /// SETLINK of a down link: IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }, by index
