@@ -124,6 +124,9 @@ where
                     } else {
                         tracing::warn!("{msg}; retrying in {d:?}");
                     }
+                } else {
+                    // Said once above; at debug level every attempt shows.
+                    tracing::debug!("{msg}; retrying in {d:?}");
                 }
                 tokio::time::sleep(d).await;
             }
@@ -316,10 +319,13 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
                         }
                         _ => store_failed(&metrics, &e),
                     };
+                    let d = b.next();
                     if due {
                         tracing::error!("{msg}; retrying");
+                    } else {
+                        tracing::debug!("{msg}; retrying in {d:?}");
                     }
-                    tokio::time::sleep(b.next()).await;
+                    tokio::time::sleep(d).await;
                 }
             }
         }

@@ -271,70 +271,113 @@ pub struct Context<'a> {
 /// An etcd client error in words: which of the known misconfigurations it is, else the error
 /// itself. The text is the same on every retry of the same failure (it is logged when it changes).
 pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
-    let eps = cx.endpoints.join(",");
-    let tls = cx.endpoints.iter().any(|e| e.starts_with("https://"));
-    // The whole chain: tonic and hyper wrap the TLS library's error several times.
+    let status = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s.message()),
+        _ => None,
+    };
+    // The whole chain: tonic and hyper wrap the TLS library's error several times. etcd-client's
+    // error gives no source; the transport error it wraps does (a status prints its own).
     let mut chain = e.to_string();
-    let mut src = std::error::Error::source(e);
+    let mut src = match e {
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        _ => None,
+    };
     while let Some(s) = src {
         chain.push_str(": ");
         chain.push_str(&s.to_string());
         src = s.source();
     }
+    reason(status, &chain, cx)
+}
+
+/// [`explain`] of what an error says: the message of its gRPC status (etcd's answer, or tonic's
+/// account of a failed connection), and its text with its sources'.
+fn reason(status: Option<&str>, chain: &str, cx: &Context) -> String {
+    let eps = cx.endpoints.join(",");
+    let tls = cx.endpoints.iter().any(|e| e.starts_with("https://"));
     let has = |s: &str| chain.contains(s);
     // A hang-up reads differently by where it is noticed: "Connection reset by peer (os error
-    // 104)", "connection reset", "broken pipe", "connection closed".
-    let lower = chain.to_lowercase();
-    let hung_up = ["broken pipe", "connection reset", "connection closed"]
-        .iter()
-        .any(|s| lower.contains(s));
+    // 104)", "Kind(ConnectionReset)", "broken pipe", "BrokenPipe", "connection closed".
+    let squashed: String = chain
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase();
+    let hung_up = [
+        "brokenpipe",
+        "connectionreset",
+        "connectionaborted",
+        "connectionclosed",
+    ]
+    .iter()
+    .any(|s| squashed.contains(s));
+    // While connecting (TCP and the TLS handshake) rather than on a connection made.
+    let connecting = has("ConnectError(");
     let ca = match &cx.auth.ca_file {
         Some(p) => format!("the CA of --etcd-ca-file {}", p.display()),
         None => "the system's CAs (no --etcd-ca-file)".into(),
     };
-    if let etcd_client::Error::GRpcStatus(s) = e {
-        let m = s.message();
-        if m.contains("authentication failed") {
-            return format!(
-                "etcd at {eps} refused the user name or password (--etcd-username {:?}, --etcd-password-file): wrong password or no such user",
-                cx.auth.username.as_deref().unwrap_or("")
-            );
-        }
-        if m.contains("permission denied") && cx.auth.username.is_none() {
-            // With its users on, etcd takes a client certificate's common name for the user.
-            return format!(
-                "etcd refuses the prefix {:?} to the user named by the client certificate's common name (grant that user's role readwrite on the prefix, or give --etcd-username)",
-                cx.prefix
-            );
-        }
-        if m.contains("permission denied") {
-            return format!(
-                "etcd user {:?} has no permission on the prefix {:?} (grant its role readwrite on it)",
-                cx.auth.username.as_deref().unwrap_or(""),
-                cx.prefix
-            );
-        }
-        if m.contains("user name is empty") || m.contains("invalid auth token") && cx.auth.username.is_none()
-        {
-            return format!("etcd at {eps} requires a user: give --etcd-username and --etcd-password-file");
-        }
-        if m.contains("authentication is not enabled") {
-            return format!("etcd at {eps} has authentication off, but --etcd-username is given");
-        }
+    let user = cx.auth.username.as_deref().unwrap_or("");
+    let m = status.unwrap_or("");
+    if m.contains("authentication failed") {
+        return format!(
+            "etcd at {eps} refused the user name or password (--etcd-username {user:?}, --etcd-password-file): wrong password or no such user"
+        );
     }
-    if has("UnknownIssuer") || has("BadSignature") || has("UnknownCA") && !has("alert") {
+    if m.contains("permission denied") && cx.auth.username.is_none() {
+        // With its users on, etcd takes a client certificate's common name for the user.
+        return format!(
+            "etcd refuses the prefix {:?} to the user named by the client certificate's common name (grant that user's role readwrite on the prefix, or give --etcd-username)",
+            cx.prefix
+        );
+    }
+    if m.contains("permission denied") {
+        return format!(
+            "etcd user {user:?} has no permission on the prefix {:?} (grant its role readwrite on it)",
+            cx.prefix
+        );
+    }
+    if m.contains("user name is empty") || (m.contains("invalid auth token") && cx.auth.username.is_none()) {
+        return format!("etcd at {eps} requires a user: give --etcd-username and --etcd-password-file");
+    }
+    if m.contains("authentication is not enabled") {
+        return format!(
+            "etcd at {eps} has authentication off, but --etcd-username is given (turn it on in etcd, or give no --etcd-username and --etcd-password-file)"
+        );
+    }
+    if has("UnknownIssuer") || has("BadSignature") || (has("UnknownCA") && !has("alert")) {
         return format!("etcd's server certificate at {eps} is not signed by {ca}: wrong CA");
     }
-    if has("NotValidForName") {
-        return format!("etcd's server certificate does not name the host of {eps}");
+    if has("certificate not valid for name") || has("NotValidForName") {
+        let names = match m.split_once("certificate is only valid for ") {
+            Some((_, list)) => format!(" (it names {})", names_of(list)),
+            None if m.contains("not valid for any names") => " (it names no host)".into(),
+            None => String::new(),
+        };
+        return format!(
+            "etcd's server certificate at {eps} does not name the host it is reached at{names}: give --store a name or address the certificate names, or etcd a certificate that names this one"
+        );
     }
-    if has("invalid peer certificate: Expired") {
-        return format!("etcd's server certificate at {eps} has expired");
+    // rustls gives the time of the check with the certificate's date: only the date is kept,
+    // so that the reason is the same on every retry.
+    if has("certificate expired") || has("invalid peer certificate: Expired") {
+        let when = unix_after(chain, "not valid after ").map(|t| format!(" at {}", utc(t)));
+        return format!(
+            "etcd's server certificate at {eps} expired{}",
+            when.unwrap_or_default()
+        );
+    }
+    if has("certificate not valid yet") || has("invalid peer certificate: NotValidYet") {
+        let when = unix_after(chain, "not valid before ").map(|t| format!(" before {}", utc(t)));
+        return format!(
+            "etcd's server certificate at {eps} is not valid{} yet (is this machine's clock right?)",
+            when.unwrap_or_default()
+        );
     }
     // Under TLS 1.3 etcd judges the client's certificate after the client thinks the handshake is
     // done: its alert may be read, or the connection found closed first. Both say the same, so
     // the reason does not flip between retries.
-    if has("fatal alert") || tls && hung_up {
+    if has("fatal alert") || tls && hung_up && !connecting {
         if cx.auth.cert_file.is_none() {
             return format!(
                 "etcd at {eps} requires a client certificate: give --etcd-cert-file and --etcd-key-file"
@@ -344,8 +387,14 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
             "etcd at {eps} refused the client certificate of --etcd-cert-file (not signed by a CA etcd trusts, expired or revoked)"
         );
     }
-    // A plain etcd hangs up on a TLS hello; a TLS-only one on an HTTP/2 preface.
-    if tls && (has("tls handshake eof") || has("InvalidContentType") || has("corrupt message")) {
+    // A plain etcd hangs up on a TLS hello (at its end, or at once); a TLS-only one on an HTTP/2
+    // preface.
+    if tls
+        && (has("tls handshake eof")
+            || has("InvalidContentType")
+            || has("corrupt message")
+            || hung_up && connecting)
+    {
         return format!("etcd at {eps} does not speak TLS: use http:// (or turn TLS on in etcd)");
     }
     if !tls && (hung_up || has("frame with invalid size")) {
@@ -354,12 +403,35 @@ pub fn explain(e: &etcd_client::Error, cx: &Context) -> String {
         );
     }
     if has("no native certs found") {
-        return "https:// without --etcd-ca-file, and the system has no CA certificates".into();
+        return "https:// without --etcd-ca-file, and the system has no CA certificates (or none where SSL_CERT_FILE or SSL_CERT_DIR point): give --etcd-ca-file".into();
     }
     if has("Connection refused") {
         return format!("etcd at {eps} does not listen (connection refused)");
     }
-    chain
+    chain.to_string()
+}
+
+/// The names of rustls' "IpAddress(10.0.0.1), DnsName(\"a\") or DnsName(\"b\")" as `10.0.0.1, a, b`.
+fn names_of(list: &str) -> String {
+    list.split(" or ")
+        .flat_map(|p| p.split(", "))
+        .map(|n| {
+            let n = n.trim();
+            ["IpAddress(", "DnsName("]
+                .iter()
+                .find_map(|p| n.strip_prefix(p)?.strip_suffix(')'))
+                .unwrap_or(n)
+                .trim_matches('"')
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The unix time in `text` right after `label` (rustls' "... not valid after 1609459200 ...").
+fn unix_after(text: &str, label: &str) -> Option<i64> {
+    let rest = text.split_once(label)?.1;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -377,6 +449,277 @@ mod tests {
         for bad in [&b""[..], b"Z", b"7001010000Z", b"701301000000Z", b"70010100000xZ"] {
             assert_eq!(asn1_time(0x17, bad), None, "{bad:?}");
         }
+    }
+
+    /// What tonic makes of a failed connection: the message, and the status as printed.
+    fn unavailable(message: &str, source: &str) -> (String, String) {
+        let chain = format!(
+            "grpc request error: code: 'The service is currently unavailable', message: {message:?}, source: tonic::transport::Error(Transport, {source})"
+        );
+        (message.to_string(), chain)
+    }
+
+    /// etcd's answer to a call: the message, and the status as printed.
+    fn answer(code: &str, message: &str) -> (String, String) {
+        let chain = format!("grpc request error: code: '{code}', message: {message:?}");
+        (message.to_string(), chain)
+    }
+
+    /// A connection made, then failed: tonic gives no message of the TLS library's.
+    fn after_connecting(code: &str, message: &str, source: &str) -> (Option<String>, String) {
+        let chain = format!(
+            "grpc request error: code: '{code}', message: {message:?}, source: tonic::transport::Error(Transport, {source})"
+        );
+        (Some(message.to_string()), chain)
+    }
+
+    /// Each cause `explain` knows, from the texts etcd-client, tonic, hyper and rustls gave
+    /// against a real etcd (3.4), and what it is said as.
+    #[test]
+    fn each_cause_is_named_from_the_texts_of_a_real_etcd() {
+        let https = vec!["https://127.0.0.1:2379".to_string()];
+        let http = vec!["http://127.0.0.1:2379".to_string()];
+        let ca_file = EtcdAuth {
+            ca_file: Some("/etc/cbrnet/etcd-ca.crt".into()),
+            ..EtcdAuth::default()
+        };
+        let client = EtcdAuth {
+            cert_file: Some("/etc/cbrnet/etcd-client.crt".into()),
+            key_file: Some("/etc/cbrnet/etcd-client.key".into()),
+            ..ca_file.clone()
+        };
+        let user = EtcdAuth {
+            username: Some("cbrnet".into()),
+            password_file: Some("/etc/cbrnet/etcd-password".into()),
+            ..ca_file.clone()
+        };
+        let none = EtcdAuth::default();
+        let say = |eps: &[String], auth: &EtcdAuth, (status, chain): (Option<String>, String)| {
+            let cx = Context {
+                endpoints: eps,
+                auth,
+                prefix: "/cbrnet/subnets/",
+            };
+            reason(status.as_deref(), &chain, &cx)
+        };
+        let check = |eps: &[String], auth: &EtcdAuth, error: (Option<String>, String), want: &str| {
+            assert_eq!(say(eps, auth, error.clone()), want, "{error:?}");
+        };
+        let status = |(m, c): (String, String)| (Some(m), c);
+
+        check(
+            &https,
+            &client,
+            status(unavailable(
+                "invalid peer certificate: UnknownIssuer",
+                "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))",
+            )),
+            "etcd's server certificate at https://127.0.0.1:2379 is not signed by the CA of --etcd-ca-file /etc/cbrnet/etcd-ca.crt: wrong CA",
+        );
+        check(
+            &https,
+            &none,
+            status(unavailable(
+                "invalid peer certificate: UnknownIssuer",
+                "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))",
+            )),
+            "etcd's server certificate at https://127.0.0.1:2379 is not signed by the system's CAs (no --etcd-ca-file): wrong CA",
+        );
+        check(
+            &https,
+            &client,
+            status(unavailable(
+                "invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is only valid for IpAddress(127.0.0.2) or DnsName(\"etcd.example\")",
+                "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(NotValidForNameContext { expected: IpAddress(V4(Ipv4Addr([127, 0, 0, 1]))), presented: [\"IpAddress(127.0.0.2)\", \"DnsName(\\\"etcd.example\\\")\"] }) }))",
+            )),
+            "etcd's server certificate at https://127.0.0.1:2379 does not name the host it is reached at (it names 127.0.0.2, etcd.example): give --store a name or address the certificate names, or etcd a certificate that names this one",
+        );
+        check(
+            &https,
+            &client,
+            status(unavailable(
+                "invalid peer certificate: certificate expired: verification time 1796589221 (UNIX), but certificate is not valid after 1609459200 (187130021 seconds ago)",
+                "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(ExpiredContext { time: UnixTime(1796589221), not_after: UnixTime(1609459200) }) }))",
+            )),
+            "etcd's server certificate at https://127.0.0.1:2379 expired at 2021-01-01 00:00:00 UTC",
+        );
+        check(
+            &https,
+            &client,
+            status(unavailable(
+                "invalid peer certificate: certificate not valid yet: verification time 1796589846 (UNIX), but certificate is not valid before 3786912000 (1990322154 seconds in future)",
+                "ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(NotValidYetContext { time: UnixTime(1796589846), not_before: UnixTime(3786912000) }) }))",
+            )),
+            "etcd's server certificate at https://127.0.0.1:2379 is not valid before 2090-01-01 00:00:00 UTC yet (is this machine's clock right?)",
+        );
+        // etcd hangs up on a client without a certificate or with one it refuses: each of
+        // the forms read, after the handshake
+        check(
+            &https,
+            &ca_file,
+            after_connecting(
+                "Unknown error",
+                "transport error",
+                "hyper::Error(Io, Custom { kind: InvalidData, error: \"received fatal alert: BadCertificate\" }))",
+            ),
+            "etcd at https://127.0.0.1:2379 requires a client certificate: give --etcd-cert-file and --etcd-key-file",
+        );
+        check(
+            &https,
+            &ca_file,
+            after_connecting(
+                "Unknown error",
+                "transport error",
+                "hyper::Error(Io, Custom { kind: BrokenPipe, error: \"stream closed because of a broken pipe\" }))",
+            ),
+            "etcd at https://127.0.0.1:2379 requires a client certificate: give --etcd-cert-file and --etcd-key-file",
+        );
+        check(
+            &https,
+            &ca_file,
+            after_connecting(
+                "The operation was cancelled",
+                "operation was canceled",
+                "hyper::Error(Canceled, \"connection closed\"))",
+            ),
+            "etcd at https://127.0.0.1:2379 requires a client certificate: give --etcd-cert-file and --etcd-key-file",
+        );
+        check(
+            &https,
+            &client,
+            after_connecting(
+                "The operation was cancelled",
+                "operation was canceled",
+                "hyper::Error(Canceled, \"connection closed\"))",
+            ),
+            "etcd at https://127.0.0.1:2379 refused the client certificate of --etcd-cert-file (not signed by a CA etcd trusts, expired or revoked)",
+        );
+        check(
+            &https,
+            &client,
+            after_connecting(
+                "Unknown error",
+                "transport error",
+                "hyper::Error(Io, Custom { kind: BrokenPipe, error: \"stream closed because of a broken pipe\" }))",
+            ),
+            "etcd at https://127.0.0.1:2379 refused the client certificate of --etcd-cert-file (not signed by a CA etcd trusts, expired or revoked)",
+        );
+        // http:// against a TLS-only etcd: both forms
+        check(
+            &http,
+            &none,
+            after_connecting(
+                "Unknown error",
+                "transport error",
+                "hyper::Error(Io, Custom { kind: BrokenPipe, error: \"stream closed because of a broken pipe\" }))",
+            ),
+            "etcd at http://127.0.0.1:2379 hangs up at once: it speaks TLS only, most likely (use https:// and --etcd-ca-file)",
+        );
+        check(
+            &http,
+            &none,
+            after_connecting("Unknown error", "transport error", "hyper::Error(Io, Kind(ConnectionReset)))"),
+            "etcd at http://127.0.0.1:2379 hangs up at once: it speaks TLS only, most likely (use https:// and --etcd-ca-file)",
+        );
+        // https:// against a plain etcd: both forms, during the handshake (a reset there is
+        // no refused client certificate)
+        check(
+            &https,
+            &ca_file,
+            status(unavailable(
+                "tls handshake eof",
+                "ConnectError(Custom { kind: UnexpectedEof, error: \"tls handshake eof\" }))",
+            )),
+            "etcd at https://127.0.0.1:2379 does not speak TLS: use http:// (or turn TLS on in etcd)",
+        );
+        check(
+            &https,
+            &ca_file,
+            status(unavailable(
+                "Connection reset by peer (os error 104)",
+                "ConnectError(Os { code: 104, kind: ConnectionReset, message: \"Connection reset by peer\" }))",
+            )),
+            "etcd at https://127.0.0.1:2379 does not speak TLS: use http:// (or turn TLS on in etcd)",
+        );
+        check(
+            &https,
+            &user,
+            status(answer(
+                "Client specified an invalid argument",
+                "etcdserver: authentication failed, invalid user ID or password",
+            )),
+            "etcd at https://127.0.0.1:2379 refused the user name or password (--etcd-username \"cbrnet\", --etcd-password-file): wrong password or no such user",
+        );
+        check(
+            &https,
+            &user,
+            status(answer(
+                "The caller does not have permission to execute the specified operation",
+                "etcdserver: permission denied",
+            )),
+            "etcd user \"cbrnet\" has no permission on the prefix \"/cbrnet/subnets/\" (grant its role readwrite on it)",
+        );
+        check(
+            &https,
+            &client,
+            status(answer(
+                "The caller does not have permission to execute the specified operation",
+                "etcdserver: permission denied",
+            )),
+            "etcd refuses the prefix \"/cbrnet/subnets/\" to the user named by the client certificate's common name (grant that user's role readwrite on the prefix, or give --etcd-username)",
+        );
+        check(
+            &https,
+            &ca_file,
+            status(answer(
+                "Client specified an invalid argument",
+                "etcdserver: user name is empty",
+            )),
+            "etcd at https://127.0.0.1:2379 requires a user: give --etcd-username and --etcd-password-file",
+        );
+        check(
+            &https,
+            &user,
+            status(answer(
+                "The system is not in a state required for the operation's execution",
+                "etcdserver: authentication is not enabled",
+            )),
+            "etcd at https://127.0.0.1:2379 has authentication off, but --etcd-username is given (turn it on in etcd, or give no --etcd-username and --etcd-password-file)",
+        );
+        check(
+            &http,
+            &none,
+            status(unavailable(
+                "tcp connect error",
+                "ConnectError(ConnectError(\"tcp connect error\", 127.0.0.1:2379, Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" })))",
+            )),
+            "etcd at http://127.0.0.1:2379 does not listen (connection refused)",
+        );
+        // no CA roots at all: an error at connect, before any status
+        check(
+            &https,
+            &client,
+            (None, "transport error: transport error: no native certs found".into()),
+            "https:// without --etcd-ca-file, and the system has no CA certificates (or none where SSL_CERT_FILE or SSL_CERT_DIR point): give --etcd-ca-file",
+        );
+        // anything else is said as it is
+        let other = (None, "transport error: something new".to_string());
+        assert_eq!(say(&https, &client, other), "transport error: something new");
+    }
+
+    #[test]
+    fn names_and_times_are_read_from_rustls_texts() {
+        assert_eq!(names_of("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(
+            names_of("IpAddress(10.0.0.1), DnsName(\"a.example\") or DnsName(\"b\")"),
+            "10.0.0.1, a.example, b"
+        );
+        assert_eq!(
+            unix_after("not valid after 1609459200 (3 seconds ago)", "not valid after "),
+            Some(1609459200)
+        );
+        assert_eq!(unix_after("not valid after x", "not valid after "), None);
+        assert_eq!(unix_after("", "not valid after "), None);
     }
 
     #[test]
