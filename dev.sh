@@ -9,10 +9,11 @@ cd "$(dirname "$0")"
 # What the lab and the tests use from Debian: the build needs protoc and its .proto files (etcd
 # client); the tests run the reference plugins, etcd, `sysctl` (procps), `ethtool` (to check the
 # VXLAN device's offloads against), and real runtimes (containerd, podman) on an image made from
-# busybox-static.
+# busybox-static; the system's CA store (ca-certificates: a test checks that etcd's CA of its own
+# is not trusted there).
 PACKAGES=(
   iproute2 nftables iputils-ping procps etcd-server protobuf-compiler libprotobuf-dev
-  containernetworking-plugins containerd runc podman conmon busybox-static ethtool
+  containernetworking-plugins containerd runc podman conmon busybox-static ethtool ca-certificates
 )
 
 die() { echo "dev.sh: $*" >&2; exit 1; }

@@ -87,6 +87,8 @@ pub struct LabNode {
     pub flags: Vec<String>,
     /// Extra environment of the daemon.
     pub env: Vec<(String, String)>,
+    /// Variables of the test's environment the daemon does not get.
+    pub env_remove: Vec<String>,
 }
 
 impl LabNode {
@@ -137,6 +139,14 @@ impl LabNode {
     }
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.node.dir.path().join("routed.log")).unwrap_or_default()
+    }
+    /// How often the log has said `what` (lines above debug level), and how often it was said
+    /// only at debug level (the daemon's silent retries, with `CBRNET_LOG=debug`).
+    pub fn said(&self, what: &str) -> (usize, usize) {
+        let log = self.log();
+        let lines = log.lines().filter(|l| l.contains(what));
+        let debug = lines.clone().filter(|l| l.contains(" DEBUG ")).count();
+        (lines.count() - debug, debug)
     }
 }
 
@@ -340,6 +350,7 @@ impl Lab {
             pod_addrs: Default::default(),
             flags: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
         });
         i
     }
@@ -392,6 +403,9 @@ impl Lab {
             .open(n.node.dir.path().join("routed.log"))
             .unwrap();
         let mut cmd = Command::new(bin("cbrnet-routed"));
+        for k in &n.env_remove {
+            cmd.env_remove(k);
+        }
         cmd.args(&args)
             .envs(n.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -822,6 +836,27 @@ impl Lab {
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// Waits up to `limit` until node `i`'s log says `what`; else fails with the log.
+    pub fn expect_logged(&self, i: usize, limit: Duration, what: &str) {
+        assert!(
+            self.wait_for(limit, |l| l.nodes[i].log().contains(what)),
+            "node {i} did not log {what:?}:\n{}",
+            self.nodes[i].log()
+        );
+    }
+
+    /// Waits until node `i`'s daemon (run with `CBRNET_LOG=debug`) has said `what` and then
+    /// tried again at least `retries` times without saying it again (each try a debug line).
+    pub fn expect_said_once(&self, i: usize, what: &str, retries: usize) {
+        let n = &self.nodes[i];
+        assert!(
+            self.wait_for(Duration::from_secs(60), |_| n.said(what).1 >= retries),
+            "node {i} did not retry {retries} times with {what:?}:\n{}",
+            n.log()
+        );
+        assert_eq!(n.said(what).0, 1, "{what:?} not said once:\n{}", n.log());
     }
 
     /// Waits up to `limit` for `cond`; whether it came true.

@@ -453,10 +453,37 @@ impl CniOut {
     }
 }
 
+/// The flags of a daemon for node `n1` at 192.168.50.10 in 10.244.0.0/16 that writes
+/// `subnet_file`, without `--store`: for tests of flags it refuses before it runs.
+pub fn node_flags(subnet_file: &std::path::Path) -> Vec<String> {
+    [
+        "--node-name",
+        "n1",
+        "--node-ip",
+        "192.168.50.10",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--subnet-file",
+        &subnet_file.display().to_string(),
+    ]
+    .map(String::from)
+    .into()
+}
+
 /// Runs `cbrnet-routed ARGS` in `ns` to its end; (exit code, stderr).
 pub fn routed(ns: &Netns, args: &[impl AsRef<std::ffi::OsStr>]) -> (i32, String) {
+    routed_with(ns, args, |_| {})
+}
+
+/// [`routed`], with `env` setting the command's environment.
+pub fn routed_with(
+    ns: &Netns,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    env: impl FnOnce(&mut Command),
+) -> (i32, String) {
     let mut cmd = Command::new(bin("cbrnet-routed"));
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    env(&mut cmd);
     ns.enter(&mut cmd);
     let out = cmd.output().unwrap();
     (

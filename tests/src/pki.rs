@@ -1,5 +1,6 @@
 //! Certificates made by a test (rcgen): a CA, server certificates for etcd, client certificates
-//! for cbrnet (valid, expired, or paired with the wrong key), written as PEM files.
+//! for cbrnet (valid, expired, or paired with the wrong key), written as PEM files; and the set a
+//! TLS-only etcd and its clients use ([`EtcdPki`]).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -27,6 +28,17 @@ pub struct PairFiles {
     pub key: PathBuf,
 }
 
+/// When a certificate is valid.
+#[derive(Clone, Copy)]
+enum Validity {
+    /// From now on (rcgen's default: years ahead).
+    Now,
+    /// 2020 to 2021.
+    Expired,
+    /// 2090 to 2091.
+    Future,
+}
+
 impl Ca {
     pub fn new(name: &str) -> Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -52,7 +64,7 @@ impl Ca {
         path.to_path_buf()
     }
 
-    fn sign(&self, cn: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose, expired: bool) -> Pair {
+    fn sign(&self, cn: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose, when: Validity) -> Pair {
         let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.key_usages = vec![
@@ -60,9 +72,16 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
         ];
         p.extended_key_usages = vec![usage];
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        match when {
+            Validity::Now => {}
+            Validity::Expired => {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            Validity::Future => {
+                p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
         }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
@@ -74,17 +93,37 @@ impl Ca {
 
     /// A server certificate for these addresses or names.
     pub fn server(&self, sans: &[&str]) -> Pair {
-        self.sign("etcd", sans, ExtendedKeyUsagePurpose::ServerAuth, false)
+        self.sign("etcd", sans, ExtendedKeyUsagePurpose::ServerAuth, Validity::Now)
+    }
+
+    /// A server certificate for these addresses or names that expired in 2021.
+    pub fn expired_server(&self, sans: &[&str]) -> Pair {
+        self.sign(
+            "etcd",
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Validity::Expired,
+        )
+    }
+
+    /// A server certificate for these addresses or names, valid from 2090 on.
+    pub fn future_server(&self, sans: &[&str]) -> Pair {
+        self.sign(
+            "etcd",
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Validity::Future,
+        )
     }
 
     /// A client certificate whose common name is `cn`.
     pub fn client(&self, cn: &str) -> Pair {
-        self.sign(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, false)
+        self.sign(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, Validity::Now)
     }
 
     /// A client certificate that expired in 2021.
     pub fn expired_client(&self, cn: &str) -> Pair {
-        self.sign(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, true)
+        self.sign(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, Validity::Expired)
     }
 }
 
@@ -112,4 +151,58 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// What a TLS-only etcd and its clients are given, in a directory of the test's: etcd's server
+/// certificate for some names and the CA that signs it, and the CA that signs the clients'.
+pub struct EtcdPki {
+    pub dir: tempfile::TempDir,
+    /// Signs etcd's server certificate.
+    pub ca: Ca,
+    pub ca_file: PathBuf,
+    /// Signs the clients' certificates.
+    pub client_ca: Ca,
+    /// etcd's side, asking for client certificates of `client_ca` if it was made so.
+    pub server: crate::etcd::ServerTls,
+}
+
+impl EtcdPki {
+    /// etcd's certificate for `names` (addresses or DNS names); client certificates asked for if
+    /// `client_certs`.
+    pub fn new(names: &[&str], client_certs: bool) -> EtcdPki {
+        EtcdPki::with_server(|ca| ca.server(names), client_certs)
+    }
+
+    /// [`EtcdPki::new`] with the server certificate `make` signs with the CA (an expired one, say).
+    pub fn with_server(make: impl FnOnce(&Ca) -> Pair, client_certs: bool) -> EtcdPki {
+        let dir = crate::temp_dir();
+        let ca = Ca::new("etcd-ca");
+        let client_ca = Ca::new("etcd-client-ca");
+        let server = make(&ca).write(dir.path(), "server");
+        let client_ca_file = client_ca.write(&dir.path().join("client-ca.crt"));
+        EtcdPki {
+            ca_file: ca.write(&dir.path().join("ca.crt")),
+            server: crate::etcd::ServerTls {
+                cert: server.cert,
+                key: server.key,
+                client_ca: client_certs.then_some(client_ca_file),
+            },
+            dir,
+            ca,
+            client_ca,
+        }
+    }
+
+    /// How a client of the test's reaches this etcd: its CA, and a client certificate of
+    /// `client_ca` with the common name `cn` if given (etcd's user of that name, when its users
+    /// are on).
+    pub fn client_options(&self, cn: Option<&str>) -> etcd_client::ConnectOptions {
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(self.ca.pem()));
+        if let Some(cn) = cn {
+            let pair = self.client_ca.client(cn);
+            tls = tls.identity(etcd_client::Identity::from_pem(pair.cert, pair.key));
+        }
+        etcd_client::ConnectOptions::new().with_tls(tls)
+    }
 }

@@ -424,18 +424,7 @@ fn errors_that_retrying_cannot_fix_exit_2_and_write_nothing() {
     let store = dir.path().join("store");
     let subnet_file = dir.path().join("run").join("subnet.json");
     let base = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--node-name",
-            "n1",
-            "--node-ip",
-            "192.168.50.10",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--subnet-file",
-            subnet_file.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .into();
+        let mut v = cbrnet_tests::node_flags(&subnet_file);
         if !extra.contains(&"--store") {
             v.extend(["--store".to_string(), format!("file:{}", store.display())]);
         }
