@@ -18,9 +18,15 @@ non-zero if any failed.
   (g) VXLAN across the VMs on real virtio NICs: every node on CBRNET_BACKEND=vxlan, peers through
       cbrnet.vxlan (routes, FDB, neighbours), pod<->pod pings and a DF ping of the full pod MTU,
       iperf3 pod->pod with the device's TX checksum offload off and on, and node->node as the
-      floor; then the nodes' settings as they were (last: nothing after it sees its changes)
+      floor; then the nodes' settings as they were
+  (h) dual-stack on the private network: IPv6 node IPs on the VMs (fd00:56::/64), every daemon on
+      both families, pods with an address of each, pinging each other across the VMs on both;
+      doctor all ok; then IPv4 only again (last: nothing after it sees its changes)
 
-  lab_test.py summary | test [a b c d e f g]
+  (a) and (b) also run `cbrnet-routed doctor --probe` on every node (right after provisioning,
+  and after the reboot): every check must be ok.
+
+  lab_test.py summary | test [a b c d e f g h]
 
 The VMs are reached with plain ssh through the config `vagrant ssh-config` writes
 (CBRNET_LAB_SSH_CONFIG): a call costs well under a second, `vagrant ssh` about 7 s.
@@ -38,6 +44,13 @@ SSH_CONFIG = os.environ.get("CBRNET_LAB_SSH_CONFIG", "")
 NODES = ["node1", "node2", "node3"]
 NODE_IP = {"node1": "192.168.56.11", "node2": "192.168.56.12", "node3": "192.168.56.13"}
 NEW_NODE, NEW_NODE_IP = "node4", "192.168.56.14"
+# (h): the VMs' IPv6 addresses on the private network (unique local, added inside the VMs) and the
+# cluster's two pod CIDRs.
+NODE_IP6 = {"node1": "fd00:56::11", "node2": "fd00:56::12", "node3": "fd00:56::13"}
+NODE_IP6_LEN = 64
+CLUSTER_CIDR = "10.244.0.0/16"
+CLUSTER_CIDR6 = "fd00:10:244::/56"
+PRIV_DEV = "eth1"
 LEASE_TTL = os.environ.get("CBRNET_LEASE_TTL", "30s")
 # How long etcd may take, after a lease's expiry time, to revoke its etcd lease and so delete the
 # key (its leader checks for expired leases twice a second and revokes them through consensus,
@@ -159,7 +172,8 @@ def show_leases(node="node1"):
     ls = node_cmd(node, "leases")["leases"]
     for l in ls:
         path = f" path {l['path']}" if l.get("path") else ""
-        ev(f"lease {l['subnet']} {l['nodeName']} {l['nodeIP']} expires {l['expires']}{' (expired)' if l.get('expired') else ''}{path}")
+        v6 = f" + {l['ipv6Subnet']} {l.get('nodeIPv6') or '(no IPv6 node IP)'}" if l.get("ipv6Subnet") else ""
+        ev(f"lease {l['subnet']} {l['nodeName']} {l['nodeIP']}{v6} expires {l['expires']}{' (expired)' if l.get('expired') else ''}{path}")
     return ls
 
 
@@ -197,6 +211,45 @@ def run_pods(calls):
     return ok, pods
 
 
+# The checks every doctor run on a VM must include (with `peer` for each other node), so that a
+# check that silently went missing cannot pass as "all ok".
+DOCTOR_CHECKS = ["daemon", "daemon.health", "daemon.flags", "lease", "subnet-file", "bridge", "forwarding.ipv4",
+                 "masquerade", "vxlan.device", "routes", "stale", "mtu", "cni.config", "cni.plugins", "ipam.cbrnet",
+                 "probe.{peer}"]
+
+
+def doctor_all(title, extra=(), unjudged=None):
+    """`cbrnet-routed doctor --probe --json` on every VM (with the unit's settings); every check
+    must be ok, doctor must exit 0, and each of DOCTOR_CHECKS (and `extra`) must be there. Prints
+    each node's summary and every check as evidence. `unjudged`: {check: why} shown but not
+    judged (nor doctor's exit status, which they may set)."""
+    unjudged = unjudged or {}
+    res = on_nodes({n: ("doctor",) for n in NODES})
+    ok = True
+    for n in NODES:
+        r = res[n]
+        checks = r["checks"]
+        if not isinstance(checks, list):
+            ok = False
+            ev(f"FAIL: {n}: doctor printed no JSON list (exit {r['rc']}): {r['stderr'] or r['stdout']}")
+            continue
+        count = {s: sum(1 for c in checks if c["status"] == s) for s in ("ok", "warn", "FAIL")}
+        ev(f"{n}: doctor --probe ({title}): exit {r['rc']} in {r['took_s']} s: {count['ok']} ok, {count['warn']} warn, {count['FAIL']} FAIL")
+        width = max(len(c["check"]) for c in checks) if checks else 0
+        for c in checks:
+            fix = f"  => fix: {c['fix']}" if c["status"] != "ok" and c["fix"] else ""
+            aside = f"  (not judged here: {unjudged[c['check']]})" if c["check"] in unjudged else ""
+            ev(f"  {c['status']:<4}  {c['check']:<{width}}  {c['found']}{fix}{aside}")
+        want = [w.format(peer=m) for w in [*DOCTOR_CHECKS, *extra] for m in (NODES if "{peer}" in w else [None]) if m != n]
+        missing = [w for w in want if w not in {c["check"] for c in checks}]
+        bad = [c["check"] for c in checks if c["status"] != "ok" and c["check"] not in unjudged]
+        rc_ok = r["rc"] == 0 or (r["rc"] == 1 and not bad)
+        if not rc_ok or bad or missing:
+            ok = False
+            ev(f"FAIL: {n}: doctor exit {r['rc']}; not ok: {', '.join(bad) or 'none'}; not checked: {', '.join(missing) or 'none'}")
+    return ok
+
+
 # ---- the scenarios ------------------------------------------------------------------------
 class Lab:
     def __init__(self):
@@ -217,12 +270,14 @@ class Lab:
                     ok = False
                     ev(f"MISSING: {n} has no route {subnets[m]} via {NODE_IP[m]}")
         show_leases()
+        # The nodes as provisioning left them (no pod yet), checked by the product's own doctor.
+        doctor_ok = doctor_all("after provisioning")
         pods_ok, pods = run_pods({n: "a" for n in NODES})
         self.pods = {n: [p for p in pods if p[0] == n] for n in NODES}
         ping_ok, results = ping_matrix(pods, f"{len(pods)} pods on {len(NODES)} VMs, every pod to every pod")
         cross = sum(1 for r in results if r["ok"] and r["from"].split("-")[1] != next(p[0] for p in pods if p[2] == r["to"]))
         ev(f"of which across VMs: {cross}")
-        return ok and pods_ok and ping_ok and len(pods) == 2 * len(NODES)
+        return ok and doctor_ok and pods_ok and ping_ok and len(pods) == 2 * len(NODES)
 
     def scenario_b(self):
         say("== (b) vagrant reload node2 (a real reboot): subnet back, new pods get addresses, no stale reservation")
@@ -267,7 +322,8 @@ class Lab:
             ok = False
             ev(f"FAIL: reservations {sorted(reserved)} are not exactly the new pods {sorted(new_ids)}")
         ping_ok, _ = ping_matrix(self.all_pods(), "all pods after the reboot (node2's are new)")
-        return ok and pods_ok and ping_ok and len(pods) == 2
+        doctor_ok = doctor_all("after node2's reboot")
+        return ok and pods_ok and ping_ok and doctor_ok and len(pods) == 2
 
     def scenario_c(self):
         ttl = ttl_seconds(LEASE_TTL)
@@ -470,6 +526,19 @@ class Lab:
                 ev(f"FAIL: {n}: cbrnet-routed not active after the restart: {r['restart_error']}")
         return ok, res
 
+    def _restore_defaults(self, keys):
+        """Every node's saved settings file put back (byte for byte) and its daemon restarted;
+        prints `keys` as they are now. -> ok"""
+        res = on_nodes({n: ("defaults-restore",) for n in NODES})
+        ok = True
+        for n in NODES:
+            r = res[n]
+            now = ", ".join(f"{k} {r['settings'].get(k, '(unset)')}" for k in keys)
+            ev(f"{n}: /etc/default/cbrnet-routed restored: {r['restored']} (sha256 {r['sha256'][:12]}); {now}; "
+               f"restarted in {r['restarted_in_s']} s: {r['daemon']['ActiveState']}")
+            ok &= r["restored"] and r["daemon"]["ActiveState"] == "active"
+        return ok
+
     def _iperf(self, label, server_node, server_where, client_node, client_where, ip):
         srv = node_cmd(server_node, "iperf-server", server_where, str(IPERF_PORT))
         try:
@@ -586,13 +655,7 @@ class Lab:
             # byte) and the daemon restarted; the peers direct again (auto on one network).
             try:
                 on_nodes({n: ("pods-clean", "g") for n in VX_NODES})
-                res = on_nodes({n: ("defaults-restore",) for n in NODES})
-                restore_ok = True
-                for n in NODES:
-                    r = res[n]
-                    ev(f"{n}: /etc/default/cbrnet-routed restored: {r['restored']} (sha256 {r['sha256'][:12]}); "
-                       f"CBRNET_BACKEND {r['settings'].get('CBRNET_BACKEND', '(unset: auto)')}; restarted in {r['restarted_in_s']} s: {r['daemon']['ActiveState']}")
-                    restore_ok &= r["restored"] and r["daemon"]["ActiveState"] == "active"
+                restore_ok = self._restore_defaults(["CBRNET_BACKEND"])
                 w_ok, back = self._vx_wait("direct", subnets)
                 restore_ok &= w_ok
                 for n in NODES:
@@ -620,6 +683,132 @@ class Lab:
                     ev(f"  {k:40s} FAILED: {r['error']}")
         return ok and restore_ok
 
+    # ---- (h) dual-stack ---------------------------------------------------------------------
+    def _dual_pods(self, subnets4, subnets6):
+        """Two pods per VM (every earlier lab pod stopped first) -> (ok, [(node, pod, ipv4, ipv6)])."""
+        on_nodes({n: ("pods-clean",) for n in NODES})
+        res = on_nodes({n: ("pods-run", "h", "2") for n in NODES})
+        ok, pods = True, []
+        for n in NODES:
+            r = res[n]
+            for p in r["pods"]:
+                good = in_subnet(p["ip"], subnets4[n]) and in_subnet(p["ip6"], subnets6[n])
+                ok &= good
+                ev(f"pod {n}/{p['name']}: {p['ip']} and {p['ip6']} ({'in' if good else 'NOT in'} {subnets4[n]} and {subnets6[n]})")
+                pods.append((n, p["name"], p["ip"], p["ip6"]))
+            for name, lines in r["failed"].items():
+                ok = False
+                ev(f"pod {n}/{name}: NO ADDRESSES; its unit's last lines: {' | '.join(lines)}")
+        return ok and len(pods) == 2 * len(NODES), pods
+
+    def _dual_routes(self, subnets, node_ips, family):
+        """Every node waits for its route to each other node's subnet of `family` via that node's
+        IP of the family."""
+        ok = True
+        for m in NODES:
+            if not subnets.get(m):
+                ok = False
+                continue
+            res = on_nodes({n: ("wait-route", subnets[m], node_ips[m], "60") for n in NODES if n != m})
+            for n, r in sorted(res.items()):
+                ev(f"{n}: route {subnets[m]} via {node_ips[m]} (IPv{family}): "
+                   f"{'present' if r['ok'] else 'MISSING (now via ' + str(r.get('now')) + ')'} after {r['after_s']} s")
+                ok &= r["ok"]
+        return ok
+
+    def scenario_h(self):
+        say(f"== (h) dual-stack on the VMs' private network: IPv6 node IPs {NODE_IP6['node1']}.., cluster {CLUSTER_CIDR},{CLUSTER_CIDR6}; "
+            "pods ping each other on both families")
+        ok = True
+        restore_ok = False
+        try:
+            # The VMs' IPv6 addresses, beside their IPv4 ones on the same private network.
+            res = on_nodes({n: ("addr6-add", f"{NODE_IP6[n]}/{NODE_IP6_LEN}", PRIV_DEV) for n in NODES})
+            for n in NODES:
+                r = res[n]
+                ev(f"{n}: {PRIV_DEV} += {r['addr']} (duplicate address detection done after {r['dad_s']} s): "
+                   f"global IPv6 {', '.join(a['addr'] + (' TENTATIVE' if a['tentative'] else '') for a in r['addrs'])}")
+                if not r["ok"]:
+                    ok = False
+                    ev(f"FAIL: {n}: {r['addr']} is not usable on {PRIV_DEV}")
+            res = on_nodes({n: ("ping-nodes", *[NODE_IP6[m] for m in NODES if m != n]) for n in NODES})
+            for n in NODES:
+                for r in res[n]["results"]:
+                    ev(f"{n} -> {r['to']} (VM to VM over IPv6): {'answered' if r['ok'] else 'NO ANSWER'}")
+                    ok &= r["ok"]
+            # Every daemon on both families: its two node IPs, the two cluster CIDRs.
+            res = on_nodes({n: ("defaults-set", f"CBRNET_NODE_IP={NODE_IP[n]},{NODE_IP6[n]}",
+                                f"CBRNET_CLUSTER_CIDR={CLUSTER_CIDR},{CLUSTER_CIDR6}") for n in NODES})
+            for n in NODES:
+                r = res[n]
+                ev(f"{n}: CBRNET_NODE_IP={r['settings'].get('CBRNET_NODE_IP')} CBRNET_CLUSTER_CIDR={r['settings'].get('CBRNET_CLUSTER_CIDR')} "
+                   f"(original saved as {r['saved']}); restarted in {r['restarted_in_s']} s: {r['daemon']['ActiveState']} pid {r['daemon']['MainPID']}")
+                if r["restart_rc"] != 0 or r["daemon"]["ActiveState"] != "active":
+                    ok = False
+                    ev(f"FAIL: {n}: cbrnet-routed not active after the restart: {r['restart_error']}")
+            states = on_nodes({n: ("state",) for n in NODES})
+            subnets4, subnets6, gws6 = {}, {}, {}
+            for n in NODES:
+                f = states[n]["subnet"] or {}
+                subnets4[n], subnets6[n], gws6[n] = f.get("subnet"), f.get("ipv6Subnet"), f.get("ipv6Gateway")
+                ev(f"{n}: subnet file: {f.get('subnet')} gateway {f.get('gateway')}; {f.get('ipv6Subnet')} gateway {f.get('ipv6Gateway')} "
+                   f"(clusterCIDR {f.get('clusterCIDR')}, ipv6ClusterCIDR {f.get('ipv6ClusterCIDR')}); mtu {f.get('mtu')}")
+                if not in_subnet(gws6[n], subnets6[n]) or not subnets6[n] or \
+                        not ipaddress.ip_network(subnets6[n]).subnet_of(ipaddress.ip_network(CLUSTER_CIDR6)):
+                    ok = False
+                    ev(f"FAIL: {n}: no IPv6 subnet of {CLUSTER_CIDR6} in the subnet file")
+            leases = {l["nodeName"]: l for l in show_leases()}
+            for n in NODES:
+                l = leases.get(n, {})
+                if l.get("subnet") != subnets4[n] or l.get("ipv6Subnet") != subnets6[n] or l.get("nodeIPv6") != NODE_IP6[n]:
+                    ok = False
+                    ev(f"FAIL: {n}'s lease should carry {subnets4[n]} and {subnets6[n]} with node IP {NODE_IP6[n]}: {l}")
+            ok &= self._dual_routes(subnets4, NODE_IP, 4)
+            ok &= self._dual_routes(subnets6, NODE_IP6, 6)
+            states = on_nodes({n: ("state",) for n in NODES})
+            for n in NODES:
+                ev(f"{n}: routes (proto 157): {', '.join(fmt_route(r) for r in states[n]['routes'] + states[n]['routes6']) or 'none'}")
+            pods_ok, pods = self._dual_pods(subnets4, subnets6)
+            ok &= pods_ok
+            for fam, i in (("IPv4", 2), ("IPv6", 3)):
+                targets = [(pod[0], pod[1], pod[i]) for pod in pods]
+                ping_ok, results = ping_matrix(targets, f"{len(pods)} pods on {len(NODES)} VMs, every pod to every pod's {fam} address")
+                owner = {ip: n for n, _, ip in targets}
+                cross = sum(1 for r in results if r["ok"] and r["from"].split("-")[1] != owner.get(r["to"]))
+                ev(f"of which across VMs ({fam}): {cross}")
+                ok &= ping_ok and cross == len(pods) * (len(pods) - 2)
+            # doctor compares the masquerade table with the rule of the first family alone; a
+            # dual-stack node's table has one rule per family, so that check says FAIL here.
+            ok &= doctor_all("dual-stack", extra=("forwarding.ipv6",),
+                             unjudged={"masquerade": "doctor expects the IPv4 rule alone; the table has one per family"})
+        finally:
+            # IPv4 only again, as before (h): pods stopped, the settings file back, the daemons
+            # restarted, the VMs' IPv6 addresses gone, every IPv4 peer direct.
+            try:
+                on_nodes({n: ("pods-clean", "h") for n in NODES})
+                restore_ok = self._restore_defaults(["CBRNET_NODE_IP", "CBRNET_CLUSTER_CIDR"])
+                res = on_nodes({n: ("addr6-del", f"{NODE_IP6[n]}/{NODE_IP6_LEN}", PRIV_DEV) for n in NODES})
+                for n in NODES:
+                    ev(f"{n}: {PRIV_DEV} -= {res[n]['addr']}: {'removed' if res[n]['removed'] else 'NOT REMOVED'}")
+                    restore_ok &= res[n]["removed"]
+                states = on_nodes({n: ("state",) for n in NODES})
+                subnets = {n: (states[n]["subnet"] or {}).get("subnet") for n in NODES}
+                w_ok, back = self._vx_wait("direct", subnets)
+                restore_ok &= w_ok
+                for n in NODES:
+                    f = back[n]["subnet"] or {}
+                    ev(f"{n}: subnet file {f.get('subnet')}, ipv6Subnet {f.get('ipv6Subnet')}; IPv6 routes (proto 157) left: "
+                       f"{', '.join(fmt_route(r) for r in states[n]['routes6']) or 'none'}")
+                    if f.get("ipv6Subnet"):
+                        restore_ok = False
+                        ev(f"FAIL: {n}: the subnet file still has an IPv6 subnet")
+            except (LabError, subprocess.TimeoutExpired, KeyError, ValueError, json.JSONDecodeError) as e:
+                ev(f"FAIL: restoring the nodes' settings: {e}")
+                restore_ok = False
+            if not restore_ok:
+                ev("FAIL: the lab is not as before (h)")
+        return ok and restore_ok
+
 
 def summary():
     refresh_ssh_config(*NODES)
@@ -631,10 +820,10 @@ def summary():
 
 def test(which):
     lab = Lab()
-    # (g) changes the nodes' settings (and puts them back): last, so that nothing after it could see
-    # its changes.
+    # (g) and (h) change the nodes' settings (and put them back): last, so that nothing after them
+    # could see their changes.
     scenarios = [("a", lab.scenario_a), ("b", lab.scenario_b), ("c", lab.scenario_c), ("d", lab.scenario_d), ("e", lab.scenario_e),
-                 ("f", lab.scenario_f), ("g", lab.scenario_g)]
+                 ("f", lab.scenario_f), ("g", lab.scenario_g), ("h", lab.scenario_h)]
     refresh_ssh_config(*NODES)
     results, t0 = [], time.time()
     for key, fn in scenarios:

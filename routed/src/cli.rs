@@ -31,6 +31,51 @@ pub struct Cli {
     pub etcd_auth: EtcdAuthArgs,
 }
 
+impl Cli {
+    /// The command line with `doctor`'s `--node-name` defaulting to the host name, the name the
+    /// unit gives the daemon (`CBRNET_NODE_NAME=%H`): doctor given the settings file alone then
+    /// checks the node the daemon runs as.
+    pub fn command_on_host(host: Option<String>) -> clap::Command {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        match host {
+            Some(h) => cmd.mut_subcommand("doctor", |d| {
+                d.mut_arg("node_name", |a| a.default_value(h).required(false))
+            }),
+            None => cmd,
+        }
+    }
+
+    /// Parses the process's arguments (and environment) as [`Cli::command_on_host`] takes
+    /// them; a usage error exits with status 2.
+    pub fn parse_on_host() -> Cli {
+        let mut cmd = Cli::command_on_host(host_name());
+        let m = cmd.get_matches_mut();
+        Cli::from_matches(&m).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    }
+
+    /// The parsed command line. With a subcommand the daemon's own flags are not taken: given
+    /// on the command line clap refuses them, and what the environment gives them (a sourced
+    /// settings file without `CBRNET_NODE_NAME`, say) is the subcommand's, which must not fail
+    /// on the daemon's required `--node-name`.
+    pub fn from_matches(m: &clap::ArgMatches) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        if m.subcommand().is_none() {
+            return Cli::from_arg_matches(m);
+        }
+        Ok(Cli {
+            command: Some(Command::from_arg_matches(m)?),
+            run: None,
+            etcd_auth: EtcdAuthArgs::from_arg_matches(m)?,
+        })
+    }
+}
+
+/// The kernel's host name (what systemd's `%H` is), if it has one.
+pub fn host_name() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(h.trim().to_string()).filter(|h| !h.is_empty())
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the cluster's leases.
@@ -612,25 +657,47 @@ mod tests {
             run(&["--backend", "host-gw"]).unwrap().settings().backend,
             "host-gw"
         );
-        let c = Cli::try_parse_from([
+        // The daemon's flags but its node name.
+        let bare = [
             "cbrnet-routed",
-            "doctor",
-            "--node-name",
-            "n1",
             "--node-ip",
             "192.168.1.2",
             "--cluster-cidr",
             "10.244.0.0/16",
             "--store",
             "file:/tmp/x",
-            "--json",
-            "--probe",
-        ])
-        .unwrap();
+        ];
+        let args = [
+            &["cbrnet-routed", "doctor", "--node-name", "n1"],
+            &bare[1..],
+            &["--json", "--probe"],
+        ]
+        .concat();
+        let c = Cli::try_parse_from(args).unwrap();
         let Some(Command::Doctor(d)) = c.command else {
             panic!("doctor is a subcommand")
         };
         assert!(d.json && d.probe);
+        // Without --node-name (nor CBRNET_NODE_NAME), doctor takes the host name, as the unit
+        // gives the daemon; the daemon itself still needs one.
+        let on_host = |args: &[&str]| {
+            let m = Cli::command_on_host(Some("host-7".into())).try_get_matches_from(args)?;
+            Cli::from_matches(&m)
+        };
+        if std::env::var_os("CBRNET_NODE_NAME").is_none() {
+            let doctor: Vec<&str> = [&bare[..1], &["doctor"], &bare[1..]].concat();
+            let Some(Command::Doctor(d)) = on_host(&doctor).unwrap().command else {
+                panic!("doctor is a subcommand")
+            };
+            assert_eq!(d.run.node_name, "host-7");
+            let named: Vec<&str> = [&doctor[..], &["--node-name", "n2"]].concat();
+            let Some(Command::Doctor(d)) = on_host(&named).unwrap().command else {
+                panic!("doctor is a subcommand")
+            };
+            assert_eq!(d.run.node_name, "n2");
+            let e = on_host(&bare).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{e}");
+        }
         assert_eq!(
             d.cni_bin_dirs,
             [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]

@@ -1,7 +1,7 @@
 //! `cbrnet-routed`: see the library for the parts.
 use cbrnet_ipam::cluster::store::{AnyStore, LeaseStore};
 use cbrnet_routed::cli::{Cli, Command};
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use std::io::Write;
 
 /// Reports an error on stderr, which may be closed: nothing here may fail.
@@ -17,7 +17,7 @@ fn main() {
         default_hook(info);
         std::process::exit(101);
     }));
-    let cli = Cli::parse();
+    let cli = Cli::parse_on_host();
     // CBRNET_LOG=error|warn|info|debug|trace (default info); CBRNET_DEBUG=1 is debug.
     let level = match std::env::var("CBRNET_LOG")
         .ok()

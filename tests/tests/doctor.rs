@@ -225,6 +225,56 @@ fn the_daemon_stopped_frozen_or_run_with_other_flags_is_named() {
 }
 
 #[test]
+fn the_daemons_environment_alone_is_enough_and_the_node_name_is_the_host_name() {
+    // As on a packaged node: `set -a; . /etc/default/cbrnet-routed` gives every setting but the
+    // node name, which the unit sets to the host name. Here the host name is the node's, in a
+    // UTS namespace of the command's own.
+    let mut lab = lab("dr-env", 2, 1, &[]);
+    lab.add_pod(0);
+    let args = lab.daemon_args(0);
+    let name = args[1].clone();
+    assert_eq!(args[0], "--node-name");
+    let env: Vec<(String, String)> = args[2..]
+        .chunks(2)
+        .map(|kv| {
+            let var = kv[0].trim_start_matches("--").replace('-', "_").to_uppercase();
+            (format!("CBRNET_{var}"), kv[1].clone())
+        })
+        .collect();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", &name])
+            .arg(cbrnet_tests::bin("cbrnet-routed"))
+            .args(args)
+            .env_remove("CBRNET_NODE_NAME")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(lab.nodes[0].env.iter().map(|(k, v)| (k, v)));
+        lab.nodes[0].node.ns.enter(&mut cmd);
+        cmd.output().unwrap()
+    };
+    let bins = cbrnet_tests::bin_dir().display().to_string();
+    let out = run(&["doctor", "--json", "--probe", "--cni-bin-dir", &bins]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let checks: Vec<Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {stderr}"));
+    assert_eq!(out.status.code(), Some(0), "{checks:#?}\n{stderr}");
+    assert_eq!(not_ok(&checks), Vec::<(String, String)>::new(), "{checks:#?}");
+    let subnet = lab.nodes[0].subnet().unwrap();
+    expect(&checks, "lease", "ok", &[&subnet, &format!("node {name}")]);
+    expect(&checks, "daemon.flags", "ok", &["the same"]);
+    // The other commands are not held up by the daemon's variables either.
+    let store = env.iter().find(|(k, _)| k == "CBRNET_STORE").unwrap().1.clone();
+    let out = run(&["leases", "--store", &store, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&subnet));
+}
+
+#[test]
 fn lease_and_subnet_file_faults_are_named() {
     let lab = lab("dr-ls", 2, 1, &[]);
     let subnet = lab.nodes[0].subnet().unwrap();

@@ -14,7 +14,7 @@ Every command prints one JSON document on stdout.
   labnode.py pods-clean [TAG]               stop this node's lab pods (only TAG-*: those), remove dead containers
   labnode.py pods-run TAG N                 start N pods TAG-<node>-<i>, wait for their addresses
   labnode.py ping IP...                     ping every IP once from every running pod
-  labnode.py wait-route SUBNET GW|none SECS wait until the route to SUBNET is via GW (or absent)
+  labnode.py wait-route SUBNET GW|none SECS wait until the route to SUBNET is via GW (or absent; either family)
   labnode.py leases                         the cluster's leases (cbrnet-routed leases --json)
   labnode.py etcd-keys                      the lease keys in etcd and their etcd lease TTLs
   labnode.py etcd-tls                       the store over TLS: leases with the node's certificate, without, over http
@@ -34,6 +34,10 @@ Every command prints one JSON document on stdout.
   labnode.py iperf-client POD|host IP PORT SECS
                                             iperf3 (TCP, one stream) to IP from there, JSON figures
   labnode.py iperf-stop PORT                stop what is left of an iperf3 server on PORT
+  labnode.py doctor                         cbrnet-routed doctor --probe --json with the unit's settings
+  labnode.py addr6-add ADDR/LEN DEV         add an IPv6 address, wait until duplicate detection is done
+  labnode.py addr6-del ADDR/LEN DEV         remove it
+  labnode.py ping-nodes IP...               ping each IP once from the VM itself (no pod)
 """
 import ipaddress
 import json
@@ -100,8 +104,8 @@ def subnet():
         return None
 
 
-def routes(netns=None):
-    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-j", "-4", "route", "show", "proto", "157"]
+def routes(netns=None, family="4"):
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-j", f"-{family}", "route", "show", "proto", "157"]
     return sorted(
         ({"dst": r["dst"], "gateway": r.get("gateway"), "dev": r.get("dev")} for r in json.loads(run(*cmd).stdout or "[]")),
         key=lambda r: r["dst"],
@@ -146,20 +150,22 @@ def containers():
     return [c for c in p.stdout.split() if c]
 
 
-def pod_ip(pid):
-    p = run("nsenter", "-t", str(pid), "-n", "ip", "-j", "-4", "addr", "show", "dev", "eth0", check=False)
+def pod_ip(pid, family="inet"):
+    """The pod's first address of `family` on eth0 (inet6: a global one, not its link-local)."""
+    p = run("nsenter", "-t", str(pid), "-n", "ip", "-j", "addr", "show", "dev", "eth0", check=False)
     if p.returncode != 0 or not p.stdout.strip():
         return None
     for a in json.loads(p.stdout):
         for ai in a.get("addr_info", []):
-            if ai.get("family") == "inet":
+            if ai.get("family") == family and ai.get("scope") == "global":
                 return ai["local"]
     return None
 
 
 def pods():
     return sorted(
-        ({"name": n, "pid": pid, "ip": pod_ip(pid), "cni_container_id": f"{CTR_NS}-{n}"} for n, pid in tasks().items()),
+        ({"name": n, "pid": pid, "ip": pod_ip(pid), "ip6": pod_ip(pid, "inet6"), "cni_container_id": f"{CTR_NS}-{n}"}
+         for n, pid in tasks().items()),
         key=lambda p: p["name"],
     )
 
@@ -169,6 +175,7 @@ def state():
         "node": node(),
         "subnet": subnet(),
         "routes": routes(),
+        "routes6": routes(family="6"),
         "reservations": reservations(),
         "pods": pods(),
         "containers": containers(),
@@ -212,11 +219,13 @@ def pods_run(tag, n):
             "ctr", "-n", CTR_NS, "run", "--rm", "--cni", IMAGE, name,
             "sh", "-c", 'trap "exit 0" TERM INT; sleep 1000000 & wait',
         )
+    # With an IPv6 subnet on the node, a pod is ready once it has an address of each family.
+    dual = bool((subnet() or {}).get("ipv6Subnet"))
     deadline = time.time() + 120
     ps = []
     while time.time() < deadline:
         ps = [p for p in pods() if p["name"] in names]
-        if len(ps) == n and all(p["ip"] for p in ps):
+        if len(ps) == n and all(p["ip"] and (p["ip6"] or not dual) for p in ps):
             break
         time.sleep(0.5)
     failed = {}
@@ -239,9 +248,10 @@ def ping(ips):
 
 
 def wait_route(dst, gw, secs):
+    family = "6" if ipaddress.ip_network(dst).version == 6 else "4"
     start = time.time()
     while True:
-        r = [x for x in routes() if x["dst"] == dst]
+        r = [x for x in routes(family=family) if x["dst"] == dst]
         cur = r[0]["gateway"] if r else None
         if cur == (None if gw == "none" else gw):
             return {"node": node(), "dst": dst, "want": gw, "ok": True, "after_s": round(time.time() - start, 1)}
@@ -743,6 +753,58 @@ def iperf_client(where, ip, port, secs):
     }
 
 
+# ---- doctor, and the VMs' IPv6 addresses on the private network ---------------------------
+def doctor():
+    """`cbrnet-routed doctor --probe --json` given the daemon's settings the way the unit reads
+    them (its EnvironmentFile, exported), as the README's troubleshooting says to run it."""
+    script = f'set -a; . {DEFAULTS}; set +a; exec cbrnet-routed doctor --probe --json'
+    t = time.time()
+    p = run("sh", "-c", script, check=False, timeout=120)
+    took = round(time.time() - t, 1)
+    try:
+        checks = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        checks = None
+    return {"node": node(), "cmd": f"sh -c '{script}'", "rc": p.returncode, "took_s": took, "checks": checks,
+            "stdout": p.stdout[-2000:] if checks is None else "", "stderr": p.stderr.strip()[-1000:]}
+
+
+def addrs6(dev):
+    return [{"addr": f"{a['local']}/{a['prefixlen']}", "tentative": bool(a.get("tentative")), "dadfailed": bool(a.get("dadfailed"))}
+            for l in ip_json("-6", "addr", "show", "dev", dev) for a in l.get("addr_info", [])
+            if a.get("scope") == "global"]
+
+
+def addr6_add(addr, dev, secs=30):
+    """Adds a global IPv6 address (if missing) and waits until duplicate address detection has
+    finished with it, as a configured interface would."""
+    if not any(a["addr"] == addr for a in addrs6(dev)):
+        run("ip", "-6", "addr", "add", addr, "dev", dev)
+    t = time.time()
+    while time.time() - t < secs:
+        mine = [a for a in addrs6(dev) if a["addr"] == addr]
+        if mine and not mine[0]["tentative"]:
+            break
+        time.sleep(0.2)
+    mine = [a for a in addrs6(dev) if a["addr"] == addr]
+    return {"node": node(), "dev": dev, "addr": addr, "ok": bool(mine) and not mine[0]["tentative"] and not mine[0]["dadfailed"],
+            "dad_s": round(time.time() - t, 1), "addrs": addrs6(dev)}
+
+
+def addr6_del(addr, dev):
+    p = run("ip", "-6", "addr", "del", addr, "dev", dev, check=False)
+    return {"node": node(), "dev": dev, "addr": addr, "removed": p.returncode == 0, "addrs": addrs6(dev)}
+
+
+def ping_nodes(ips):
+    """One ping to each IP from the VM itself (its own addresses, no pod)."""
+    results = []
+    for ip in ips:
+        p = run("ping", "-c", "1", "-W", "3", ip, check=False, timeout=30)
+        results.append({"to": ip, "ok": p.returncode == 0})
+    return {"node": node(), "results": results}
+
+
 def main(argv):
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -770,6 +832,10 @@ def main(argv):
         "iperf-server": lambda: iperf_server(args[0], int(args[1])),
         "iperf-client": lambda: iperf_client(args[0], args[1], int(args[2]), int(args[3])),
         "iperf-stop": lambda: iperf_stop(int(args[0])),
+        "doctor": lambda: doctor(),
+        "addr6-add": lambda: addr6_add(args[0], args[1]),
+        "addr6-del": lambda: addr6_del(args[0], args[1]),
+        "ping-nodes": lambda: ping_nodes(args),
     }
     if cmd not in table:
         print(__doc__, file=sys.stderr)
