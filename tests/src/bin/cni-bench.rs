@@ -131,7 +131,9 @@ fn parse_args() -> Args {
             _ => usage(),
         }
     }
-    if a.pods + a.prefill > 1000 || a.concurrent > 1000 {
+    // --dual makes no busy node: --prefill does not count there.
+    let prefill = if a.dual { 0 } else { a.prefill };
+    if a.pods + prefill > 1000 || a.concurrent > 1000 {
         eprintln!("a bridge takes 1,023 ports: keep --pods + --prefill and --concurrent under 1,000");
         std::process::exit(2);
     }
