@@ -777,10 +777,7 @@ class Lab:
                 cross = sum(1 for r in results if r["ok"] and r["from"].split("-")[1] != owner.get(r["to"]))
                 ev(f"of which across VMs ({fam}): {cross}")
                 ok &= ping_ok and cross == len(pods) * (len(pods) - 2)
-            # doctor compares the masquerade table with the rule of the first family alone; a
-            # dual-stack node's table has one rule per family, so that check says FAIL here.
-            ok &= doctor_all("dual-stack", extra=("forwarding.ipv6",),
-                             unjudged={"masquerade": "doctor expects the IPv4 rule alone; the table has one per family"})
+            ok &= doctor_all("dual-stack", extra=("forwarding.ipv6",))
         finally:
             # IPv4 only again, as before (h): pods stopped, the settings file back, the daemons
             # restarted, the VMs' IPv6 addresses gone, every IPv4 peer direct.
