@@ -157,6 +157,8 @@ struct Node {
     conf_problems: Reported,
     /// The record at our subnet's key is no valid lease (said once, until it is written again).
     own_invalid: bool,
+    /// Why this node's lease lacks a family's subnet, as last said.
+    missing_family: Option<String>,
     /// Networks of the config directory whose pods are not this daemon's to judge.
     reclaim_skips: Reported,
     /// Destinations of ours that a foreign route keeps out: its deletion lets ours in.
@@ -340,7 +342,9 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
     }
     let serves = setup::served(&cfg, &held.lease);
     let moved = me.prefer.is_some_and(|p| p != held.lease.subnet);
-    if !moved && !published.is_empty() && published != serves {
+    // A family's subnet that another record names is said by itself (`judge_held`).
+    let short = lease::missing_partner(&cfg.leases, &held.lease).is_some();
+    if !moved && !short && !published.is_empty() && published != serves {
         let show = |v: &[IpNetwork]| v.iter().map(IpNetwork::to_string).collect::<Vec<_>>().join(",");
         tracing::warn!(
             before = %show(&published), now = %show(&serves),
@@ -369,6 +373,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         conflicts: Reported::default(),
         conf_problems: Reported::default(),
         own_invalid: false,
+        missing_family: None,
         reclaim_skips: Reported::default(),
         blocked: HashSet::new(),
         bridge_index: None,
@@ -391,6 +396,7 @@ async fn start(cfg: Config, metrics: Arc<Metrics>) -> Result<Node> {
         vxlan_down: None,
         underlay: None,
     };
+    node.judge_held();
     let mut b = Backoff::new();
     while let Err(e) = node.set_up().await {
         let d = b.next();
@@ -748,6 +754,24 @@ impl Node {
         Ok(repaired)
     }
 
+    /// Says, once each time it changes, whether the held lease lacks the subnet of a family that
+    /// the cluster has (another record names it): a problem in `/healthz` while it does.
+    fn judge_held(&mut self) {
+        let why = lease::missing_partner(&self.cfg.leases, &self.held.lease);
+        if why != self.missing_family {
+            match &why {
+                Some(w) => tracing::error!("{w}"),
+                None if self.missing_family.is_some() => tracing::info!(
+                    ipv6_subnet = %self.held.lease.ipv6_subnet.map(|s| s.to_string()).unwrap_or_default(),
+                    "this node holds a subnet of each family again"
+                ),
+                None => {}
+            }
+            self.metrics.set_problem(Problem::Family, why.clone());
+            self.missing_family = why;
+        }
+    }
+
     /// Renews the lease; returns when to renew next.
     async fn renew(&mut self, backoff: &mut Backoff) -> Duration {
         let every = self.cfg.leases.renew_every();
@@ -771,6 +795,7 @@ impl Node {
                     );
                 }
                 self.held = new;
+                self.judge_held();
                 self.me.prefer = Some(self.held.lease.subnet);
                 self.own_invalid = false;
                 self.metrics.set_problem(Problem::NameHeld, None);
@@ -1182,8 +1207,24 @@ impl Node {
             Some(Ok(v)) if v.lease.node_name != self.me.node_name => Some("held by another node"),
             Some(Ok(v)) if v.lease.expired(now) => Some("expired"),
             Some(Ok(v)) if v.version != held.version => Some("changed in the store"),
+            Some(Ok(_)) if self.missing_family.is_some() && self.partner_free() => {
+                Some("without its slot's IPv6 subnet, which no other record names now")
+            }
             Some(Ok(_)) => None,
         }
+    }
+
+    /// Is the IPv6 subnet that the held lease lacks named by no other record now? Looked at
+    /// only while it is missing: the renewal that follows checks again against the store.
+    fn partner_free(&self) -> bool {
+        let subnet = self.held.lease.subnet;
+        let Some(v6) = self.cfg.leases.slot_of(subnet).and_then(|s| s.ipv6) else {
+            return false;
+        };
+        !self
+            .known
+            .leases()
+            .any(|v| v.lease.ipv6_subnet == Some(v6) && v.lease.subnet != subnet)
     }
 
     /// Takes back the addresses of vanished pods of the CNI config directory's networks.

@@ -88,6 +88,9 @@ pub enum Problem {
     Peers,
     /// Another daemon holds this node's name (it took the name while this one was silent).
     NameHeld,
+    /// This node's lease lacks the subnet of a configured family that its slot pairs with
+    /// (another record names it).
+    Family,
 }
 
 impl Default for Metrics {

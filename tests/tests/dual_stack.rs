@@ -270,6 +270,65 @@ fn an_older_single_family_lease_is_routed_for_the_family_it_has() {
 }
 
 #[test]
+fn an_ipv6_subnet_another_record_names_is_not_taken_back() {
+    let mut lab = lab("ds-named", StoreKind::File, IpFamily::Dual, 1, "auto");
+    up(&mut lab, 2);
+    let (s4, s6) = {
+        let s = lab.nodes[1].subnets();
+        (s[0].clone(), s[1].clone())
+    };
+    let key = s4.replace('/', "-");
+    let read = |l: &Lab, key: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(l.store_dir().join(key)).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    // node 1 stops; meanwhile its record loses its IPv6 subnet and another record names it
+    lab.stop(1);
+    let mut one = read(&lab, &key)["lease"].clone();
+    one.as_object_mut().unwrap().remove("ipv6Subnet");
+    lab.put_raw(&key, one.to_string().as_bytes());
+    let exp = cbrnet_ipam::cluster::record::unix_now() + 3600;
+    let other = format!(
+        r#"{{"subnet":"10.244.20.0/24","ipv6Subnet":"{s6}","nodeName":"other","nodeIP":"192.168.50.98","expires":{exp}}}"#
+    );
+    lab.put_raw("10.244.20.0-24", other.as_bytes());
+    // back, it takes its IPv4 subnet alone, says why, and serves IPv4 only
+    lab.spawn(1);
+    let why = format!("this node holds no IPv6 subnet: {s6}");
+    lab.expect_logged(1, Duration::from_secs(10), &why);
+    let (code, body) = lab.http_get(1, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&why), "{body}");
+    std::thread::sleep(Duration::from_secs(3)); // two renewals
+    let rec = read(&lab, &key);
+    assert_eq!(rec["lease"]["nodeName"], "node-1", "{rec}");
+    assert!(rec["lease"]["ipv6Subnet"].is_null(), "{rec}");
+    assert_eq!(lab.nodes[1].subnets(), std::slice::from_ref(&s4));
+    assert_eq!(
+        lab.nodes[1].log().matches(&why).count(),
+        1,
+        "{}",
+        lab.nodes[1].log()
+    );
+    // node 0 routes that IPv6 subnet once, to the record that names it, and says so of none
+    assert_eq!(read(&lab, "10.244.20.0-24")["lease"]["ipv6Subnet"], s6.as_str());
+    // the other record goes: node 1 adds its IPv6 subnet, and every pod reaches every other
+    std::fs::remove_file(lab.store_dir().join("10.244.20.0-24")).unwrap();
+    assert!(
+        lab.wait_for(Duration::from_secs(10), |l| read(l, &key)["lease"]["ipv6Subnet"]
+            == s6.as_str()),
+        "{}",
+        lab.nodes[1].log()
+    );
+    lab.expect_logged(1, Duration::from_secs(5), "holds a subnet of each family again");
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.http_get(1, "/healthz").0 == 200));
+    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[1].subnets()
+        == [s4.clone(), s6.clone()]));
+    lab.converge(Duration::from_secs(10));
+    assert_all_reach(&lab);
+}
+
+#[test]
 fn an_ipv6_cidr_too_small_for_the_nodes_is_said_and_the_others_keep_working() {
     // two /64s in the /63: the third node finds no slot with both families
     let mut lab = lab("ds-full", StoreKind::File, IpFamily::Dual, 1, "auto");

@@ -55,6 +55,14 @@ fn two_families_one_lease() {
 }
 
 #[test]
+fn a_partner_named_elsewhere_is_not_taken() {
+    let (ns, etcd) = etcd("ets-partner");
+    ns.block_on(0, || async {
+        conformance::a_partner_named_elsewhere_is_not_taken(&connect(&etcd, PREFIX).await.unwrap()).await;
+    });
+}
+
+#[test]
 fn a_node_comes_back_to_the_subnet_it_last_published() {
     let (ns, etcd) = etcd("ets-back");
     ns.block_on(0, || async {

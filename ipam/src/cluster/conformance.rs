@@ -2,7 +2,7 @@
 //! this crate's unit tests, etcd in `tests/tests/etcd_store.rs` against a real etcd.
 
 use super::error::ClusterError;
-use super::lease::{acquire, release, renew, Claimant, LeaseConfig, Seen};
+use super::lease::{acquire, missing_partner, release, renew, Claimant, LeaseConfig, Seen};
 use super::record::{subnet_key, Lease, Versioned};
 use super::store::LeaseStore;
 use ipnetwork::IpNetwork;
@@ -403,6 +403,67 @@ pub async fn two_families_one_lease<S: LeaseStore + 'static>(s: Arc<S>) {
             (h.lease.subnet, h.lease.ipv6_subnet)
         );
     }
+}
+
+/// A node whose slot's IPv6 subnet another record names (a node of another configuration, or a
+/// hand edit) holds its first family alone, whether it renews or takes its record back by name,
+/// and says why; once that record is gone, its next renewal adds the IPv6 subnet.
+pub async fn a_partner_named_elsewhere_is_not_taken<S: LeaseStore>(s: &S) {
+    let net = |n: &str| n.parse::<IpNetwork>().unwrap();
+    let c = cfg("10.244.0.0/16", 24)
+        .with_family(net("fd00:10:244::/60"), 64)
+        .unwrap();
+    let partner = "fd00:10:244::/64".parse().unwrap();
+    let me = node("old", "192.168.0.200", "hold");
+    // an older node's record, IPv4 only, at the first slot, whose partner another record names
+    let old_lease = Lease {
+        subnet: net("10.244.0.0/24"),
+        ipv6_subnet: None,
+        node_name: "old".into(),
+        node_ip: me.node_ip,
+        node_ip_v6: None,
+        expires: u64::MAX / 2,
+        holder: Some("hold".into()),
+        vtep_mac: None,
+    };
+    let version = s.create(&old_lease, c.ttl).await.unwrap().unwrap();
+    let other = Lease {
+        subnet: net("10.244.9.0/24"),
+        ipv6_subnet: Some(partner),
+        node_name: "other".into(),
+        node_ip: "192.168.0.201".parse().unwrap(),
+        holder: Some("hother".into()),
+        ..old_lease.clone()
+    };
+    let other_version = s.create(&other, c.ttl).await.unwrap().unwrap();
+    let held = Versioned {
+        lease: old_lease.clone(),
+        version,
+    };
+    let renewed = renew(s, &c, &held, &me, &mut Seen::default()).await.unwrap();
+    let taken_back = get(s, &c, &me).await.unwrap();
+    for l in [&renewed.lease, &taken_back.lease] {
+        assert_eq!((l.subnet, l.ipv6_subnet), (old_lease.subnet, None), "{l:?}");
+        let why = missing_partner(&c, l).expect("the missing IPv6 subnet is said");
+        assert!(why.contains("fd00:10:244::/64"), "{why}");
+    }
+    let listed = s.list().await.unwrap();
+    let naming: Vec<_> = listed
+        .leases
+        .iter()
+        .filter(|v| v.lease.ipv6_subnet == Some(partner))
+        .map(|v| v.lease.node_name.as_str())
+        .collect();
+    assert_eq!(naming, ["other"], "{listed:?}");
+    // the other record goes: the next renewal adds the partner
+    assert!(s.delete(other.subnet, other_version).await.unwrap());
+    let added = renew(s, &c, &taken_back, &me, &mut Seen::default())
+        .await
+        .unwrap();
+    assert_eq!(added.lease.subnet, old_lease.subnet);
+    assert_eq!(added.lease.ipv6_subnet, Some(partner));
+    assert_eq!(missing_partner(&c, &added.lease), None);
+    assert!(release(s, &added).await.unwrap());
 }
 
 /// An IPv6-only cluster: records keyed by their IPv6 subnet, listed and renewed as IPv4 ones,

@@ -322,6 +322,34 @@ impl LeaseConfig {
     }
 }
 
+/// The IPv6 subnet a lease of `subnet` names: its slot's partner, unless a record under another
+/// key names that one (`named_by` gives the key naming an IPv6 subnet). A subnet without a
+/// partner (the cluster's CIDRs changed under a held lease) is held alone: the node's pods live
+/// in it. So is one whose partner another record names (a node of another configuration, or a
+/// hand edit): two nodes must never share a subnet, and the node's pods live in its first one.
+fn partner(
+    cfg: &LeaseConfig,
+    subnet: IpNetwork,
+    named_by: impl Fn(Ipv6Network) -> Option<IpNetwork>,
+) -> Option<Ipv6Network> {
+    let v6 = cfg.slot_of(subnet)?.ipv6?;
+    named_by(v6).is_none_or(|key| key == subnet).then_some(v6)
+}
+
+/// Why `l`, this node's lease, lacks the IPv6 subnet its slot pairs with, if it does: the
+/// partner is named by another record (see [`partner`]).
+pub fn missing_partner(cfg: &LeaseConfig, l: &Lease) -> Option<String> {
+    let want = cfg.slot_of(l.subnet)?.ipv6?;
+    (l.ipv6_subnet != Some(want)).then(|| {
+        format!(
+            "this node holds no IPv6 subnet: {want}, the partner of its subnet {}, is named by \
+             another node's lease (`cbrnet-routed leases` shows which); its new pods get no IPv6 \
+             address until that lease is gone",
+            l.subnet
+        )
+    })
+}
+
 fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
 }
@@ -344,14 +372,11 @@ pub struct Claimant {
 }
 
 impl Claimant {
-    /// The record of this claimant for `subnet` and its partner of the other family. A subnet
-    /// without one (the cluster's CIDRs changed under a held lease) is kept alone: the node's
-    /// pods live in it.
-    fn lease(&self, subnet: IpNetwork, cfg: &LeaseConfig) -> Lease {
-        let slot = cfg.slot_of(subnet).unwrap_or(Slot { subnet, ipv6: None });
+    /// The record of this claimant for `subnet` with `ipv6` beside it.
+    fn lease(&self, subnet: IpNetwork, ipv6: Option<Ipv6Network>, cfg: &LeaseConfig) -> Lease {
         Lease {
             subnet,
-            ipv6_subnet: slot.ipv6,
+            ipv6_subnet: ipv6,
             node_name: self.node_name.clone(),
             node_ip: self.node_ip,
             node_ip_v6: self.node_ip_v6,
@@ -415,6 +440,13 @@ pub async fn acquire<S: LeaseStore>(
         });
         let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
             listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
+        // An IPv6 subnet that a record under another key names is not free.
+        let ipv6_taken: HashMap<Ipv6Network, IpNetwork> = listing
+            .leases
+            .iter()
+            .filter_map(|v| Some((v.lease.ipv6_subnet?, v.lease.subnet)))
+            .collect();
+        let named_by = |v6| ipv6_taken.get(&v6).copied();
         if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
             let ours = mine.lease.holder.as_deref().is_none_or(|h| h == me.holder);
             if !ours && seen.unchanged_for(mine, t) < cfg.grace {
@@ -425,7 +457,8 @@ pub async fn acquire<S: LeaseStore>(
                     grace: cfg.grace,
                 });
             }
-            let l = me.lease(mine.lease.subnet, cfg);
+            let subnet = mine.lease.subnet;
+            let l = me.lease(subnet, partner(cfg, subnet, named_by), cfg);
             match store.update(&l, mine.version, cfg.ttl).await? {
                 Some(version) => return Ok(Versioned { lease: l, version }),
                 None => continue,
@@ -439,12 +472,6 @@ pub async fn acquire<S: LeaseStore>(
             .map(|v| v.lease.subnet)
             .chain(listing.invalid.iter().filter_map(|i| i.subnet))
             .collect();
-        // An IPv6 subnet that a record under another key names is not free either.
-        let ipv6_taken: HashMap<Ipv6Network, IpNetwork> = listing
-            .leases
-            .iter()
-            .filter_map(|v| Some((v.lease.ipv6_subnet?, v.lease.subnet)))
-            .collect();
         let mut waiting = false;
         let mut target = None;
         // The subnet this node last published comes first: its bridge, its file and its pods'
@@ -456,19 +483,17 @@ pub async fn acquire<S: LeaseStore>(
             if blocked.iter().any(|b| overlaps(*b, s)) {
                 continue;
             }
-            if let Some(other) = slot.ipv6.and_then(|v6| ipv6_taken.get(&v6)) {
-                if *other != s {
-                    continue;
-                }
+            if slot.ipv6.is_some_and(|v6| named_by(v6).is_some_and(|k| k != s)) {
+                continue;
             }
             match by_key.get(&s) {
                 None => {
-                    target = Some((s, None));
+                    target = Some((slot, None));
                     break;
                 }
                 Some(v) if v.lease.expired(now) => {
                     if seen.unchanged_for(v, t) >= cfg.grace {
-                        target = Some((s, Some(v.version)));
+                        target = Some((slot, Some(v.version)));
                         break;
                     }
                     waiting = true;
@@ -476,7 +501,7 @@ pub async fn acquire<S: LeaseStore>(
                 Some(_) => {}
             }
         }
-        let Some((subnet, old)) = target else {
+        let Some((slot, old)) = target else {
             return Err(if waiting {
                 ClusterError::Store(format!(
                     "no free subnet yet: the expired leases must stay unrenewed for {:?} first",
@@ -486,7 +511,7 @@ pub async fn acquire<S: LeaseStore>(
                 cfg.full()
             });
         };
-        let l = me.lease(subnet, cfg);
+        let l = me.lease(slot.subnet, slot.ipv6, cfg);
         let res = match old {
             Some(version) => store.update(&l, version, cfg.ttl).await?,
             None => store.create(&l, cfg.ttl).await?,
@@ -505,7 +530,9 @@ pub async fn acquire<S: LeaseStore>(
 /// one still ours (a renewal whose answer was lost) is renewed at its new version, and one that
 /// is no valid lease is refused ([`ClusterError::OwnRecordInvalid`]: the entry blocks the subnet
 /// for everyone else, so the node keeps it). Only a record that another node now holds makes the
-/// node acquire again.
+/// node acquire again. An IPv6 subnet the held record does not name yet (an older node's record,
+/// or new cluster CIDRs) is added only if no record under another key names it, which costs a
+/// listing of the store.
 pub async fn renew<S: LeaseStore>(
     store: &S,
     cfg: &LeaseConfig,
@@ -513,7 +540,22 @@ pub async fn renew<S: LeaseStore>(
     me: &Claimant,
     seen: &mut Seen,
 ) -> Result<Versioned, ClusterError> {
-    let l = me.lease(held.lease.subnet, cfg);
+    let subnet = held.lease.subnet;
+    let ipv6 = match partner(cfg, subnet, |_| None) {
+        Some(v6) if held.lease.ipv6_subnet != Some(v6) => {
+            let listing = store.list().await?;
+            let named_by = |v6: Ipv6Network| {
+                listing
+                    .leases
+                    .iter()
+                    .find(|v| v.lease.ipv6_subnet == Some(v6) && v.lease.subnet != subnet)
+                    .map(|v| v.lease.subnet)
+            };
+            partner(cfg, subnet, named_by)
+        }
+        same => same,
+    };
+    let l = me.lease(subnet, ipv6, cfg);
     if let Some(version) = store.update(&l, held.version, cfg.ttl).await? {
         return Ok(Versioned { lease: l, version });
     }

@@ -14,7 +14,7 @@ pub mod routes;
 pub mod vxlan;
 
 use cbrnet_ipam::cluster::Lease;
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv6Network};
 use routes::{Hop, Want};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -134,13 +134,17 @@ pub struct Local<'a> {
 /// path needs.
 pub fn choose<'a>(leases: impl IntoIterator<Item = &'a Lease>, me: &Local) -> Desired {
     let mut d = Desired::default();
-    let mut peers: Vec<&Lease> = leases
-        .into_iter()
-        .filter(|l| l.node_name != me.node_name)
-        .collect();
-    // In subnet order, so that which of two peers publishing one VTEP MAC wins does not depend
-    // on the order the store lists them in.
+    let (own, mut peers): (Vec<&Lease>, Vec<&Lease>) =
+        leases.into_iter().partition(|l| l.node_name == me.node_name);
+    // In subnet order, so that which of two peers publishing one VTEP MAC (or naming one IPv6
+    // subnet) wins does not depend on the order the store lists them in.
     peers.sort_by_key(|l| l.subnet);
+    // Records under different keys can name one IPv6 subnet (nodes of different configurations,
+    // or a hand edit): it stays this node's if ours, else goes to the first peer naming it.
+    let mut v6_named: HashMap<Ipv6Network, &str> = own
+        .iter()
+        .filter_map(|l| Some((l.ipv6_subnet?, me.node_name)))
+        .collect();
     let mut macs: HashMap<[u8; 6], &str> = me.own_vtep.map(|m| (m, me.node_name)).into_iter().collect();
     for l in peers {
         let vx = vxlan_of(l, me, &macs);
@@ -152,6 +156,21 @@ pub fn choose<'a>(leases: impl IntoIterator<Item = &'a Lease>, me: &Local) -> De
                 .map(IpNetwork::V6),
         );
         for subnet in subnets {
+            if let IpNetwork::V6(v6) = subnet {
+                match v6_named.get(&v6) {
+                    Some(first) => {
+                        *d.counts.entry((Path::Unroutable, Family::V6)).or_default() += 1;
+                        d.problems.push(format!(
+                            "lease {subnet} of node {}: unroutable: node {first}'s lease names it too",
+                            l.node_name
+                        ));
+                        continue;
+                    }
+                    None => {
+                        v6_named.insert(v6, &l.node_name);
+                    }
+                }
+            }
             let (path, hop, why) = path_of(l, subnet, me, &vx);
             *d.counts.entry((path, Family::of(&subnet))).or_default() += 1;
             if path == Path::Unroutable && me.mode == Mode::HostGw && hostgw::off_link(l, me.networks) {
@@ -592,6 +611,66 @@ mod tests {
         let mut me = local(Mode::Auto, &n, false);
         me.ipv6 = false;
         assert!(choose(&leases, &me).routes.keys().all(IpNetwork::is_ipv4));
+    }
+
+    #[test]
+    fn an_ipv6_subnet_named_twice_is_routed_once() {
+        let n: Vec<IpNetwork> = vec!["192.168.1.1/24".parse().unwrap(), "fd00:1::1/64".parse().unwrap()];
+        let mut leases = vec![
+            dual(
+                "10.244.1.0/24",
+                "me",
+                "192.168.1.1",
+                ("fd00:10:244:1::/64", Some("fd00:1::1")),
+                None,
+            ),
+            // names this node's IPv6 subnet
+            dual(
+                "10.244.2.0/24",
+                "b",
+                "192.168.1.2",
+                ("fd00:10:244:1::/64", Some("fd00:1::2")),
+                None,
+            ),
+            dual(
+                "10.244.3.0/24",
+                "c",
+                "192.168.1.3",
+                ("fd00:10:244:3::/64", Some("fd00:1::3")),
+                None,
+            ),
+            // names c's
+            dual(
+                "10.244.4.0/24",
+                "d",
+                "192.168.1.4",
+                ("fd00:10:244:3::/64", Some("fd00:1::4")),
+                None,
+            ),
+        ];
+        for _ in 0..2 {
+            let d = choose(&leases, &local(Mode::Auto, &n, false));
+            assert_eq!(
+                hops(&d),
+                [
+                    row("10.244.2.0/24", "192.168.1.2", false),
+                    row("10.244.3.0/24", "192.168.1.3", false),
+                    row("10.244.4.0/24", "192.168.1.4", false),
+                    row("fd00:10:244:3::/64", "fd00:1::3", false),
+                ]
+            );
+            assert_eq!(
+                d.problems,
+                [
+                    "lease fd00:10:244:1::/64 of node b: unroutable: node me's lease names it too",
+                    "lease fd00:10:244:3::/64 of node d: unroutable: node c's lease names it too",
+                ]
+            );
+            assert_eq!(d.counts[&(Path::Unroutable, Family::V6)], 2);
+            assert_eq!(d.counts[&(Path::Direct, Family::V6)], 1);
+            // whatever order the store lists them in
+            leases.reverse();
+        }
     }
 
     #[test]

@@ -227,6 +227,16 @@ pub fn ipam(f: &Facts<'_>) -> Vec<Check> {
         .collect()
 }
 
+/// A count of addresses as people read it: exact up to a billion, beyond (an IPv6 /64) in
+/// scientific notation.
+fn amount(n: u128) -> String {
+    if n < 1_000_000_000 {
+        n.to_string()
+    } else {
+        format!("{:.1e}", n as f64)
+    }
+}
+
 fn network(f: &Facts<'_>, net: &reclaim::CbrnetNetwork) -> Check {
     let check = format!("ipam.{}", net.name);
     let pools = match net.ipam.pools() {
@@ -246,7 +256,7 @@ fn network(f: &Facts<'_>, net: &reclaim::CbrnetNetwork) -> Check {
     let data_dir = net.ipam.data_dir();
     let scan = match peek(data_dir, &net.name) {
         Ok(Some(s)) => s,
-        Ok(None) => return Check::ok(check, format!("{pool}: 0 in use, {capacity} free")),
+        Ok(None) => return Check::ok(check, format!("{pool}: 0 in use, {} free", amount(capacity))),
         Err(e) => {
             return Check::unknown(
                 check,
@@ -290,7 +300,9 @@ fn network(f: &Facts<'_>, net: &reclaim::CbrnetNetwork) -> Check {
             .collect()
     };
     let mut found = format!(
-        "{pool}: {used} in use, {free} free of {capacity} ({:.0}%)",
+        "{pool}: {used} in use, {} free of {} ({:.0}%)",
+        amount(free),
+        amount(capacity),
         fill * 100.0
     );
     if !gone.is_empty() {
@@ -349,4 +361,17 @@ fn network(f: &Facts<'_>, net: &reclaim::CbrnetNetwork) -> Check {
         );
     }
     Check::ok(check, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::amount;
+
+    #[test]
+    fn counts_beyond_a_billion_are_written_short() {
+        assert_eq!(amount(253), "253");
+        assert_eq!(amount(999_999_999), "999999999");
+        // an IPv6 /64 less its network address and gateway
+        assert_eq!(amount((1u128 << 64) - 2), "1.8e19");
+    }
 }

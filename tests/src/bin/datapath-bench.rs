@@ -48,7 +48,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PORT: &str = "5201";
-const STREAMS: [u32; 2] = [1, 4];
 /// The hand-made VXLAN pair (the floor of the VXLAN path).
 const FLOOR_DEV: &str = "vxfloor";
 const FLOOR_VNI: &str = "99";
@@ -73,9 +72,14 @@ struct Cli {
     /// The paths to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "host-gw,vxlan")]
     paths: Vec<PathKind>,
-    /// Skip pod → pod on one node (the bridge alone).
+    /// Skip pod → pod on one node (the bridge alone); node 0's `cbr0` then has one port, as
+    /// the hand-made pod path's bridge.
     #[arg(long)]
     no_same_node: bool,
+    /// The iperf3 stream counts each case runs with.
+    #[arg(long, value_delimiter = ',', default_value = "1,4",
+          value_parser = clap::value_parser!(u32).range(1..=128))]
+    streams: Vec<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,11 +102,16 @@ impl Cli {
     fn command_line(&self) -> String {
         let paths: Vec<&str> = self.paths.iter().map(|p| p.name()).collect();
         format!(
-            "./target/release/datapath-bench --seconds {} --omit {} --rounds {} --paths {}{}",
+            "./target/release/datapath-bench --seconds {} --omit {} --rounds {} --paths {} --streams {}{}",
             self.seconds,
             self.omit,
             self.rounds,
             paths.join(","),
+            self.streams
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             if self.no_same_node { " --no-same-node" } else { "" }
         )
     }
@@ -117,6 +126,9 @@ enum Setup {
     CbrnetCsum(bool),
     /// The hand-made pair with TX checksum offload on or off (`ethtool -K vxfloor tx`).
     FloorCsum(bool),
+    /// The hand-made pod path's routes through a nexthop object (`nhid`, as cbrnet's host-gw
+    /// routes) or with their gateway in the route.
+    FloorNexthop(bool),
 }
 
 /// One end of a measurement.
@@ -196,7 +208,7 @@ fn main() {
         cli.seconds,
         cli.omit,
         cli.rounds,
-        STREAMS
+        cli.streams
     );
     let mut results = Vec::new();
     for &path in &cli.paths {
@@ -208,7 +220,7 @@ fn main() {
     }
     println!();
     for (path, rows) in &results {
-        ratios(*path, rows);
+        ratios(*path, rows, &cli.streams);
     }
     println!("\nreproduce: {}", cli.command_line());
 }
@@ -246,6 +258,7 @@ const VX_ON: &str = "pod → pod, cbrnet.vxlan, tx csum on";
 const FLOOR_OFF: &str = "node → node, vxfloor, tx csum off (floor)";
 const FLOOR_ON: &str = "node → node, vxfloor, tx csum on (floor)";
 const FLOOR_POD: &str = "floor pod → floor pod, across nodes (hand-made)";
+const FLOOR_POD_NH: &str = "floor pod → floor pod, across nodes, nexthop route";
 const FLOOR_POD_OFF: &str = "floor pod → floor pod, vxfloor, tx csum off";
 const FLOOR_POD_ON: &str = "floor pod → floor pod, vxfloor, tx csum on";
 
@@ -293,7 +306,13 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
                 },
                 Case {
                     name: FLOOR_POD,
-                    setup: Setup::None,
+                    setup: Setup::FloorNexthop(false),
+                    src: End::FloorPod(0),
+                    dst: End::FloorPod(1),
+                },
+                Case {
+                    name: FLOOR_POD_NH,
+                    setup: Setup::FloorNexthop(true),
                     src: End::FloorPod(0),
                     dst: End::FloorPod(1),
                 },
@@ -372,7 +391,7 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
     let mut rows: Vec<Row> = cases
         .iter()
         .flat_map(|c| {
-            STREAMS.iter().map(|&s| Row {
+            cli.streams.iter().map(|&s| Row {
                 case: c.name,
                 streams: s,
                 samples: Vec::new(),
@@ -385,7 +404,7 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
         if round % 2 == 1 {
             order.reverse();
         }
-        let mut streams = STREAMS;
+        let mut streams = cli.streams.clone();
         if round % 2 == 1 {
             streams.reverse();
         }
@@ -414,6 +433,7 @@ fn bench_path(cli: &Cli, path: PathKind) -> Vec<Row> {
                         assert_eq!(tx_csum(ns, FLOOR_DEV), on, "node {i}: {FLOOR_DEV} tx");
                     }
                 }
+                Setup::FloorNexthop(nh) => route_floor(&lab, nh),
             }
             let (src_ns, src_addr) = case.src.resolve(&lab, &floor);
             let (dst_ns, dst_addr) = case.dst.resolve(&lab, &floor);
@@ -610,7 +630,22 @@ fn make_floor_pods(lab: &Lab, tag: &str, route: FloorRoute) -> Vec<FloorPod> {
         let node = &lab.nodes[i].node.ns;
         let other = format!("{}.0/24", floor_net(1 - i));
         match route {
-            FloorRoute::HostGw => node.ok(&["ip", "route", "add", &other, "via", &lab.nodes[1 - i].ip]),
+            FloorRoute::HostGw => {
+                // The nexthop object that `Setup::FloorNexthop(true)` routes through, made as
+                // cbrnet's host-gw ones are (the gateway on the underlay link).
+                node.ok(&[
+                    "ip",
+                    "nexthop",
+                    "add",
+                    "id",
+                    FLOOR_NHID,
+                    "via",
+                    &lab.nodes[1 - i].ip,
+                    "dev",
+                    "eth0",
+                ]);
+                node.ok(&["ip", "route", "add", &other, "via", &lab.nodes[1 - i].ip])
+            }
             FloorRoute::Vxfloor => node.ok(&[
                 "ip",
                 "route",
@@ -625,6 +660,35 @@ fn make_floor_pods(lab: &Lab, tag: &str, route: FloorRoute) -> Vec<FloorPod> {
     }
     check_floor_pods(&pods);
     pods
+}
+
+/// The id of the hand-made pod path's nexthop object in each node (outside cbrnet's ids, which
+/// are derived from the peers' gateways).
+const FLOOR_NHID: &str = "4250";
+
+/// Routes each node's way to the other's floor /24 through the nexthop object or with the
+/// gateway in the route, and checks the route says so.
+fn route_floor(lab: &Lab, nexthop: bool) {
+    for i in 0..2 {
+        let node = &lab.nodes[i].node.ns;
+        let other = format!("{}.0/24", floor_net(1 - i));
+        if nexthop {
+            node.ok(&["ip", "route", "replace", &other, "nhid", FLOOR_NHID]);
+        } else {
+            node.ok(&[
+                "ip",
+                "route",
+                "replace",
+                &other,
+                "via",
+                &lab.nodes[1 - i].ip,
+                "dev",
+                "eth0",
+            ]);
+        }
+        let shown = node.ok(&["ip", "route", "show", &other]);
+        assert_eq!(shown.contains("nhid"), nexthop, "node {i}: {shown}");
+    }
 }
 
 /// Each floor pod reaches the other, plainly and with DF at its MTU (as the lab checks cbrnet's
@@ -1012,14 +1076,14 @@ fn table(path: &str, rows: &[Row]) {
     println!();
 }
 
-fn ratios(path: PathKind, rows: &[Row]) {
+fn ratios(path: PathKind, rows: &[Row], streams: &[u32]) {
     let g = |case: &str, s: u32| {
         rows.iter()
             .find(|r| r.case == case && r.streams == s)
             .map_or(f64::NAN, |r| r.median(|x| x.gbps))
     };
     let line = |what: &str, a: &str, b: &str, target: bool| {
-        let each: Vec<String> = STREAMS
+        let each: Vec<String> = streams
             .iter()
             .map(|&s| {
                 let r = g(a, s) / g(b, s);
@@ -1054,6 +1118,18 @@ fn ratios(path: PathKind, rows: &[Row]) {
                 "hand-made pod → pod / node → node (the kernel's pod path)",
                 FLOOR_POD,
                 NODE_NODE,
+                false,
+            );
+            line(
+                "cbrnet pod → pod / hand-made pod → pod with a nexthop route",
+                POD_POD,
+                FLOOR_POD_NH,
+                false,
+            );
+            line(
+                "hand-made pod → pod: nexthop route / gateway route",
+                FLOOR_POD_NH,
+                FLOOR_POD,
                 false,
             );
             if same_node {

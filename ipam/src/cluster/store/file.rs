@@ -443,6 +443,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_partner_named_elsewhere_is_not_taken() {
+        let d = tempfile::tempdir().unwrap();
+        conformance::a_partner_named_elsewhere_is_not_taken(&FileStore::open(d.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
     async fn a_node_comes_back_to_the_subnet_it_last_published() {
         let d = tempfile::tempdir().unwrap();
         conformance::a_node_comes_back_to_the_subnet_it_last_published(&FileStore::open(d.path()).unwrap())
