@@ -21,7 +21,8 @@
 //!   plain bridge `flr0` (kernel defaults) with a gateway in a /24 of its own (10.250.1.0/24 on
 //!   node 0, 10.250.2.0/24 on node 1), one veth pair to a "floor pod" namespace, cbrnet's pod
 //!   MTU, and a route by hand to the other node's /24: via its node IP (host-gw), or via the
-//!   other end of `vxfloor` (VXLAN, with its TX checksum offload off and on). Floor pod → floor
+//!   other end of `vxfloor` (VXLAN, with its TX checksum offload off and on); on host-gw also
+//!   through a nexthop object (`nhid`), as cbrnet's routes are made. Floor pod → floor
 //!   pod does the kernel work of cbrnet's pod → pod with nothing of cbrnet in it: cbrnet / it is
 //!   cbrnet's own overhead, it / node → node what the kernel's pod path costs. Before the runs,
 //!   every difference between cbrnet's devices and the floor's (link attributes, offloads,
@@ -29,7 +30,8 @@
 //!
 //! Each measurement is one iperf3 client (`-J`, TCP, `--seconds` counted after `--omit` seconds
 //! of slow start that are not) in the source namespace against a one-off server (`-s -1`) bound
-//! to the target's address in the target namespace, with one stream and with four (`-P 4`).
+//! to the target's address in the target namespace, with each of `--streams` (default one, and
+//! four: `-P 4`).
 //! Every round runs every case of a path, in an order that turns from round to round (rotated,
 //! and reversed every other round; the 1- and 4-stream runs of a case swap too), so that the
 //! machine's drift favours no case; the figures are the medians of the rounds. Beside each run,
