@@ -336,12 +336,10 @@ fn an_ipv6_cidr_too_small_for_the_nodes_is_said_and_the_others_keep_working() {
     up(&mut lab, 2);
     let i = lab.add_node();
     lab.spawn(i);
-    assert!(
-        lab.wait_for(Duration::from_secs(10), |l| l.nodes[i]
-            .log()
-            .contains("cluster CIDR fd00:10:244::/63 is full")),
-        "{}",
-        lab.nodes[i].log()
+    lab.expect_logged(
+        i,
+        Duration::from_secs(10),
+        "cluster CIDR fd00:10:244::/63 is full",
     );
     let (code, body) = lab.http_get(i, "/healthz");
     assert_eq!(code, 503, "{body}");

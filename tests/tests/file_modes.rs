@@ -75,11 +75,7 @@ fn a_store_directory_others_can_write_is_refused() {
     }
     // and so does the daemon, which takes no lease and publishes no subnet
     lab.spawn(i);
-    assert!(
-        lab.wait_for(Duration::from_secs(10), |l| l.nodes[i].log().contains(&why)),
-        "{}",
-        lab.nodes[i].log()
-    );
+    lab.expect_logged(i, Duration::from_secs(10), &why);
     let st = lab.nodes[i].daemon.as_mut().unwrap().wait().unwrap();
     assert!(!st.success());
     assert!(lab.nodes[i].subnet().is_none());

@@ -271,9 +271,7 @@ fn a_node_reasserts_its_own_lease_and_nobody_takes_it_meanwhile() {
     // its record is overwritten by something that is no lease: it keeps the subnet, says so
     // once, and writes the record again once the entry is gone
     lab.put_raw(&key, b"{not json");
-    assert!(lab.wait_for(Duration::from_secs(3), |l| l.nodes[1]
-        .log()
-        .contains("is not a valid lease")));
+    lab.expect_logged(1, Duration::from_secs(3), "is not a valid lease");
     std::thread::sleep(Duration::from_millis(2500)); // a few resyncs
     let log = lab.nodes[1].log();
     assert_eq!(log.matches("is not a valid lease").count(), 1, "{log}");
@@ -477,9 +475,7 @@ fn a_missing_node_ip_is_reported_until_it_appears() {
     let i = lab.add_node();
     lab.nodes[i].ip = "192.168.50.200".into();
     lab.spawn(i);
-    assert!(lab.wait_for(Duration::from_secs(5), |l| l.nodes[i]
-        .log()
-        .contains("on no local interface")));
+    lab.expect_logged(i, Duration::from_secs(5), "on no local interface");
     let (status, body) = lab.http_get(i, "/healthz");
     assert_eq!(status, 503);
     assert!(body.contains("--node-ip"), "{body}");
@@ -705,12 +701,10 @@ fn a_failing_set_up_is_reported_until_it_succeeds() {
     let i = lab.add_node();
     lab.nodes[i].node.ns.add_veth("cbr0", "cbr0-peer");
     lab.spawn(i);
-    assert!(
-        lab.wait_for(Duration::from_secs(5), |l| l.nodes[i]
-            .log()
-            .contains("setting the node up: cbr0 exists and is not a bridge")),
-        "{}",
-        lab.nodes[i].log()
+    lab.expect_logged(
+        i,
+        Duration::from_secs(5),
+        "setting the node up: cbr0 exists and is not a bridge",
     );
     assert!(
         lab.wait_for(Duration::from_secs(5), |l| l
