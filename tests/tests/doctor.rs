@@ -114,7 +114,12 @@ fn a_healthy_node_is_all_ok_with_probe_and_says_so_in_text_too() {
     expect(&checks, "bridge", "ok", &["cbr0", "up", "gateway"]);
     expect(&checks, "forwarding.ipv4", "ok", &["= 1"]);
     expect(&checks, "masquerade", "ok", &["off"]);
-    expect(&checks, "vxlan.device", "ok", &["VNI 1", "MTU 1450"]);
+    expect(
+        &checks,
+        "vxlan.device",
+        "ok",
+        &["VNI 1", "MTU 1450", "TX checksum offload off"],
+    );
     expect(
         &checks,
         "routes",
@@ -504,12 +509,26 @@ fn the_vxlan_device_and_mtus_are_checked() {
     lab.add_pod(0);
     let ns = &lab.nodes[0].node.ns;
     let veth = lab.nodes[0].node.veths()[0].clone();
+    let own = lab.nodes[0].subnet().unwrap().replace("/24", "/32");
     lab.freeze(0);
     ns.ok(&["ip", "link", "set", "cbrnet.vxlan", "mtu", "1400"]);
     ns.ok(&["ip", "link", "set", &veth, "mtu", "1300"]);
+    ns.ok(&["ethtool", "-K", "cbrnet.vxlan", "tx", "on"]);
+    ns.ok(&["ip", "addr", "del", &own, "dev", "cbrnet.vxlan"]);
+    ns.ok(&["ip", "addr", "add", "10.244.250.0/32", "dev", "cbrnet.vxlan"]);
     let (code, checks, _) = lab.doctor(0, &[]);
     assert_eq!(code, 1);
-    expect(&checks, "vxlan.device", "FAIL", &["MTU 1400, not 1450"]);
+    expect(
+        &checks,
+        "vxlan.device",
+        "FAIL",
+        &[
+            "MTU 1400, not 1450",
+            "TX checksum offload on, not --vxlan-tx-csum-offload off",
+            &format!("address {own} missing"),
+            "stale address 10.244.250.0/32",
+        ],
+    );
     expect(&checks, "mtu", "FAIL", &["cbrnet.vxlan 1400, not 1450"]);
     lab.thaw(0);
     // The device is the daemon's to put back; a pod's MTU stays as the pod was made.

@@ -610,7 +610,19 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
             "bring the node's address up, or give doctor the daemon's --node-ip",
         );
     };
-    match vxlan::drift(&l, &spec(f, vxlan_mtu(f, u))) {
+    let drift = match vxlan::drift(&l, &spec(f, vxlan_mtu(f, u))) {
+        Ok(mut d) => {
+            d.extend(vxlan_offload(args.vxlan_tx_csum_offload));
+            match vxlan_addresses(f, nl, l.header.index).await {
+                Ok(a) => d.extend(a),
+                Err(e) => return Check::unknown("vxlan.device", e),
+            }
+            Ok(d)
+        }
+        e => e,
+    };
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    match drift {
         Err(why) => Check::fail(
             "vxlan.device",
             why.clone(),
@@ -623,12 +635,13 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
         Ok(d) if d.is_empty() => Check::ok(
             "vxlan.device",
             format!(
-                "{}: VNI {}, port {}, local {}, MTU {}, up",
+                "{}: VNI {}, port {}, local {}, MTU {}, TX checksum offload {}, up",
                 vxlan::DEVICE,
                 args.vxlan_vni,
                 args.vxlan_port,
                 f.cfg.node_ip,
-                vxlan_mtu(f, u)
+                vxlan_mtu(f, u),
+                on_off(args.vxlan_tx_csum_offload)
             ),
         ),
         Ok(d) => Check::fail(
@@ -637,6 +650,41 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
             format!("the daemon puts it right at once; if it does not: {RESTART}"),
         ),
     }
+}
+
+/// The device's TX checksum offload against `--vxlan-tx-csum-offload`, in words if it differs.
+fn vxlan_offload(want: bool) -> Option<String> {
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    match cbrnet_bridge::ethtool::tx_checksum(vxlan::DEVICE) {
+        Ok(on) if on == want => None,
+        Ok(on) => Some(format!(
+            "TX checksum offload {}, not --vxlan-tx-csum-offload {}",
+            on_off(on),
+            on_off(want)
+        )),
+        Err(e) => Some(format!("TX checksum offload unreadable: {e}")),
+    }
+}
+
+/// The device's addresses: the network address of each subnet the node serves (the source of
+/// what the node sends through it itself), and none other of the cluster's. Each difference in
+/// words.
+async fn vxlan_addresses(f: &Facts<'_>, nl: &cbrnet_bridge::Nl, index: u32) -> Result<Vec<String>, String> {
+    let want: Vec<IpNetwork> = f
+        .subnets()
+        .iter()
+        .filter_map(|s| IpNetwork::new(s.network(), if s.is_ipv4() { 32 } else { 128 }).ok())
+        .collect();
+    let have = bridge::addresses(nl, index).await.map_err(|e| e.to_string())?;
+    let missing = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(|w| format!("address {w} missing"));
+    let stale = have
+        .iter()
+        .filter(|a| !want.contains(a) && f.cfg.cluster_cidrs().any(|c| c.contains(a.ip())))
+        .map(|a| format!("stale address {a}"));
+    Ok(missing.chain(stale).collect())
 }
 
 fn spec(f: &Facts<'_>, mtu: u32) -> vxlan::Spec {
