@@ -4,7 +4,7 @@ use crate::error::{errno, BridgeError, Result, EADDRNOTAVAIL, EEXIST};
 use crate::netlink::{self, Nl};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkFlags};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkUnspec};
@@ -168,15 +168,45 @@ pub async fn ipv4_addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
 
 /// The addresses of both families on link `index`, with their prefixes.
 pub async fn addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
+    Ok(addresses_with_flags(nl, index)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// The addresses on link `index` that cannot be used yet or at all: IPv6 ones still in
+/// duplicate address detection (tentative) or that failed it.
+pub async fn unusable_addresses(nl: &Nl, index: u32) -> Result<Vec<IpNetwork>> {
+    let bad = AddressFlags::Tentative | AddressFlags::Dadfailed;
+    Ok(addresses_with_flags(nl, index)
+        .await?
+        .into_iter()
+        .filter(|(_, f)| f.intersects(bad))
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Each address on link `index` with its flags (the 32-bit attribute where the kernel sends
+/// it, else the header's 8 bits).
+async fn addresses_with_flags(nl: &Nl, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>> {
     let mut s = nl.handle.address().get().set_link_index_filter(index).execute();
     let mut out = Vec::new();
     while let Some(m) = s.try_next().await.map_err(BridgeError::netlink(format!(
         "listing the addresses of link {index}"
     )))? {
+        let flags = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(m.header.flags.bits())));
         for a in &m.attributes {
             if let AddressAttribute::Address(ip) = a {
                 if let Ok(n) = IpNetwork::new(*ip, m.header.prefix_len) {
-                    out.push(n);
+                    out.push((n, flags));
                 }
             }
         }

@@ -850,6 +850,22 @@ fn dual_stack_checks_judge_both_families() {
             "router advertisements on eth0 are ignored",
         ],
     );
+    // The IPv6 gateway added again by hand with duplicate address detection, made to last a
+    // minute: tentative, which the daemon (adding it without) never leaves it.
+    ns.ok(&["sysctl", "-qw", "net.ipv6.neigh.cbr0.retrans_time_ms=60000"]);
+    ns.ok(&["ip", "addr", "del", &gw6, "dev", "cbr0"]);
+    ns.ok(&["ip", "addr", "add", &gw6, "dev", "cbr0"]);
+    let (code, checks, _) = lab.doctor(0, &[]);
+    assert_eq!(code, 1);
+    expect(
+        &checks,
+        "bridge",
+        "FAIL",
+        &[&format!(
+            "gateway {gw6} is tentative or failed duplicate address detection"
+        )],
+    );
+    ns.ok(&["sysctl", "-qw", "net.ipv6.neigh.cbr0.retrans_time_ms=1000"]);
     ns.ok(&["ip", "-6", "addr", "flush", "dev", "cbr0", "scope", "global"]);
     ns.ok(&[
         "ip",

@@ -424,6 +424,20 @@ pub async fn bridge(f: &Facts<'_>) -> Check {
         wrong.push(format!("stale address {a} (a subnet this node does not hold)"));
         fixes.push(format!("ip addr del {a} dev {name}"));
     }
+    // The daemon adds the IPv6 gateway without duplicate address detection: one still in it (or
+    // failed) was added otherwise, and the pods' IPv6 traffic waits on it (or has no gateway).
+    let unusable = match bridge::unusable_addresses(nl, l.header.index).await {
+        Ok(a) => a,
+        Err(e) => return Check::unknown("bridge", e),
+    };
+    for w in want.iter().filter(|w| unusable.contains(w)) {
+        wrong.push(format!(
+            "gateway {w} is tentative or failed duplicate address detection"
+        ));
+        fixes.push(format!(
+            "ip addr del {w} dev {name}; ip addr add {w} dev {name} nodad"
+        ));
+    }
     if wrong.is_empty() {
         Check::ok("bridge", format!("{name}: bridge, up, gateway {}", list(&want)))
     } else {
