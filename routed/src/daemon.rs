@@ -1217,14 +1217,8 @@ impl Node {
     /// Is the IPv6 subnet that the held lease lacks named by no other record now? Looked at
     /// only while it is missing: the renewal that follows checks again against the store.
     fn partner_free(&self) -> bool {
-        let subnet = self.held.lease.subnet;
-        let Some(v6) = self.cfg.leases.slot_of(subnet).and_then(|s| s.ipv6) else {
-            return false;
-        };
-        !self
-            .known
-            .leases()
-            .any(|v| v.lease.ipv6_subnet == Some(v6) && v.lease.subnet != subnet)
+        let records = self.known.leases().map(|v| &v.lease);
+        lease::free_partner(&self.cfg.leases, self.held.lease.subnet, records).is_some()
     }
 
     /// Takes back the addresses of vanished pods of the CNI config directory's networks.

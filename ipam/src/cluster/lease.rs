@@ -322,22 +322,25 @@ impl LeaseConfig {
     }
 }
 
-/// The IPv6 subnet a lease of `subnet` names: its slot's partner, unless a record under another
-/// key names that one (`named_by` gives the key naming an IPv6 subnet). A subnet without a
-/// partner (the cluster's CIDRs changed under a held lease) is held alone: the node's pods live
-/// in it. So is one whose partner another record names (a node of another configuration, or a
-/// hand edit): two nodes must never share a subnet, and the node's pods live in its first one.
-fn partner(
+/// The IPv6 subnet a lease of `subnet` names: its slot's partner, unless one of `records` under
+/// another key names that one. A subnet without a partner (the cluster's CIDRs changed under a
+/// held lease) is held alone: the node's pods live in it. So is one whose partner another record
+/// names (a node of another configuration, or a hand edit): two nodes must never share a
+/// subnet, and the node's pods live in its first one.
+pub fn free_partner<'a>(
     cfg: &LeaseConfig,
     subnet: IpNetwork,
-    named_by: impl Fn(Ipv6Network) -> Option<IpNetwork>,
+    records: impl IntoIterator<Item = &'a Lease>,
 ) -> Option<Ipv6Network> {
     let v6 = cfg.slot_of(subnet)?.ipv6?;
-    named_by(v6).is_none_or(|key| key == subnet).then_some(v6)
+    records
+        .into_iter()
+        .all(|l| l.ipv6_subnet != Some(v6) || l.subnet == subnet)
+        .then_some(v6)
 }
 
 /// Why `l`, this node's lease, lacks the IPv6 subnet its slot pairs with, if it does: the
-/// partner is named by another record (see [`partner`]).
+/// partner is named by another record (see [`free_partner`]).
 pub fn missing_partner(cfg: &LeaseConfig, l: &Lease) -> Option<String> {
     let want = cfg.slot_of(l.subnet)?.ipv6?;
     (l.ipv6_subnet != Some(want)).then(|| {
@@ -440,13 +443,6 @@ pub async fn acquire<S: LeaseStore>(
         });
         let (valid, bad): (Vec<&Versioned>, Vec<&Versioned>) =
             listing.leases.iter().partition(|v| cfg.check(&v.lease).is_ok());
-        // An IPv6 subnet that a record under another key names is not free.
-        let ipv6_taken: HashMap<Ipv6Network, IpNetwork> = listing
-            .leases
-            .iter()
-            .filter_map(|v| Some((v.lease.ipv6_subnet?, v.lease.subnet)))
-            .collect();
-        let named_by = |v6| ipv6_taken.get(&v6).copied();
         if let Some(mine) = valid.iter().find(|v| v.lease.node_name == me.node_name) {
             let ours = mine.lease.holder.as_deref().is_none_or(|h| h == me.holder);
             if !ours && seen.unchanged_for(mine, t) < cfg.grace {
@@ -458,7 +454,8 @@ pub async fn acquire<S: LeaseStore>(
                 });
             }
             let subnet = mine.lease.subnet;
-            let l = me.lease(subnet, partner(cfg, subnet, named_by), cfg);
+            let ipv6 = free_partner(cfg, subnet, listing.leases.iter().map(|v| &v.lease));
+            let l = me.lease(subnet, ipv6, cfg);
             match store.update(&l, mine.version, cfg.ttl).await? {
                 Some(version) => return Ok(Versioned { lease: l, version }),
                 None => continue,
@@ -472,6 +469,12 @@ pub async fn acquire<S: LeaseStore>(
             .map(|v| v.lease.subnet)
             .chain(listing.invalid.iter().filter_map(|i| i.subnet))
             .collect();
+        // An IPv6 subnet that a record under another key names is not free either.
+        let ipv6_taken: HashMap<Ipv6Network, IpNetwork> = listing
+            .leases
+            .iter()
+            .filter_map(|v| Some((v.lease.ipv6_subnet?, v.lease.subnet)))
+            .collect();
         let mut waiting = false;
         let mut target = None;
         // The subnet this node last published comes first: its bridge, its file and its pods'
@@ -483,7 +486,10 @@ pub async fn acquire<S: LeaseStore>(
             if blocked.iter().any(|b| overlaps(*b, s)) {
                 continue;
             }
-            if slot.ipv6.is_some_and(|v6| named_by(v6).is_some_and(|k| k != s)) {
+            if slot
+                .ipv6
+                .is_some_and(|v6| ipv6_taken.get(&v6).is_some_and(|k| *k != s))
+            {
                 continue;
             }
             match by_key.get(&s) {
@@ -541,17 +547,10 @@ pub async fn renew<S: LeaseStore>(
     seen: &mut Seen,
 ) -> Result<Versioned, ClusterError> {
     let subnet = held.lease.subnet;
-    let ipv6 = match partner(cfg, subnet, |_| None) {
+    let ipv6 = match free_partner(cfg, subnet, []) {
         Some(v6) if held.lease.ipv6_subnet != Some(v6) => {
             let listing = store.list().await?;
-            let named_by = |v6: Ipv6Network| {
-                listing
-                    .leases
-                    .iter()
-                    .find(|v| v.lease.ipv6_subnet == Some(v6) && v.lease.subnet != subnet)
-                    .map(|v| v.lease.subnet)
-            };
-            partner(cfg, subnet, named_by)
+            free_partner(cfg, subnet, listing.leases.iter().map(|v| &v.lease))
         }
         same => same,
     };

@@ -236,20 +236,13 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<std::result::Result<(u32, Ve
             .map_err(|e| RoutedError::Netlink(format!("setting {DEVICE} {}", changes.join(", ")), e))?;
         repaired.push(format!("{DEVICE} set to {}", changes.join(", ")));
     }
-    let want: Vec<IpNetwork> = spec
-        .addresses
-        .iter()
-        .map(|a| IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| RoutedError::Config(e.to_string()))?;
     let have = cbrnet_bridge::bridge::addresses(nl, index).await?;
-    for a in &have {
-        if !want.contains(a) && spec.cluster_cidrs.iter().any(|c| c.contains(a.ip())) {
-            cbrnet_bridge::bridge::remove_address(nl, index, *a).await?;
-            repaired.push(format!("stale address {a} removed from {DEVICE}"));
-        }
+    let (missing, stale) = address_drift(spec, &have);
+    for a in &stale {
+        cbrnet_bridge::bridge::remove_address(nl, index, *a).await?;
+        repaired.push(format!("stale address {a} removed from {DEVICE}"));
     }
-    for w in want.iter().filter(|w| !have.contains(w)) {
+    for w in &missing {
         let mut req = nl.handle.address().add(index, w.ip(), w.prefix());
         *req.message_mut() = cbrnet_bridge::bridge::gateway_message(index, w.ip(), w.prefix());
         match req.execute().await {
@@ -267,6 +260,23 @@ pub async fn ensure(nl: &Nl, spec: &Spec) -> Result<std::result::Result<(u32, Ve
         ));
     }
     Ok(Ok((index, repaired)))
+}
+
+/// The device's addresses against `spec`: each of `spec.addresses` as a host address (/32,
+/// /128), and no other in the cluster's CIDRs. What is missing, and what is stale.
+pub fn address_drift(spec: &Spec, have: &[IpNetwork]) -> (Vec<IpNetwork>, Vec<IpNetwork>) {
+    let want: Vec<IpNetwork> = spec
+        .addresses
+        .iter()
+        .filter_map(|a| IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok())
+        .collect();
+    let missing = want.iter().filter(|w| !have.contains(w)).copied().collect();
+    let stale = have
+        .iter()
+        .filter(|a| !want.contains(a) && spec.cluster_cidrs.iter().any(|c| c.contains(a.ip())))
+        .copied()
+        .collect();
+    (missing, stale)
 }
 
 /// How the device `l` differs from `spec`, without changing it (`doctor`): `Err(why)` if it is not
@@ -604,6 +614,28 @@ async fn neigh_del(h: &Handle, index: u32, ip: IpAddr) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_carries_each_served_network_address_and_no_other_of_the_cluster() {
+        let net = |n: &str| n.parse::<IpNetwork>().unwrap();
+        let spec = Spec {
+            vni: 1,
+            port: 8472,
+            local: "192.168.1.2".parse().unwrap(),
+            mac: [0x0e, 0, 0, 0, 0, 2],
+            mtu: 1450,
+            addresses: vec!["10.244.3.0".parse().unwrap(), "fd00:10:244:3::".parse().unwrap()],
+            cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
+            tx_csum_offload: false,
+        };
+        // one held before, one outside the cluster (left alone), the IPv4 one in place
+        let have = [net("10.244.9.0/32"), net("172.16.0.1/32"), net("10.244.3.0/32")];
+        let (missing, stale) = address_drift(&spec, &have);
+        assert_eq!(missing, [net("fd00:10:244:3::/128")]);
+        assert_eq!(stale, [net("10.244.9.0/32")]);
+        let all = [net("10.244.3.0/32"), net("fd00:10:244:3::/128")];
+        assert_eq!(address_drift(&spec, &all), (vec![], vec![]));
+    }
 
     #[test]
     fn published_vtep_macs_are_judged() {

@@ -624,18 +624,21 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
             "bring the node's address up, or give doctor the daemon's --node-ip",
         );
     };
-    let drift = match vxlan::drift(&l, &spec(f, vxlan_mtu(f, u))) {
+    let spec = spec(f, vxlan_mtu(f, u));
+    let drift = match vxlan::drift(&l, &spec) {
         Ok(mut d) => {
             d.extend(vxlan_offload(args.vxlan_tx_csum_offload));
-            match vxlan_addresses(f, nl, l.header.index).await {
-                Ok(a) => d.extend(a),
+            let have = match bridge::addresses(nl, l.header.index).await {
+                Ok(a) => a,
                 Err(e) => return Check::unknown("vxlan.device", e),
-            }
+            };
+            let (missing, stale) = vxlan::address_drift(&spec, &have);
+            d.extend(missing.iter().map(|w| format!("address {w} missing")));
+            d.extend(stale.iter().map(|a| format!("stale address {a}")));
             Ok(d)
         }
         e => e,
     };
-    let on_off = |on: bool| if on { "on" } else { "off" };
     match drift {
         Err(why) => Check::fail(
             "vxlan.device",
@@ -666,9 +669,16 @@ pub async fn vxlan_device(f: &Facts<'_>) -> Check {
     }
 }
 
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 /// The device's TX checksum offload against `--vxlan-tx-csum-offload`, in words if it differs.
 fn vxlan_offload(want: bool) -> Option<String> {
-    let on_off = |on: bool| if on { "on" } else { "off" };
     match cbrnet_bridge::ethtool::tx_checksum(vxlan::DEVICE) {
         Ok(on) if on == want => None,
         Ok(on) => Some(format!(
@@ -680,27 +690,6 @@ fn vxlan_offload(want: bool) -> Option<String> {
     }
 }
 
-/// The device's addresses: the network address of each subnet the node serves (the source of
-/// what the node sends through it itself), and none other of the cluster's. Each difference in
-/// words.
-async fn vxlan_addresses(f: &Facts<'_>, nl: &cbrnet_bridge::Nl, index: u32) -> Result<Vec<String>, String> {
-    let want: Vec<IpNetwork> = f
-        .subnets()
-        .iter()
-        .filter_map(|s| IpNetwork::new(s.network(), if s.is_ipv4() { 32 } else { 128 }).ok())
-        .collect();
-    let have = bridge::addresses(nl, index).await.map_err(|e| e.to_string())?;
-    let missing = want
-        .iter()
-        .filter(|w| !have.contains(w))
-        .map(|w| format!("address {w} missing"));
-    let stale = have
-        .iter()
-        .filter(|a| !want.contains(a) && f.cfg.cluster_cidrs().any(|c| c.contains(a.ip())))
-        .map(|a| format!("stale address {a}"));
-    Ok(missing.chain(stale).collect())
-}
-
 fn spec(f: &Facts<'_>, mtu: u32) -> vxlan::Spec {
     let args = &f.cfg.args;
     vxlan::Spec {
@@ -709,7 +698,9 @@ fn spec(f: &Facts<'_>, mtu: u32) -> vxlan::Spec {
         local: f.cfg.node_ip,
         mac: vxlan::vtep_mac(&args.node_name),
         mtu,
-        addresses: Vec::new(),
+        // The network address of each subnet the node serves (the source of what the node
+        // itself sends through the device), as the daemon gives it.
+        addresses: f.subnets().iter().map(IpNetwork::network).collect(),
         cluster_cidrs: f.cfg.cluster_cidrs().collect(),
         tx_csum_offload: args.vxlan_tx_csum_offload,
     }
